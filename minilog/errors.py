@@ -1,0 +1,143 @@
+"""The whole minilog exception tree; every error minilog raises derives from ``MinilogError``.
+
+    MinilogError
+    ├── ConfigError               bad configuration; carries every Diagnostic (file, line, column)
+    ├── LabelError (ValueError)   an invalid label name or value, refused before sending
+    ├── DecodeError (ValueError)  a push body that cannot be decoded (receiver side)
+    ├── DockerError               the Docker Engine API answered with an error
+    │   └── DockerUnavailableError  the socket is missing, refused, or not permitted
+    ├── PushError                 a push to Loki failed; ``retriable`` says whether to try again
+    │   ├── RateLimitedError      HTTP 429 (retriable)
+    │   ├── ServerError           HTTP 5xx (retriable)
+    │   ├── PushConnectionError   transport error or timeout (retriable)
+    │   └── ClientRequestError    any other 4xx (never retried)
+    ├── ClosedError               an object was used after ``aclose()``/``close()``
+    └── WouldBlockError           a ``*_nowait`` call could not proceed without waiting
+
+Foreign exceptions are mapped to these once, at the boundary module that meets them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ClientRequestError",
+    "ClosedError",
+    "ConfigError",
+    "DecodeError",
+    "Diagnostic",
+    "DockerError",
+    "DockerUnavailableError",
+    "LabelError",
+    "MinilogError",
+    "PushConnectionError",
+    "PushError",
+    "RateLimitedError",
+    "ServerError",
+    "WouldBlockError",
+]
+
+
+class MinilogError(Exception):
+    """Root of every error minilog raises."""
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One positioned configuration problem; line and column are 1-based."""
+
+    path: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(MinilogError):
+    """A configuration could not be loaded; ``diagnostics`` lists every problem found."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic | str) -> None:
+        if isinstance(diagnostics, str):
+            diagnostics = [Diagnostic("<config>", 0, 0, diagnostics)]
+        elif isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+    @property
+    def path(self) -> str:
+        return self.diagnostics[0].path if self.diagnostics else ""
+
+    @property
+    def line(self) -> int:
+        return self.diagnostics[0].line if self.diagnostics else 0
+
+    @property
+    def column(self) -> int:
+        return self.diagnostics[0].column if self.diagnostics else 0
+
+
+class LabelError(MinilogError, ValueError):
+    """A label name or value that Loki would refuse."""
+
+
+class DecodeError(MinilogError, ValueError):
+    """A push request body that could not be decoded."""
+
+
+class DockerError(MinilogError):
+    """The Docker Engine API answered with an error status."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DockerUnavailableError(DockerError):
+    """The Docker daemon cannot be reached (missing socket, refused, permission denied)."""
+
+
+class PushError(MinilogError):
+    """A push to Loki failed. ``retriable`` is the retry policy: ask the error, keep no list."""
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class RateLimitedError(PushError):
+    """Loki answered 429: flow control, retried with backoff (unless ``retry_on_http_429`` is off)."""
+
+    retriable = True
+
+
+class ServerError(PushError):
+    """Loki answered 5xx: retried with backoff."""
+
+    retriable = True
+
+
+class PushConnectionError(PushError):
+    """The request did not complete (connection refused, reset, timeout): retried with backoff."""
+
+    retriable = True
+
+
+class ClientRequestError(PushError):
+    """Loki rejected the request with a 4xx other than 429: never retried."""
+
+    retriable = False
+
+
+class ClosedError(MinilogError):
+    """The object was used after it was closed."""
+
+
+class WouldBlockError(MinilogError):
+    """A ``*_nowait`` call would have had to wait (for instance, the queue is full)."""

@@ -1,0 +1,97 @@
+"""Value types shared by every stage of the pipeline: entries, stream batches, delivery tokens.
+
+The unit that moves between components is a ``StreamBatch``: one label set and the entries
+read for it in one go, so labels are computed once per batch, never per line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+__all__ = [
+    "Delivery",
+    "LogEntry",
+    "LogsReceiver",
+    "Metadata",
+    "StreamBatch",
+]
+
+#: Structured metadata of one entry: (name, value) pairs, in the order they were added.
+Metadata = tuple[tuple[str, str], ...]
+
+
+class LogEntry(NamedTuple):
+    """One log line with its timestamp in Unix nanoseconds."""
+
+    timestamp_ns: int
+    line: str
+    structured_metadata: Metadata = ()
+
+
+class Delivery:
+    """A reference-counted acknowledgement for entries in flight.
+
+    The reference travels with the batch: whoever holds a ``StreamBatch`` owns one reference
+    to its delivery. Handing the batch on hands the reference on. A component that fans one
+    batch out to N receivers calls ``retain(N - 1)`` first; one that splits a batch in two
+    retains once more; one that discards a batch (filtered out) calls ``release()``. The
+    writer releases when Loki accepted the entries or they were finally dropped (4xx, retries
+    exhausted): both settle them. Only entries given up at shutdown are ``abandoned``; then
+    the callback receives ``False`` so the source does not advance past them and reads them
+    again on its next start.
+    """
+
+    __slots__ = ("_abandoned", "_callback", "_pending")
+
+    def __init__(self, callback: Callable[[bool], None] | None = None) -> None:
+        self._pending = 1
+        self._abandoned = False
+        self._callback = callback
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def retain(self, n: int = 1) -> None:
+        if self._pending <= 0:
+            raise RuntimeError("retain() on a settled Delivery")
+        self._pending += n
+
+    def release(self, *, abandoned: bool = False) -> None:
+        if self._pending <= 0:
+            raise RuntimeError("release() on a settled Delivery")
+        if abandoned:
+            self._abandoned = True
+        self._pending -= 1
+        if self._pending == 0 and self._callback is not None:
+            callback, self._callback = self._callback, None
+            callback(not self._abandoned)
+
+
+@dataclass(slots=True)
+class StreamBatch:
+    """Entries that share one label set.
+
+    ``labels`` is the full set, internal ``__``-prefixed names included; the writer strips
+    those (``__tenant_id__`` picks the tenant) before the labels reach Loki.
+    """
+
+    labels: dict[str, str]
+    entries: list[LogEntry]
+    delivery: Delivery | None = field(default=None)
+
+    def settle(self, *, abandoned: bool = False) -> None:
+        """Release this batch's delivery reference, if it carries one."""
+        if self.delivery is not None:
+            self.delivery.release(abandoned=abandoned)
+
+
+class LogsReceiver(Protocol):
+    """What Alloy calls a ``LogsReceiver``: the input side of a component (``forward_to``).
+
+    ``send`` may wait: that is backpressure, and it reaches the sources.
+    """
+
+    async def send(self, batch: StreamBatch) -> None: ...
