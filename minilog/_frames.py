@@ -1,0 +1,415 @@
+"""Docker log streams to ``LogEntry`` lists: bytes in, entries out (pure, no I/O).
+
+Owns the 8-byte multiplexed framing (``FrameDecoder``), raw TTY streams
+(``RawLineSplitter``), the 16 KiB partial-line rejoin of alloy-spec §3.4, RFC 3339 nano
+timestamps as integer nanoseconds, and the resume position (newest timestamp read, lines
+read at it). It does not know about labels, deliveries or sockets: ``tail.py`` feeds it
+the chunks it reads.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from minilog.model import LogEntry
+
+__all__ = [
+    "DEFAULT_MAX_LINE_SIZE",
+    "PARTIAL_SIZE",
+    "Decoded",
+    "FrameDecoder",
+    "RawLineSplitter",
+    "parse_timestamp",
+]
+
+#: Docker's json-file/local drivers cut longer messages into parts of this size
+#: (alloy-spec §3.4).
+PARTIAL_SIZE: Final = 16384
+#: Same cap as Alloy's scanner (16384 x 64); see ``FrameDecoder`` for what happens
+#: beyond it.
+DEFAULT_MAX_LINE_SIZE: Final = 1 << 20
+
+# Headroom above max_line_size while accumulating, so a capped buffer still holds the
+# "<timestamp> " prefix plus more than max_line_size bytes of content, i.e. is known to
+# be over the limit when it is finally emitted (and counted as truncated).
+_CAP_SLACK: Final = 64
+
+_HEADER = struct.Struct(">BxxxL")
+_HEADER_SIZE: Final = 8
+_new_entry = (
+    tuple.__new__
+)  # LogEntry(...) costs 3x more: NamedTuple.__new__ fills defaults
+
+_NEWLINE: Final = 10
+_CR: Final = 13
+_DOT: Final = 46
+_Z: Final = 90
+
+_TS_RE: Final = re.compile(
+    rb"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_SECOND_CACHE_MAX: Final = 4096
+
+
+def _parse_slow(ts: bytes) -> int:
+    m = _TS_RE.fullmatch(ts)
+    if m is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {ts[:40]!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    if not (
+        1 <= month <= 12
+        and 1 <= day <= 31
+        and hour < 24
+        and minute < 60
+        and second < 61
+    ):
+        raise ValueError(f"timestamp field out of range: {ts[:40]!r}")
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if m.group(9) is not None:
+        offset = int(m.group(10)) * 3600 + int(m.group(11)) * 60
+        seconds -= offset if m.group(9) == b"+" else -offset
+    frac = m.group(7) or b""
+    return seconds * 1_000_000_000 + (int(frac.ljust(9, b"0")) if frac else 0)
+
+
+def parse_timestamp(ts: bytes) -> int:
+    """RFC 3339 timestamp (1-9 fraction digits or none, ``Z`` or offset) to Unix ns.
+
+    Raises:
+        ValueError: the text is not such a timestamp.
+    """
+    return _parse_slow(ts)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one ``feed()``/``finish()`` call produced.
+
+    ``position_ns``/``count_at_position`` are the decoder's resume point after this
+    call: the newest line timestamp consumed so far and how many consumed lines carry
+    exactly it. Lines consumed include empty ones and ones a caller later drops, so a
+    resume with ``since=position_ns`` can skip exactly ``count_at_position`` lines at
+    that timestamp.
+    """
+
+    stdout: list[LogEntry] = field(default_factory=list)
+    stderr: list[LogEntry] = field(default_factory=list)
+    position_ns: int = 0
+    count_at_position: int = 0
+    parsing_errors: int = 0
+    invalid_utf8: int = 0
+    truncated: int = 0
+    daemon_errors: list[str] = field(default_factory=list)
+
+    @property
+    def lines(self) -> int:
+        return len(self.stdout) + len(self.stderr)
+
+
+class _LineDecoder:
+    """The part shared by both stream kinds: ``<timestamp> <content>`` lines to entries.
+
+    Rules, per line:
+    - no space, or an unparsable timestamp: counted in ``parsing_errors``, skipped;
+    - one trailing ``\\n`` and then one ``\\r`` are removed (Go ``bufio.ScanLines``);
+    - empty content: skipped silently (still consumed for the position);
+    - content longer than ``max_line_size`` bytes: cut to ``max_line_size`` bytes, a
+      character split by the cut is dropped, counted in ``truncated``;
+    - invalid UTF-8: decoded with U+FFFD replacement characters (Loki stores lines as
+      strings), counted in ``invalid_utf8``;
+    - resume: lines older than the starting position are skipped, and so are the first
+      ``count_at_position`` lines that carry exactly the starting timestamp (Docker's
+      ``since`` is inclusive).
+    """
+
+    __slots__ = ("_cache", "_cnt", "_floor", "_max", "_pos", "_skip")
+
+    def __init__(
+        self,
+        *,
+        position_ns: int = 0,
+        count_at_position: int = 0,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+    ) -> None:
+        if max_line_size <= 0:
+            raise ValueError("max_line_size must be positive")
+        self._max = max_line_size
+        self._floor = position_ns
+        self._pos = position_ns
+        self._cnt = count_at_position
+        self._skip = count_at_position
+        self._cache: dict[bytes, int] = {}
+
+    @property
+    def position_ns(self) -> int:
+        return self._pos
+
+    @property
+    def count_at_position(self) -> int:
+        return self._cnt
+
+    def _result(self) -> Decoded:
+        return Decoded(position_ns=self._pos, count_at_position=self._cnt)
+
+    def _decode(self, lines: list[bytes], out: list[LogEntry], res: Decoded) -> None:
+        # The per-line hot path: locals only, one slice for the content, one decode.
+        cache = self._cache
+        pos, cnt, skip, floor, max_size = (
+            self._pos,
+            self._cnt,
+            self._skip,
+            self._floor,
+            self._max,
+        )
+        append = out.append
+        new = _new_entry
+        for line in lines:
+            sp = line.find(b" ")
+            if sp == 30 and line[29] == _Z and line[19] == _DOT:
+                # Docker's fixed-width RFC3339NanoFixed:
+                # "2006-01-02T15:04:05.000000000Z"
+                frac = line[20:29]
+                base = cache.get(line[:19])
+                if base is None or not frac.isdigit():
+                    try:
+                        ts = _parse_slow(line[:30])
+                    except ValueError:
+                        res.parsing_errors += 1
+                        continue
+                    if len(cache) >= _SECOND_CACHE_MAX:
+                        cache.clear()
+                    cache[line[:19]] = ts - ts % 1_000_000_000
+                else:
+                    ts = base + int(frac)
+            elif sp < 0:
+                res.parsing_errors += 1
+                continue
+            else:
+                try:
+                    ts = _parse_slow(line[:sp])
+                except ValueError:
+                    res.parsing_errors += 1
+                    continue
+            if ts >= pos:
+                if ts > pos:
+                    pos = ts
+                    cnt = 1
+                    skip = 0
+                elif skip:
+                    skip -= 1
+                    continue
+                else:
+                    cnt += 1
+            elif ts < floor:
+                continue
+            end = len(line)
+            if end and line[end - 1] == _NEWLINE:
+                end -= 1
+            if end > sp + 1 and line[end - 1] == _CR:
+                end -= 1
+            if end - sp - 1 > max_size:
+                res.truncated += 1
+                text = line[sp + 1 : sp + 1 + max_size].decode("utf-8", "ignore")
+            elif end > sp + 1:
+                content = line[sp + 1 : end]
+                try:
+                    text = content.decode()
+                except UnicodeDecodeError:
+                    res.invalid_utf8 += 1
+                    text = content.decode("utf-8", "replace")
+            else:
+                continue
+            append(new(LogEntry, (ts, text, ())))
+        self._pos, self._cnt, self._skip = pos, cnt, skip
+        res.position_ns, res.count_at_position = pos, cnt
+
+
+class FrameDecoder(_LineDecoder):
+    """Incremental decoder of Docker's multiplexed log stream (non-TTY containers).
+
+    Each frame is an 8-byte header ``[stream, 0, 0, 0, size(uint32 BE)]`` and ``size``
+    bytes; headers and payloads may be cut anywhere by chunk boundaries. Stream 1 (and
+    0, stdin) is stdout, 2 is stderr; 3 is an error the daemon reports in-band, returned
+    in ``daemon_errors`` and counted in ``parsing_errors``; other stream ids are counted
+    and skipped. Decoding never raises on bad data.
+
+    One frame is one log message with its own ``<timestamp> `` prefix. A message Docker
+    split (payload >= 16 KiB without a trailing newline) is buffered per stream and the
+    later parts appended without their timestamp prefix until a part ends with a
+    newline; the line keeps the first part's timestamp. A rejoined line is capped while
+    it accumulates: beyond ``max_line_size`` bytes of content the remaining parts are
+    discarded and the line is emitted cut to ``max_line_size`` bytes (counted in
+    ``truncated``). Unlike Alloy, a message without a trailing newline that was not
+    split (a container's last words) is its own line rather than being glued to the next
+    message.
+    """
+
+    __slots__ = ("_buf", "_partials")
+
+    def __init__(
+        self,
+        *,
+        position_ns: int = 0,
+        count_at_position: int = 0,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+    ) -> None:
+        super().__init__(
+            position_ns=position_ns,
+            count_at_position=count_at_position,
+            max_line_size=max_line_size,
+        )
+        self._buf = b""
+        # Per-stream rejoin buffers (index 1 stdout, 2 stderr): parts and their total
+        # size.
+        self._partials: list[tuple[list[bytes], int] | None] = [None, None, None]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back: an incomplete frame and unfinished partial messages."""
+        return len(self._buf) + sum(p[1] for p in self._partials if p is not None)
+
+    def feed(self, chunk: bytes) -> Decoded:
+        """Decode ``chunk``, continuing what the previous call left incomplete."""
+        buf = self._buf + chunk if self._buf else chunk
+        n = len(buf)
+        i = 0
+        lines: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
+        res = self._result()
+        unpack = _HEADER.unpack_from
+        partials = self._partials
+        while n - i >= _HEADER_SIZE:
+            kind, size = unpack(buf, i)
+            start = i + _HEADER_SIZE
+            end = start + size
+            if end > n:
+                break
+            i = end
+            if kind == 1 or kind == 2:
+                stream = kind
+            elif kind == 0:
+                stream = 1
+            elif kind == 3:
+                res.parsing_errors += 1
+                res.daemon_errors.append(
+                    buf[start:end].decode("utf-8", "replace").strip()
+                )
+                continue
+            else:
+                res.parsing_errors += 1
+                continue
+            if partials[stream] is None:
+                if size < PARTIAL_SIZE or buf[end - 1] == _NEWLINE:
+                    lines[stream].append(buf[start:end])
+                else:
+                    partials[stream] = ([buf[start:end]], size)
+            else:
+                self._continue_partial(stream, buf[start:end], lines[stream])
+        self._buf = buf[i:]
+        if lines[1]:
+            self._decode(lines[1], res.stdout, res)
+        if lines[2]:
+            self._decode(lines[2], res.stderr, res)
+        return res
+
+    def _continue_partial(self, stream: int, payload: bytes, out: list[bytes]) -> None:
+        parts, total = self._partials[stream] or ([], 0)
+        sp = payload.find(b" ")
+        if sp > 0:
+            try:
+                _parse_slow(payload[:sp])
+            except ValueError:
+                pass
+            else:
+                payload = payload[sp + 1 :]
+        complete = payload[-1:] == b"\n"
+        room = self._max + _CAP_SLACK - total
+        if room > 0:
+            parts.append(payload[:room])
+            total += min(room, len(payload))
+        if complete:
+            line = b"".join(parts)
+            if line[-1:] != b"\n":
+                line += b"\n"
+            out.append(line)
+            self._partials[stream] = None
+        else:
+            self._partials[stream] = (parts, total)
+
+    def finish(self) -> Decoded:
+        """End of stream: emit buffered partial messages; drop an incomplete frame."""
+        res = self._result()
+        if self._buf:
+            res.parsing_errors += 1
+            self._buf = b""
+        for stream, out in ((1, res.stdout), (2, res.stderr)):
+            pending = self._partials[stream]
+            if pending is not None:
+                self._partials[stream] = None
+                self._decode([b"".join(pending[0])], out, res)
+        return res
+
+
+class RawLineSplitter(_LineDecoder):
+    """Incremental decoder of a TTY container's raw ``\\n``/``\\r\\n`` stream.
+
+    Everything is stdout (a TTY merges stderr into it) and there is no partial rejoin:
+    Docker repeats the timestamp inside a split TTY line, so the text is kept as it
+    comes. A line still without its newline after ``max_line_size`` bytes of content is
+    capped there (the rest up to its newline is discarded) and emitted truncated when
+    its newline arrives.
+    """
+
+    __slots__ = ("_pending", "_pending_size")
+
+    def __init__(
+        self,
+        *,
+        position_ns: int = 0,
+        count_at_position: int = 0,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+    ) -> None:
+        super().__init__(
+            position_ns=position_ns,
+            count_at_position=count_at_position,
+            max_line_size=max_line_size,
+        )
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete last line held back."""
+        return self._pending_size
+
+    def feed(self, chunk: bytes) -> Decoded:
+        """Decode ``chunk``, continuing the incomplete line of the previous call."""
+        res = self._result()
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if lines and self._pending:
+            self._pending.append(lines[0])
+            lines[0] = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+        if tail:
+            room = self._max + _CAP_SLACK - self._pending_size
+            if room > 0:
+                self._pending.append(tail[:room])
+                self._pending_size += min(room, len(tail))
+        if lines:
+            self._decode(lines, res.stdout, res)
+        return res
+
+    def finish(self) -> Decoded:
+        """End of stream: emit the last line even without its newline."""
+        res = self._result()
+        if self._pending:
+            line = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            self._decode([line], res.stdout, res)
+        return res

@@ -1,0 +1,3 @@
+"""Generated from ``proto/push.proto`` by ``scripts/gen-proto``; never edit by hand."""
+
+__all__: list[str] = []

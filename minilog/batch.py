@@ -1,0 +1,333 @@
+"""Batching for ``loki.write``: one open batch per tenant, bounded by bytes and age.
+
+Pure logic (no I/O, no asyncio; the clock is a parameter). Owns stream keys (canonical
+label text without ``__*`` labels), tenant selection, Alloy's size and ``max_streams``
+rules and the delivery references a batch carries. Encoding and sending belong to
+``write.py``/``push.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+from minilog.labels import format_labels
+from minilog.model import Delivery, LogEntry, StreamBatch
+
+__all__ = [
+    "TENANT_LABEL",
+    "Batch",
+    "Batcher",
+    "DropCallback",
+    "entries_size",
+]
+
+#: The reserved label that routes an entry to a tenant (removed from the stream labels).
+TENANT_LABEL = "__tenant_id__"
+
+#: ``on_drop(tenant, reason, entries, bytes)``.
+DropCallback = Callable[[str, str, int, int], None]
+
+_LINE = itemgetter(1)
+_METADATA = itemgetter(2)
+# Label sets repeat (one per container stream), so their stream keys are memoised; the
+# cap only stops a source with unbounded label values from growing the memo forever.
+_KEY_CACHE_MAX = 8192
+
+
+def entries_size(entries: Sequence[LogEntry]) -> int:
+    """Bytes Alloy counts for ``entries``: UTF-8 line bytes plus metadata name and value
+    bytes.
+
+    One pass over the batch in C: the lines are joined once and their length taken, and
+    the UTF-8 encode is only paid when some line is not ASCII (``isascii`` is O(1) in
+    CPython).
+    """
+    if len(entries) == 1:
+        return _entry_size(entries[0])
+    text = "".join(map(_LINE, entries))
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if any(map(_METADATA, entries)):
+        meta = "".join(name + value for entry in entries for name, value in entry[2])
+        size += (
+            len(meta) if meta.isascii() else len(meta.encode("utf-8", "surrogatepass"))
+        )
+    return size
+
+
+def _entry_size(entry: LogEntry) -> int:
+    line = entry[1]
+    size = len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
+    if not entry[2]:
+        return size
+    for name, value in entry[2]:
+        size += len(name.encode("utf-8", "surrogatepass"))
+        size += len(value.encode("utf-8", "surrogatepass"))
+    return size
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """Entries of one tenant ready to become one push request.
+
+    ``streams`` maps the canonical label text to the entries of that stream, in arrival
+    order. ``deliveries`` holds one reference per piece of a ``StreamBatch`` in this
+    batch; :meth:`settle` releases them all. ``seq`` numbers batches in the order they
+    became ready.
+    """
+
+    tenant: str
+    created: float
+    streams: dict[str, list[LogEntry]] = field(default_factory=dict)
+    size_bytes: int = 0
+    entry_count: int = 0
+    deliveries: list[Delivery] = field(default_factory=list)
+    seq: int = 0
+    #: The encoded request once the writer compacted the batch (``streams`` emptied).
+    body: bytes | None = None
+
+    def stream_items(self) -> list[tuple[str, list[LogEntry]]]:
+        """The ``(labels, entries)`` pairs the encoder takes."""
+        return list(self.streams.items())
+
+    def settle(self, *, abandoned: bool = False) -> None:
+        """Release every delivery reference this batch holds (once)."""
+        deliveries, self.deliveries = self.deliveries, []
+        for delivery in deliveries:
+            delivery.release(abandoned=abandoned)
+
+
+class Batcher:
+    """Alloy's per-shard batching: one open batch per tenant plus a FIFO of ready
+    batches.
+
+    A batch becomes ready when adding the next entry would take it over ``batch_size``
+    (so it exceeds the size only when its first entry alone does), when it is older than
+    ``batch_wait`` (:meth:`cut_expired`), or on :meth:`cut_all`. Work is done per
+    ``StreamBatch``: one key lookup and one size pass; entries are walked one by one
+    only when a batch overflows in the middle of a ``StreamBatch``.
+
+    Args:
+        batch_size: soft byte bound of a batch (line and metadata bytes).
+        batch_wait: seconds after which an open batch is ready.
+        max_streams: distinct streams allowed in one batch; 0 is unlimited. A new stream
+            past the limit is dropped (reason ``stream_limited``), as Alloy does.
+        tenant_id: tenant of entries without a ``__tenant_id__`` label.
+        clock: monotonic seconds.
+        on_drop: told of entries dropped here, as ``(tenant, reason, entries, bytes)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 1 << 20,
+        batch_wait: float = 1.0,
+        max_streams: int = 0,
+        tenant_id: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        on_drop: DropCallback | None = None,
+    ) -> None:
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self.max_streams = max_streams
+        self.tenant_id = tenant_id
+        self._clock = clock
+        self._on_drop = on_drop
+        self._open: dict[str, Batch] = {}
+        self._ready: deque[Batch] = deque()
+        self._keys: dict[tuple[tuple[str, str], ...], tuple[str, str | None]] = {}
+        self.cut_count = 0
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def stream_key(self, labels: dict[str, str]) -> tuple[str, str]:
+        """``(canonical label text without __* labels, tenant)`` of a label set."""
+        items = tuple(labels.items())
+        cached = self._keys.get(items)
+        if cached is None:
+            public = {k: v for k, v in items if not k.startswith("__")}
+            cached = (format_labels(public), labels.get(TENANT_LABEL) or None)
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.clear()
+            self._keys[items] = cached
+        key, tenant = cached
+        return key, tenant if tenant is not None else self.tenant_id
+
+    def add(self, batch: StreamBatch) -> int:
+        """Add a stream batch; returns the bytes now held for it (0 if it was dropped).
+
+        Takes over the batch's delivery reference: it is split across the batches the
+        entries land in, or released at once when every entry was dropped or there were
+        none.
+        """
+        entries = batch.entries
+        delivery = batch.delivery
+        if not entries:
+            if delivery is not None:
+                delivery.release()
+            return 0
+        key, tenant = self.stream_key(batch.labels)
+        size = entries_size(entries)
+        current = self._open.get(tenant)
+        if current is None:
+            current = self._new_batch(tenant)
+        if current.size_bytes + size > self.batch_size:
+            return self._add_split(current, key, entries, delivery)
+        stream = current.streams.get(key)
+        if stream is None:
+            if self.max_streams and len(current.streams) >= self.max_streams:
+                self._drop(tenant, "stream_limited", len(entries), size, delivery)
+                return 0
+            current.streams[key] = stream = []
+        stream.extend(entries)
+        current.size_bytes += size
+        current.entry_count += len(entries)
+        if delivery is not None:
+            current.deliveries.append(delivery)
+        if current.size_bytes >= self.batch_size:
+            # Exactly full: only empty lines could still join, so send it now.
+            self._cut(tenant)
+        return size
+
+    def _add_split(
+        self,
+        current: Batch,
+        key: str,
+        entries: list[LogEntry],
+        delivery: Delivery | None,
+    ) -> int:
+        # The slow path, entry by entry: this StreamBatch overflows the open batch.
+        tenant = current.tenant
+        first_size = _entry_size(entries[0])
+        if current.entry_count and current.size_bytes + first_size > self.batch_size:
+            self._cut(tenant)
+            current = self._new_batch(tenant)
+        elif (
+            self.max_streams
+            and key not in current.streams
+            and len(current.streams) >= self.max_streams
+        ):
+            self._drop(
+                tenant,
+                "stream_limited",
+                len(entries),
+                entries_size(entries),
+                delivery,
+            )
+            return 0
+        pieces = 0
+        total = 0
+        start = 0
+        used = current.size_bytes
+        for index, entry in enumerate(entries):
+            entry_size = first_size if index == 0 else _entry_size(entry)
+            if used + entry_size > self.batch_size and used and index > start:
+                total += self._append(
+                    current, key, entries[start:index], used, delivery
+                )
+                pieces += 1
+                self._cut(tenant)
+                current = self._new_batch(tenant)
+                start = index
+                used = 0
+            used += entry_size
+        total += self._append(current, key, entries[start:], used, delivery)
+        pieces += 1
+        if delivery is not None and pieces > 1:
+            delivery.retain(pieces - 1)
+        if current.size_bytes >= self.batch_size:
+            self._cut(tenant)
+        return total
+
+    @staticmethod
+    def _append(
+        batch: Batch,
+        key: str,
+        entries: list[LogEntry],
+        used: int,
+        delivery: Delivery | None,
+    ) -> int:
+        added = used - batch.size_bytes
+        stream = batch.streams.get(key)
+        if stream is None:
+            batch.streams[key] = list(entries)
+        else:
+            stream.extend(entries)
+        batch.size_bytes = used
+        batch.entry_count += len(entries)
+        if delivery is not None:
+            batch.deliveries.append(delivery)
+        return added
+
+    def _drop(
+        self,
+        tenant: str,
+        reason: str,
+        entries: int,
+        size: int,
+        delivery: Delivery | None,
+    ) -> None:
+        if self._on_drop is not None:
+            self._on_drop(tenant, reason, entries, size)
+        if delivery is not None:
+            delivery.release()
+
+    def _new_batch(self, tenant: str) -> Batch:
+        batch = Batch(tenant=tenant, created=self._clock())
+        self._open[tenant] = batch
+        return batch
+
+    def _cut(self, tenant: str) -> None:
+        batch = self._open.pop(tenant)
+        self.cut_count += 1
+        batch.seq = self.cut_count
+        self._ready.append(batch)
+
+    def ready_batches(self) -> list[Batch]:
+        """A snapshot of the ready batches, oldest first."""
+        return list(self._ready)
+
+    def pop_ready(self) -> Batch | None:
+        """The oldest ready batch, or ``None``."""
+        return self._ready.popleft() if self._ready else None
+
+    def next_deadline(self) -> float | None:
+        """Clock time at which the oldest open batch becomes ready, or ``None`` if none
+        is open."""
+        if not self._open:
+            return None
+        return min(batch.created for batch in self._open.values()) + self.batch_wait
+
+    def cut_expired(self) -> int:
+        """Make every open batch older than ``batch_wait`` ready; returns how many."""
+        if not self._open:
+            return 0
+        limit = self._clock() - self.batch_wait
+        expired = [t for t, b in self._open.items() if b.created <= limit]
+        for tenant in expired:
+            self._cut(tenant)
+        return len(expired)
+
+    def cut_all(self) -> int:
+        """Make every open batch ready (flush, shutdown); returns how many."""
+        tenants = list(self._open)
+        for tenant in tenants:
+            self._cut(tenant)
+        return len(tenants)
+
+    def take_all(self) -> list[Batch]:
+        """Remove and return every batch, ready ones first (for abandoning at
+        shutdown)."""
+        self.cut_all()
+        batches = list(self._ready)
+        self._ready.clear()
+        return batches

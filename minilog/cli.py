@@ -1,0 +1,407 @@
+"""The ``minilog`` command: ``run``, ``validate``, ``fmt``; signals and exit codes.
+
+Flags are spelled as Alloy's (``--server.http.listen-addr=...`` or ``... value``), so
+compose files written for ``alloy run`` work unchanged. ``minilog run`` without a path
+runs the embedded default config (the seed pipeline, Loki URL from ``$LOKI_URL``).
+Signals: SIGTERM/SIGINT shut down gracefully (a second one exits at once); SIGHUP
+reloads the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+from minilog._logging_setup import configure_logging
+from minilog.errors import ConfigError, MinilogError
+
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_LOKI_URL", "default_config", "main"]
+
+log = logging.getLogger("minilog.cli")
+
+DEFAULT_LOKI_URL = "http://localhost:3100/loki/api/v1/push"
+
+#: The seed pipeline: Docker discovery, service name from the container name, only the
+#: three application services, shipped to Loki. ``{url}`` is filled from ``$LOKI_URL``.
+DEFAULT_CONFIG = """\
+// minilog's embedded default (``minilog run`` without a config path).
+discovery.docker "containers" {
+  host = "unix:///var/run/docker.sock"
+}
+
+discovery.relabel "logs" {
+  targets = discovery.docker.containers.targets
+
+  rule {
+    source_labels = ["__meta_docker_container_name"]
+    regex         = "/(.*)"
+    target_label  = "service"
+  }
+
+  rule {
+    source_labels = ["service"]
+    regex         = "(web-gateway|order-api|fulfillment-worker)"
+    action        = "keep"
+  }
+}
+
+loki.source.docker "app_logs" {
+  host       = "unix:///var/run/docker.sock"
+  targets    = discovery.relabel.logs.output
+  forward_to = [loki.write.endpoint.receiver]
+}
+
+loki.write "endpoint" {
+  endpoint {
+    url = {url}
+  }
+}
+"""
+
+# Alloy flags that change nothing for minilog: accepted (with a debug log) so that
+# command lines written for Alloy keep working.
+_IGNORED_VALUE_FLAGS = (
+    "--server.http.ui-path-prefix",
+    "--server.http.memory-addr",
+)
+_IGNORED_BOOL_FLAGS = (
+    "--disable-reporting",
+    "--server.http.enable-pprof",
+    "--feature.community-components.enabled",
+)
+# Accepted only when switched off: minilog has no clustering.
+_FALSE_ONLY_FLAGS = ("--cluster.enabled",)
+_STABILITY_LEVELS = ("experimental", "public-preview", "generally-available")
+_LONG_FLAGS = frozenset(
+    (
+        "--server.http.listen-addr",
+        "--storage.path",
+        "--stability.level",
+        "--config.format",
+        "--feature.component-shutdown-deadline",
+        "--testing.url-override",
+        "--write",
+        *_IGNORED_VALUE_FLAGS,
+        *_IGNORED_BOOL_FLAGS,
+        *_FALSE_ONLY_FLAGS,
+    )
+)
+_EXIT_CONFIG = 1
+
+
+def default_config(environ: os._Environ[str] | dict[str, str] | None = None) -> str:
+    """The embedded config with the Loki URL from ``LOKI_URL`` (default: localhost)."""
+    env = os.environ if environ is None else environ
+    url = env.get("LOKI_URL") or DEFAULT_LOKI_URL
+    quoted = '"' + url.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return DEFAULT_CONFIG.replace("{url}", quoted)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("minilog")
+    except metadata.PackageNotFoundError:  # running from a source tree, not installed
+        import minilog
+
+        return str(getattr(minilog, "__version__", "unknown"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minilog",
+        description="A Loki-compatible log pipeline: a drop-in agent for Grafana "
+        "Alloy's Docker -> Loki path.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"minilog, version {_version()}"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="run the agent",
+        description="Run the agent with a config file or directory of *.alloy files. "
+        "Without a path, runs the embedded default config: the seed pipeline (Docker "
+        "discovery, service=<container name> for web-gateway, order-api and "
+        "fulfillment-worker) shipping to $LOKI_URL (default " + DEFAULT_LOKI_URL + ").",
+    )
+    run.add_argument("path", nargs="?", metavar="CONFIG_FILE_OR_DIR")
+    run.add_argument(
+        "--server.http.listen-addr",
+        dest="listen_addr",
+        default="127.0.0.1:12345",
+        help="address the HTTP server listens on (default %(default)s)",
+    )
+    run.add_argument(
+        "--storage.path",
+        dest="storage_path",
+        default="data-minilog/",
+        help="directory for component state such as positions (default %(default)s)",
+    )
+    run.add_argument(
+        "--stability.level",
+        dest="stability_level",
+        default="generally-available",
+        choices=_STABILITY_LEVELS,
+        help="minimum stability level of features to allow (default %(default)s)",
+    )
+    run.add_argument(
+        "--config.format",
+        dest="config_format",
+        default="alloy",
+        help="config format; minilog reads only 'alloy'",
+    )
+    run.add_argument(
+        "--feature.component-shutdown-deadline",
+        dest="shutdown_deadline",
+        default=None,
+        help="how long writers may flush at shutdown (Go duration; default 15s)",
+    )
+    run.add_argument(
+        "--testing.url-override",
+        dest="url_overrides",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="TEST ONLY: rewrite loki.write endpoint URLs starting with OLD to start "
+        "with NEW (lets an unchanged config ship to a fake Loki)",
+    )
+    for flag in _IGNORED_VALUE_FLAGS:
+        run.add_argument(
+            flag,
+            dest="ignored_" + flag.strip("-").replace(".", "_").replace("-", "_"),
+            help=argparse.SUPPRESS,
+        )
+    for flag in _IGNORED_BOOL_FLAGS:
+        run.add_argument(
+            flag,
+            dest="ignored_" + flag.strip("-").replace("-", "_"),
+            action="store_true",
+            help="accepted for Alloy compatibility; ignored",
+        )
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a config and print every problem as file:line:col: message",
+    )
+    validate.add_argument("path", metavar="CONFIG_FILE_OR_DIR")
+    validate.add_argument(
+        "--stability.level",
+        dest="stability_level",
+        default="generally-available",
+        choices=_STABILITY_LEVELS,
+    )
+
+    fmt = sub.add_parser("fmt", help="print a config file in canonical format")
+    fmt.add_argument("path", metavar="CONFIG_FILE")
+    fmt.add_argument(
+        "--write", "-w", action="store_true", help="rewrite the file in place"
+    )
+    return parser
+
+
+def _normalize(argv: Sequence[str]) -> list[str]:
+    """Go's flag package accepts ``--bool=true|false``; argparse does not."""
+    out: list[str] = []
+    for raw in argv:
+        arg = raw
+        if raw.startswith("-") and not raw.startswith("--"):
+            # Go flags also take a single dash: -server.http.listen-addr=...
+            long = "-" + raw
+            if long.partition("=")[0] in _LONG_FLAGS:
+                arg = long
+        name, sep, value = arg.partition("=")
+        if sep and name in _IGNORED_BOOL_FLAGS:
+            if value.lower() in ("1", "t", "true"):
+                out.append(name)
+            continue
+        if sep and name in _FALSE_ONLY_FLAGS and value.lower() in ("0", "f", "false"):
+            continue
+        out.append(arg)
+    return out
+
+
+def _print_diagnostics(exc: ConfigError) -> None:
+    for diagnostic in exc.diagnostics:
+        print(diagnostic, file=sys.stderr)
+
+
+def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise SystemExit(
+                f"minilog: --testing.url-override wants OLD=NEW, got {item!r}"
+            )
+        out[old] = new
+    return out
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from minilog.pipeline import Agent
+
+    try:
+        Agent(args.path, stability_level=args.stability_level).load()
+    except ConfigError as exc:
+        _print_diagnostics(exc)
+        return _EXIT_CONFIG
+    return 0
+
+
+def _cmd_fmt(args: argparse.Namespace) -> int:
+    from minilog.config import format_source
+
+    path = Path(args.path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return _EXIT_CONFIG
+    try:
+        formatted = format_source(text, str(path))
+    except ConfigError as exc:
+        _print_diagnostics(exc)
+        return _EXIT_CONFIG
+    if args.write:
+        if formatted != text:
+            path.write_text(formatted, encoding="utf-8")
+    else:
+        sys.stdout.write(formatted)
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from minilog.config import parse_duration
+    from minilog.pipeline import Agent, LoggingConfig
+    from minilog.server import AgentServer, parse_listen_addr
+
+    def on_logging(cfg: LoggingConfig) -> None:
+        configure_logging(cfg.level, cfg.format)
+
+    try:
+        host, port = parse_listen_addr(args.listen_addr)
+        drain = 15.0
+        if args.shutdown_deadline:
+            drain = parse_duration(args.shutdown_deadline)
+    except ValueError as exc:
+        print(f"minilog: {exc}", file=sys.stderr)
+        return 2
+    if args.path is None:
+        log.info("no config path given: running the embedded default config")
+        agent = Agent(
+            config_text=default_config(),
+            storage_path=args.storage_path,
+            stability_level=args.stability_level,
+            drain_timeout=drain,
+            url_overrides=_parse_overrides(args.url_overrides),
+            on_logging=on_logging,
+        )
+    else:
+        agent = Agent(
+            args.path,
+            storage_path=args.storage_path,
+            stability_level=args.stability_level,
+            drain_timeout=drain,
+            url_overrides=_parse_overrides(args.url_overrides),
+            on_logging=on_logging,
+        )
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_stop(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            # Second signal: the user does not want to wait for the drain.
+            os._exit(128 + signum)
+        log.info(
+            "shutting down gracefully", extra={"signal": signal.Signals(signum).name}
+        )
+        agent.request_stop()
+
+    async def reload() -> None:
+        # A failure is logged by the agent; the last good config keeps running.
+        with contextlib.suppress(MinilogError):
+            await agent.reload()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, on_stop, signal.SIGINT)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # Handlers go in before anything starts: a signal during startup is honoured too.
+    try:
+        await agent.start()
+    except ConfigError as exc:
+        log.error("invalid configuration, exiting")
+        _print_diagnostics(exc)
+        _remove_handlers(loop)
+        return _EXIT_CONFIG
+    server = AgentServer(agent, host=host, port=port)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen", extra={"addr": args.listen_addr, "err": str(exc)})
+        await agent.aclose()
+        _remove_handlers(loop)
+        return 1
+    log.info("now listening for http traffic", extra={"addr": server.url})
+
+    try:
+        await agent.wait_stopped()
+    finally:
+        await server.aclose()
+        await agent.aclose()
+        _remove_handlers(loop)
+    log.info("shutdown complete")
+    return 0
+
+
+def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point (``minilog = "minilog.cli:main"``); returns the exit code."""
+    args = _parser().parse_args(_normalize(sys.argv[1:] if argv is None else argv))
+    if args.command == "validate":
+        return _cmd_validate(args)
+    if args.command == "fmt":
+        return _cmd_fmt(args)
+    configure_logging("info", "logfmt")
+    for name, value in vars(args).items():
+        if name.startswith("ignored_") and value not in (None, False):
+            log.debug("ignoring Alloy flag", extra={"flag": name[len("ignored_") :]})
+    if args.config_format != "alloy":
+        print(
+            f"minilog: --config.format={args.config_format} is not supported; "
+            "only 'alloy' configs can be read",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return asyncio.run(_serve(args))
+    except MinilogError as exc:
+        log.error("fatal error", extra={"err": str(exc)})
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

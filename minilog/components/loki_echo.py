@@ -1,0 +1,62 @@
+"""``loki.echo``: logs every entry it receives to minilog's own log, then drops it.
+
+Like Alloy's, it is a debugging sink: one info record per entry with its labels and
+timestamp. It owns nothing but the exported receiver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from minilog.components.base import (
+    Component,
+    ComponentOptions,
+    StableReceiver,
+    register,
+)
+from minilog.config.schema import Schema
+from minilog.labels import format_labels
+from minilog.model import StreamBatch
+
+__all__ = ["LokiEcho"]
+
+
+@register
+class LokiEcho(Component):
+    """Logs what reaches it; ``loki.echo "x" {}`` takes no arguments."""
+
+    name = "loki.echo"
+    schema = Schema(attrs=[])
+    phase = "process"
+
+    @classmethod
+    def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:
+        return {"receiver": StableReceiver(component_id)}
+
+    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+        super().__init__(opts, args)
+        self._exports = {"receiver": self}
+
+    def exports(self) -> Mapping[str, Any]:
+        return self._exports
+
+    async def update(self, args: Mapping[str, Any]) -> None:
+        self.args = args
+
+    async def send(self, batch: StreamBatch) -> None:
+        labels = format_labels(
+            {k: v for k, v in batch.labels.items() if not k.startswith("__")}
+        )
+        for entry in batch.entries:
+            self.log.info(
+                "received log entry",
+                extra={
+                    "receiver": self.id,
+                    "entry": entry.line,
+                    "entry_timestamp": entry.timestamp_ns,
+                    "labels": labels,
+                    "structured_metadata": dict(entry.structured_metadata),
+                },
+            )
+        batch.settle()

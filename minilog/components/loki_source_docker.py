@@ -1,0 +1,194 @@
+"""``loki.source.docker``: tails the containers in ``targets`` (``tail.DockerSource``).
+
+Owns the Docker client, the positions file (``<storage>/<id>/positions.json``) and the
+reset rule: a change of ``host``, ``labels`` or ``relabel_rules`` replaces the source
+(the old one stops first and records its positions, so the new one resumes exactly);
+a change of ``targets`` or ``forward_to`` is applied in place and untouched tailers run
+on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from minilog._docker import DockerClient
+from minilog.components.base import (
+    Component,
+    ComponentOptions,
+    Fanout,
+    positioned,
+    register,
+)
+from minilog.components.discovery_docker import check_docker_host
+from minilog.config.ast import Block
+from minilog.config.schema import Attr, Schema
+from minilog.errors import LabelError
+from minilog.labels import parse_labels
+from minilog.positions import Positions
+from minilog.relabel import RelabelRules
+from minilog.tail import DockerSource
+
+__all__ = ["LokiSourceDocker", "legacy_rules"]
+
+# The fields whose change requires a new source (Alloy's ``requiresReset``; Alloy does
+# not reset on ``labels``, but minilog's tailers compute labels once per stream at
+# start).
+_RESET_FIELDS = ("host", "labels", "relabel_rules", "refresh_interval")
+
+
+def legacy_rules(rules: RelabelRules | None) -> RelabelRules | None:
+    """``relabel_rules`` of a Loki source use legacy label-name validation (Alloy)."""
+    if rules is None or len(rules) == 0:
+        return None
+    if rules.legacy_names:
+        return rules
+    return RelabelRules(rules.rules, legacy_names=True)
+
+
+@register
+class LokiSourceDocker(Component):
+    """Tails every container named by ``targets``; no exports."""
+
+    name = "loki.source.docker"
+    schema = Schema(
+        attrs=[
+            Attr("host", "string", required=True),
+            Attr("targets", "list(map(string))", required=True),
+            Attr("forward_to", "list(capsule)", required=True),
+            Attr("labels", "map(string)", default={}),
+            Attr("relabel_rules", "capsule"),
+            Attr("refresh_interval", "duration", default=60.0),
+        ]
+    )
+    phase = "source"
+
+    @classmethod
+    def prepare(
+        cls,
+        args: Mapping[str, Any],
+        block: Block,
+        *,
+        stability_level: str = "generally-available",
+    ) -> dict[str, Any]:
+        check_docker_host(str(args.get("host") or ""), block)
+        if float(args.get("refresh_interval", 60.0)) <= 0:
+            raise positioned(block, "refresh_interval must be greater than 0")
+        rules = args.get("relabel_rules")
+        if rules is not None and not isinstance(rules, RelabelRules):
+            raise positioned(block, "relabel_rules must be a RelabelRules value")
+        out = dict(args)
+        out["legacy_rules"] = legacy_rules(rules)
+        return out
+
+    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+        super().__init__(opts, args)
+        self._fanout = Fanout(args.get("forward_to") or [])
+        self._positions = Positions(opts.data_path / "positions.json")
+        self._client = DockerClient(str(args["host"]))
+        self._old_clients: list[DockerClient] = []
+        self._registry = opts.registry
+        self._source = self._build(args, self._registry)
+        self._replaced = asyncio.Event()
+
+    def _build(
+        self, args: Mapping[str, Any], registry: CollectorRegistry
+    ) -> DockerSource:
+        source = DockerSource(
+            self._client,
+            [self._fanout],
+            labels=dict(args.get("labels") or {}),
+            relabel_rules=args.get("legacy_rules"),
+            positions=self._positions,
+            registry=registry,
+        )
+        source.update_targets(list(args.get("targets") or []))
+        return source
+
+    def metrics_registry(self) -> CollectorRegistry:
+        return self._registry
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._replaced.clear()
+                source = self._source
+                task = asyncio.create_task(source.run(), name=f"{self.id} source")
+                try:
+                    await self._replaced.wait()
+                finally:
+                    # Stop this source first (on replacement as on shutdown): it records
+                    # the positions the next one resumes from.
+                    await source.aclose()
+                    await asyncio.gather(task, return_exceptions=True)
+                for client in self._old_clients:
+                    await client.aclose()
+                self._old_clients.clear()
+                # Built only now: its tailers read their start positions when created,
+                # and the old source has just recorded the final ones.
+                self._registry = CollectorRegistry(auto_describe=True)
+                self._source = self._build(self.args, self._registry)
+        finally:
+            self.set_health("exited", "stopped")
+
+    async def finalize(self) -> None:
+        # Writers have flushed by now: persist what they acknowledged, then close.
+        try:
+            await self._positions.asave()
+        except OSError as exc:
+            self.log.error("cannot save positions", extra={"err": str(exc)})
+        for client in [*self._old_clients, self._client]:
+            await client.aclose()
+
+    async def stop_unstarted(self) -> None:
+        await self._client.aclose()
+
+    async def update(self, args: Mapping[str, Any]) -> None:
+        old, self.args = self.args, args
+        self._fanout.set(args.get("forward_to") or [])
+        if all(args.get(f) == old.get(f) for f in _RESET_FIELDS):
+            self._source.update_targets(list(args.get("targets") or []))
+            return
+        if args.get("host") != old.get("host"):
+            # The old client serves the old source until that has stopped.
+            self._old_clients.append(self._client)
+            self._client = DockerClient(str(args["host"]))
+        # The run loop stops the current source, then builds the replacement.
+        self._replaced.set()
+
+    def final_labels(self, target_labels: Mapping[str, str]) -> dict[str, Any]:
+        """Per stream, the labels this target's entries reach Loki with (None: dropped).
+
+        The same steps the tailer takes: add the stream, apply ``relabel_rules``, drop
+        ``__``-prefixed names.
+        """
+        rules: RelabelRules | None = self.args.get("legacy_rules")
+        out: dict[str, Any] = {}
+        for stream in ("stdout", "stderr"):
+            labels: dict[str, str] | None = {
+                **target_labels,
+                "__meta_docker_container_log_stream": stream,
+            }
+            if rules is not None and labels is not None:
+                labels = rules.process(labels)
+            out[stream] = (
+                None
+                if labels is None
+                else {k: v for k, v in labels.items() if not k.startswith("__")}
+            )
+        return out
+
+    def debug_info(self) -> Any:
+        targets = []
+        for info in self._source.targets_info():
+            item = asdict(info)
+            try:
+                item["final_labels"] = self.final_labels(parse_labels(info.labels))
+            except LabelError as exc:
+                item["final_labels"] = {"error": str(exc)}
+            targets.append(item)
+        return {"targets_info": targets}

@@ -1,0 +1,449 @@
+"""Declarative argument schemas and the decoder from block bodies to plain, typed dicts.
+
+Owns ``Attr``/``BlockSpec``/``Schema``, the Alloy type conversions ("duration", "bytes",
+"list(map(string))", ...) and Go's duration and alecthomas/units byte-size syntax.
+Components are not described here: the runtime declares one ``Schema`` per component and
+calls ``decode_block``, which reports every problem of the block, positioned, in one
+``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from minilog.config import ast
+from minilog.config._eval import Scope, evaluate
+from minilog.config.stdlib import Namespace, Secret, _go_float, type_name
+from minilog.errors import ConfigError, Diagnostic
+
+__all__ = [
+    "MISSING",
+    "TYPES",
+    "Attr",
+    "BlockSpec",
+    "Schema",
+    "decode_block",
+    "parse_bytes",
+    "parse_duration",
+]
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: Marks an attribute without a default (decoded as ``None`` when absent).
+MISSING: Final = _Missing()
+
+#: The scalar types; ``list(T)`` and ``map(T)`` compose them.
+TYPES: Final = frozenset(
+    {
+        "string",
+        "number",
+        "int",
+        "uint",
+        "bool",
+        "duration",
+        "bytes",
+        "secret",
+        "any",
+        "capsule",
+    }
+)
+
+
+def _check_type(text: str) -> None:
+    inner = text
+    while inner.startswith(("list(", "map(")) and inner.endswith(")"):
+        inner = inner[inner.index("(") + 1 : -1]
+    if inner not in TYPES:
+        raise ValueError(f"unknown attribute type {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """One attribute: its Alloy name, type, and default (a Python value, used as given,
+    deep-copied).
+
+    An absent or ``null`` attribute decodes to ``default``, or to ``None`` without one.
+    """
+
+    name: str
+    type: str
+    default: Any = MISSING
+    required: bool = False
+
+    def __post_init__(self) -> None:
+        _check_type(self.type)
+        if self.required and self.default is not MISSING:
+            raise ValueError(
+                f"attribute {self.name!r} cannot be both required and defaulted"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSpec:
+    """A nested block; absent, it decodes to ``None`` (``[]`` when ``repeated``)."""
+
+    name: str
+    schema: Schema
+    repeated: bool = False
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    attrs: Sequence[Attr]
+    blocks: Sequence[BlockSpec] = ()
+
+
+# ---------------------------------------------------------------- Go syntaxes
+
+_DURATION_UNITS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,  # micro sign
+    "\u03bcs": 1e-6,  # Greek mu
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART: Final = re.compile(r"(\d*)(?:\.(\d*))?([^\d.]*)")
+
+
+def parse_duration(text: str) -> float:
+    """Go's ``time.ParseDuration`` in seconds: ``"1h30m"``, ``"-250ms"``; no ``d``."""
+    s = text
+    negative = s.startswith("-")
+    if s[:1] in ("-", "+"):
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise ValueError(f'invalid duration "{text}"')
+    total = 0.0
+    pos = 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if (
+            m is None or m.end() == pos
+        ):  # pragma: no cover - the pattern always matches something here
+            raise ValueError(f'invalid duration "{text}"')
+        whole, frac, unit = m.group(1), m.group(2), m.group(3)
+        if not whole and not frac:
+            raise ValueError(f'invalid duration "{text}"')
+        if not unit:
+            raise ValueError(f'missing unit in duration "{text}"')
+        scale = _DURATION_UNITS.get(unit)
+        if scale is None:
+            raise ValueError(f'unknown unit "{unit}" in duration "{text}"')
+        total += float(f"{whole or 0}.{frac or 0}") * scale
+        pos = m.end()
+    return -total if negative else total
+
+
+_BYTE_UNITS: Final = {"B": 1}
+for _i, _prefix in enumerate("KMGTPE", start=1):
+    # alecthomas/units ParseBase2Bytes: "KB" and "KiB" both mean 1024.
+    _BYTE_UNITS[_prefix + "B"] = 1024**_i
+    _BYTE_UNITS[_prefix + "iB"] = 1024**_i
+_BYTES_PART: Final = re.compile(r"(\d*)(?:\.(\d*))?([A-Za-z]*)")
+
+
+def parse_bytes(text: str) -> int:
+    """A base-2 size as alecthomas/units reads it: ``"1MiB"``, ``"1MB"`` (2^20 too)."""
+    if text == "0":
+        return 0
+    if not text:
+        raise ValueError('invalid byte size ""')
+    total = 0.0
+    pos = 0
+    while pos < len(text):
+        m = _BYTES_PART.match(text, pos)
+        assert m is not None
+        whole, frac, unit = m.group(1), m.group(2), m.group(3)
+        if m.end() == pos or (not whole and not frac):
+            raise ValueError(f'invalid byte size "{text}"')
+        if not unit:
+            raise ValueError(f'missing unit in byte size "{text}"')
+        scale = _BYTE_UNITS.get(unit)
+        if scale is None:
+            raise ValueError(f'unknown unit "{unit}" in byte size "{text}"')
+        total += float(f"{whole or 0}.{frac or 0}") * scale
+        pos = m.end()
+    return int(total)
+
+
+# ---------------------------------------------------------------- conversions
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _to_number(value: Any, want: str) -> int | float:
+    if _is_number(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and not isinstance(value, Secret):
+        # Alloy converts numeric strings assigned to number attributes.
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch(f'expected {want}, got string "{value}"') from None
+    raise _Mismatch(f"expected {want}, got {type_name(value)}")
+
+
+def convert(value: Any, typ: str) -> Any:
+    """Convert an evaluated value to ``typ``; ``_Mismatch`` says what was wrong."""
+    if value is None or typ == "any":
+        return value
+    if typ.startswith("list(") and typ.endswith(")"):
+        inner = typ[5:-1]
+        if not isinstance(value, list | tuple):
+            raise _Mismatch(f"expected {typ}, got {type_name(value)}")
+        out: list[Any] = []
+        for i, item in enumerate(value):
+            try:
+                out.append(convert(item, inner))
+            except _Mismatch as exc:
+                raise _Mismatch(f"element {i}: {exc}") from None
+        return out
+    if typ.startswith("map(") and typ.endswith(")"):
+        inner = typ[4:-1]
+        if not isinstance(value, Mapping) or isinstance(value, Namespace):
+            raise _Mismatch(f"expected {typ}, got {type_name(value)}")
+        result: dict[str, Any] = {}
+        for key, item in value.items():
+            try:
+                result[key] = convert(item, inner)
+            except _Mismatch as exc:
+                raise _Mismatch(f'key "{key}": {exc}') from None
+        return result
+    return _convert_scalar(value, typ)
+
+
+def _convert_scalar(value: Any, typ: str) -> Any:
+    if typ == "string":
+        if isinstance(value, Secret):
+            raise _Mismatch("expected string, got secret (use convert.nonsensitive)")
+        if isinstance(value, str):
+            return value
+        if _is_number(value):
+            return _go_float(value) if isinstance(value, float) else str(value)
+        raise _Mismatch(f"expected string, got {type_name(value)}")
+    if typ == "secret":
+        if isinstance(value, str):
+            return Secret(value)
+        raise _Mismatch(f"expected secret, got {type_name(value)}")
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch(f"expected bool, got {type_name(value)}")
+    if typ == "number":
+        return _to_number(value, "number")
+    if typ in ("int", "uint"):
+        num = _to_number(value, typ)
+        if isinstance(num, float):
+            if not num.is_integer():
+                raise _Mismatch(f"expected {typ}, got fractional number {num}")
+            num = int(num)
+        if typ == "uint" and num < 0:
+            raise _Mismatch(f"expected uint, got negative number {num}")
+        return num
+    if typ == "duration":
+        if not isinstance(value, str):
+            raise _Mismatch(f"expected duration string, got {type_name(value)}")
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise _Mismatch(str(exc)) from None
+    if typ == "bytes":
+        if _is_number(value):
+            if value < 0 or value != int(value):
+                raise _Mismatch(f"expected a byte size, got {value}")
+            return int(value)
+        if not isinstance(value, str):
+            raise _Mismatch(f"expected a byte size, got {type_name(value)}")
+        try:
+            return parse_bytes(value)
+        except ValueError as exc:
+            raise _Mismatch(str(exc)) from None
+    # capsule: any opaque Python object, but not a plain Alloy value.
+    if type_name(value) != "capsule":
+        raise _Mismatch(f"expected capsule, got {type_name(value)}")
+    return value
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode_block(
+    block: ast.Block | ast.File | Sequence[ast.Stmt],
+    schema: Schema,
+    scope: Scope,
+    *,
+    pos: ast.Pos | None = None,
+) -> dict[str, Any]:
+    """Evaluate a block's body against ``schema``: ``{attr or block name: value}``.
+
+    Every attribute and nested block of the schema appears in the result (defaults
+    applied). All problems (unknown names, missing required ones, wrong types,
+    duplicates, evaluation errors) are collected and raised together. ``pos`` places
+    "missing ..." errors when a bare statement list is passed.
+    """
+    if isinstance(block, ast.Block):
+        body: Sequence[ast.Stmt] = block.body
+        where = block.pos
+    elif isinstance(block, ast.File):
+        body = block.body
+        where = ast.Pos(1, 1, 0, block.path)
+    else:
+        body = block
+        where = pos or (body[0].pos if body else ast.Pos(0, 0, 0))
+    diags: list[Diagnostic] = []
+    result = _decode(body, schema, scope, where, diags)
+    if diags:
+        diags.sort(key=lambda d: (d.path, d.line, d.column))
+        raise ConfigError(diags)
+    return result
+
+
+def _diag(pos: ast.Pos, message: str) -> Diagnostic:
+    return Diagnostic(pos.file, pos.line, pos.col, message)
+
+
+def _supported(kind: str, names: list[str]) -> str:
+    return (
+        f"supported {kind}: {', '.join(names)}"
+        if names
+        else f"this block takes no {kind}"
+    )
+
+
+def _decode(
+    body: Sequence[ast.Stmt],
+    schema: Schema,
+    scope: Scope,
+    where: ast.Pos,
+    diags: list[Diagnostic],
+) -> dict[str, Any]:
+    attrs = {a.name: a for a in schema.attrs}
+    blocks = {b.name: b for b in schema.blocks}
+    result: dict[str, Any] = {}
+    seen: dict[str, ast.Pos] = {}
+    found_blocks: dict[str, list[dict[str, Any]]] = {}
+    for stmt in body:
+        if isinstance(stmt, ast.Attribute):
+            _decode_attr(stmt, attrs, blocks, scope, seen, result, diags)
+            continue
+        name = stmt.full_name
+        spec = blocks.get(name)
+        if spec is None:
+            if name in attrs:
+                diags.append(
+                    _diag(
+                        stmt.pos,
+                        f'"{name}" is an attribute, not a block: write {name} = ...',
+                    )
+                )
+            else:
+                supported = _supported("blocks", list(blocks))
+                diags.append(
+                    _diag(stmt.pos, f'unrecognized block name "{name}"; {supported}')
+                )
+            continue
+        if stmt.label is not None:
+            diags.append(_diag(stmt.pos, f'block "{name}" does not take a label'))
+        first = seen.get(name)
+        if first is not None and not spec.repeated:
+            diags.append(
+                _diag(
+                    stmt.pos,
+                    f'block "{name}" may only be given once '
+                    f"(first at {first.line}:{first.col})",
+                )
+            )
+            continue
+        seen.setdefault(name, stmt.pos)
+        found_blocks.setdefault(name, []).append(
+            _decode(stmt.body, spec.schema, scope, stmt.pos, diags)
+        )
+    for attr in schema.attrs:
+        if attr.name in result:
+            continue
+        if attr.required and attr.name not in seen:
+            diags.append(_diag(where, f'missing required attribute "{attr.name}"'))
+        result[attr.name] = (
+            None if attr.default is MISSING else copy.deepcopy(attr.default)
+        )
+    for bspec in schema.blocks:
+        values = found_blocks.get(bspec.name, [])
+        if bspec.required and not values:
+            diags.append(_diag(where, f'missing required block "{bspec.name}"'))
+        result[bspec.name] = (
+            values if bspec.repeated else (values[0] if values else None)
+        )
+    return result
+
+
+def _decode_attr(
+    stmt: ast.Attribute,
+    attrs: dict[str, Attr],
+    blocks: dict[str, BlockSpec],
+    scope: Scope,
+    seen: dict[str, ast.Pos],
+    result: dict[str, Any],
+    diags: list[Diagnostic],
+) -> None:
+    name = stmt.name
+    spec = attrs.get(name)
+    if spec is None:
+        if name in blocks:
+            diags.append(
+                _diag(
+                    stmt.pos,
+                    f'"{name}" is a block, not an attribute: write {name} {{ ... }}',
+                )
+            )
+        else:
+            supported = _supported("attributes", list(attrs))
+            diags.append(
+                _diag(stmt.pos, f'unrecognized attribute name "{name}"; {supported}')
+            )
+        return
+    first = seen.get(name)
+    if first is not None:
+        diags.append(
+            _diag(
+                stmt.pos, f'attribute "{name}" already set at {first.line}:{first.col}'
+            )
+        )
+        return
+    seen[name] = stmt.pos
+    try:
+        value = evaluate(stmt.value, scope)
+    except ConfigError as exc:
+        diags.extend(exc.diagnostics)
+        return
+    if value is None:
+        # null is assignable to anything: it means "not set".
+        return
+    try:
+        result[name] = convert(value, spec.type)
+    except _Mismatch as exc:
+        diags.append(_diag(ast.start_pos(stmt.value), f'attribute "{name}": {exc}'))

@@ -1,0 +1,692 @@
+"""The agent runtime: builds the component graph, owns every task, reloads, shuts down.
+
+    config (file | dir | text) -> AST -> component blocks -> DAG of references
+      -> toposort -> evaluate arguments (stdlib + exports)
+      -> construct / update components -> run tasks
+
+Exports flow along the DAG: when a component publishes new exports, its dependents are
+re-evaluated and updated (Alloy's controller cascade). Shutdown order, fixed here:
+stop discovery -> stop sources (tailers record positions) -> processing drains ->
+writers flush within the drain timeout -> positions persisted, clients closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from minilog import config as cfg
+from minilog._logging_setup import component_logger
+from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
+from minilog.components.base import Phase
+from minilog.config import Attr, Schema, Scope, decode_block
+from minilog.config.ast import Attribute, Block, File
+from minilog.errors import ConfigError, Diagnostic, MinilogError
+
+__all__ = ["PHASES", "Agent", "LoggingConfig"]
+
+log = logging.getLogger("minilog.pipeline")
+
+#: Shutdown order.
+PHASES: tuple[Phase, ...] = ("discovery", "source", "process", "write")
+
+#: Top-level blocks that configure the agent rather than declare a component.
+_CONFIG_BLOCKS = ("logging",)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """The top-level ``logging`` block."""
+
+    level: str = "info"
+    format: str = "logfmt"
+
+
+@dataclass(slots=True)
+class _Node:
+    """One component declaration in a loaded config."""
+
+    id: str
+    block: Block
+    cls: type[Component]
+    deps: set[str]
+
+
+@dataclass(slots=True)
+class _Graph:
+    """A validated config: nodes in dependency order plus the agent-level blocks."""
+
+    nodes: dict[str, _Node]
+    order: list[str]
+    logging: LoggingConfig
+
+
+@dataclass(slots=True)
+class _Live:
+    """A running component and what the runtime tracks about it."""
+
+    node: _Node
+    component: Component
+    raw_args: dict[str, Any]
+    task: asyncio.Task[None] | None = None
+    dependents: set[str] = field(default_factory=set)
+
+
+def _diag(block: Block | Attribute, message: str) -> Diagnostic:
+    return Diagnostic(block.pos.file, block.pos.line, block.pos.col, message)
+
+
+def _supported() -> str:
+    return ", ".join(sorted(COMPONENT_TYPES))
+
+
+class _ComponentMetrics(Collector):
+    """Every component's own registry, with ``component_id`` added, merged by name.
+
+    Each component gets its own registry so two components of one type (two
+    ``loki.write``) can register the same metric names, as in Alloy.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def describe(self) -> list[Metric]:
+        # No fixed names: the set changes with the config.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for live in list(self._agent._live.values()):
+            extra = {"component_id": live.node.id, "component_path": "/"}
+            for family in live.component.metrics_registry().collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                    merged[family.name] = out
+                for s in family.samples:
+                    out.samples.append(s._replace(labels={**s.labels, **extra}))
+        yield from merged.values()
+
+
+class Agent:
+    """The component graph of one config, and the tasks that run it.
+
+    Args:
+        config_path: a ``.alloy`` file or a directory of them (or ``config_text``).
+        config_text: config source used instead of a path (the embedded default).
+        storage_path: ``--storage.path``; each component gets ``<storage_path>/<id>/``.
+        registry: where the agent's metrics are exposed (a fresh one if ``None``).
+        stability_level: ``--stability.level``.
+        drain_timeout: how long writers may flush at shutdown.
+        url_overrides: TEST-ONLY rewriting of ``loki.write`` endpoint URL prefixes
+            (``{"http://loki:3100": "http://127.0.0.1:4100"}``), so an unchanged config
+            can be pointed at a fake Loki; empty in production.
+        on_logging: called with the ``logging`` block on every successful (re)load.
+    """
+
+    def __init__(
+        self,
+        config_path: str | Path | None = None,
+        *,
+        config_text: str | None = None,
+        storage_path: str | Path = "data-minilog",
+        registry: CollectorRegistry | None = None,
+        stability_level: str = "generally-available",
+        drain_timeout: float = 15.0,
+        url_overrides: Mapping[str, str] | None = None,
+        on_logging: Callable[[LoggingConfig], None] | None = None,
+    ) -> None:
+        if (config_path is None) == (config_text is None):
+            raise ValueError("give exactly one of config_path and config_text")
+        self.config_path = None if config_path is None else Path(config_path)
+        self.config_text = config_text
+        self.storage_path = Path(storage_path)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.stability_level = stability_level
+        self.drain_timeout = drain_timeout
+        self.url_overrides = dict(url_overrides or {})
+        self._on_logging = on_logging
+        self._graph: _Graph | None = None
+        self._live: dict[str, _Live] = {}
+        self._ready = False
+        self._started = False
+        self._closed = False
+        self._lock = asyncio.Lock()
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._controller: asyncio.Task[None] | None = None
+        self.last_error: ConfigError | None = None
+        self.registry.register(_ComponentMetrics(self))
+        self._load_ok = Gauge(
+            "minilog_config_last_load_successful",
+            "Whether the last configuration load succeeded (1) or not (0).",
+            registry=self.registry,
+        )
+        self._load_failures = Counter(
+            "minilog_config_load_failures",
+            "Configuration loads (startup and reloads) that failed.",
+            registry=self.registry,
+        )
+        self._reloads = Counter(
+            "minilog_config_reloads",
+            "Successful configuration reloads.",
+            registry=self.registry,
+        )
+
+    # ---------------------------------------------------------------- view (server)
+
+    @property
+    def ready(self) -> bool:
+        """True once the first config load succeeded and its components started."""
+        return self._ready
+
+    def unhealthy_components(self) -> list[str]:
+        return sorted(
+            cid
+            for cid, live in self._live.items()
+            if live.component.health().state != "healthy"
+        )
+
+    def components_info(self) -> list[dict[str, Any]]:
+        """JSON-able description of every component, for the UI and its API."""
+        out = []
+        for cid in self._graph.order if self._graph else []:
+            live = self._live.get(cid)
+            if live is None:
+                continue
+            health = live.component.health()
+            try:
+                debug = live.component.debug_info()
+            except Exception as exc:  # noqa: BLE001 - one broken view must not break the UI
+                debug = {"error": str(exc)}
+            out.append(
+                {
+                    "id": cid,
+                    "name": live.node.cls.name,
+                    "health": health.state,
+                    "message": health.message,
+                    "updated": health.updated,
+                    "references": sorted(live.node.deps),
+                    "referenced_by": sorted(live.dependents),
+                    "debug_info": debug,
+                }
+            )
+        return out
+
+    def component(self, component_id: str) -> Component:
+        """The running component with that ID (``KeyError`` if there is none)."""
+        return self._live[component_id].component
+
+    # ---------------------------------------------------------------- loading
+
+    def _read(self) -> File:
+        if self.config_text is not None:
+            return cfg.parse(self.config_text, "<embedded>")
+        assert self.config_path is not None
+        return cfg.load(self.config_path)
+
+    def load(self) -> _Graph:
+        """Parse and validate the config without starting anything.
+
+        Raises:
+            ConfigError: with every diagnostic found.
+        """
+        return self._check(self._read())
+
+    def _check(self, file: File) -> _Graph:
+        diagnostics: list[Diagnostic] = []
+        nodes: dict[str, _Node] = {}
+        logging_cfg = LoggingConfig()
+        seen_config: set[str] = set()
+        for stmt in file.body:
+            if isinstance(stmt, Attribute):
+                diagnostics.append(
+                    _diag(stmt, f"unexpected attribute {stmt.name!r} at the top level")
+                )
+                continue
+            name = stmt.full_name
+            if name in _CONFIG_BLOCKS:
+                if stmt.label is not None:
+                    diagnostics.append(
+                        _diag(stmt, f"block {name!r} does not take a label")
+                    )
+                elif name in seen_config:
+                    diagnostics.append(
+                        _diag(stmt, f"block {name!r} declared more than once")
+                    )
+                else:
+                    seen_config.add(name)
+                    try:
+                        logging_cfg = _decode_logging(stmt)
+                    except ConfigError as exc:
+                        diagnostics.extend(exc.diagnostics)
+                continue
+            cls = COMPONENT_TYPES.get(name)
+            if cls is None:
+                diagnostics.append(
+                    _diag(
+                        stmt,
+                        f"unsupported component or block {name!r}; minilog supports: "
+                        f"{', '.join(_CONFIG_BLOCKS)}, {_supported()}",
+                    )
+                )
+                continue
+            if not stmt.label:
+                diagnostics.append(_diag(stmt, f'component "{name}" must have a label'))
+                continue
+            if stmt.id in nodes:
+                first = nodes[stmt.id].block.pos
+                diagnostics.append(
+                    _diag(stmt, f"component {stmt.id!r} already declared at {first}")
+                )
+                continue
+            nodes[stmt.id] = _Node(stmt.id, stmt, cls, set())
+
+        # References -> edges: a reference depends on the component whose ID prefixes
+        # its path; unknown names are reported by the evaluator below, with positions.
+        refs = {cid: cfg.references(node.block) for cid, node in nodes.items()}
+        order: list[str] = list(nodes)
+        try:
+            order = cfg.toposort(refs)
+        except ConfigError as exc:
+            diagnostics.extend(exc.diagnostics)
+        for cid, node in nodes.items():
+            for ref in refs[cid]:
+                target = _component_of(ref.path, nodes)
+                if target is not None and target != cid:
+                    node.deps.add(target)
+
+        # Evaluate every component against placeholder exports of its dependencies, so
+        # that type errors anywhere are reported at once, before anything starts.
+        scope: dict[str, Mapping[str, Any]] = {}
+        for cid in order:
+            node = nodes[cid]
+            try:
+                args = _decode(node, scope)
+                node.cls.prepare(
+                    self._override(node, args),
+                    node.block,
+                    stability_level=self.stability_level,
+                )
+            except ConfigError as exc:
+                diagnostics.extend(exc.diagnostics)
+            scope[cid] = node.cls.placeholder_exports(cid)
+        if diagnostics:
+            diagnostics.sort(key=lambda d: (d.path, d.line, d.column))
+            raise ConfigError(diagnostics)
+        return _Graph(nodes, order, logging_cfg)
+
+    def _override(self, node: _Node, args: dict[str, Any]) -> dict[str, Any]:
+        # TEST-ONLY hook (see the class docstring): rewrite loki.write endpoint URLs.
+        if not self.url_overrides or node.cls.name != "loki.write":
+            return args
+        endpoints = []
+        for ep in args.get("endpoint") or []:
+            url = str(ep.get("url", ""))
+            for old, new in self.url_overrides.items():
+                if url.startswith(old):
+                    url = new + url[len(old) :]
+                    break
+            endpoints.append({**ep, "url": url})
+        return {**args, "endpoint": endpoints}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load the config, build components in dependency order, start their tasks.
+
+        Raises:
+            ConfigError: the config is invalid (nothing is left running).
+        """
+        if self._started:
+            raise RuntimeError("Agent.start() called twice")
+        try:
+            graph = self.load()
+        except ConfigError as exc:
+            self._record_failure(exc)
+            raise
+        async with self._lock:
+            try:
+                await self._apply(graph)
+            except BaseException as exc:
+                if isinstance(exc, ConfigError):
+                    self._record_failure(exc)
+                await self._stop_all(list(self._live))
+                raise
+            self._started = True
+            self._controller = asyncio.create_task(
+                self._control(), name="minilog-controller"
+            )
+            self._record_success(graph)
+            self._ready = True
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to shut down gracefully (signal handlers call this)."""
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once ``request_stop()`` was called."""
+        await self._stop.wait()
+
+    async def run(self) -> None:
+        """``start()``, run until ``request_stop()`` or cancellation, then shut down."""
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Graceful shutdown in the fixed order; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready = False
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await controller
+        async with self._lock:
+            await self._stop_all(list(self._live))
+
+    async def reload(self) -> None:
+        """Re-read the config; on success diff the graph by component ID and apply it.
+
+        On failure the running graph stays untouched (last good config) and the error is
+        both logged and raised.
+
+        Raises:
+            ConfigError: the new config is invalid.
+        """
+        if self._closed or not self._started:
+            raise ConfigError("the agent is not running")
+        try:
+            graph = self.load()
+        except ConfigError as exc:
+            self._record_failure(exc)
+            log.error(
+                "reload failed, keeping the last good config", extra={"err": str(exc)}
+            )
+            raise
+        async with self._lock:
+            try:
+                await self._apply(graph)
+            except ConfigError as exc:
+                self._record_failure(exc)
+                log.error("reload failed while applying", extra={"err": str(exc)})
+                raise
+            self._reloads.inc()
+            self._record_success(graph)
+        log.info("config reloaded")
+
+    def _record_failure(self, exc: ConfigError) -> None:
+        self.last_error = exc
+        self._load_ok.set(0)
+        self._load_failures.inc()
+
+    def _record_success(self, graph: _Graph) -> None:
+        self.last_error = None
+        self._load_ok.set(1)
+        if self._on_logging is not None:
+            self._on_logging(graph.logging)
+
+    # ---------------------------------------------------------------- graph changes
+
+    def _scope(self) -> dict[str, Mapping[str, Any]]:
+        return {cid: live.component.exports() for cid, live in self._live.items()}
+
+    async def _apply(self, graph: _Graph) -> None:
+        """Make the running graph match ``graph``: create, update, stop the removed.
+
+        Evaluation errors with live values are collected; the components already
+        changed keep their new state (as in Alloy, which evaluates node by node), the
+        failing ones keep their last good arguments and turn unhealthy.
+        """
+        removed = [cid for cid in self._live if cid not in graph.nodes]
+        diagnostics: list[Diagnostic] = []
+        created: list[str] = []
+        for cid in graph.order:
+            node = graph.nodes[cid]
+            live = self._live.get(cid)
+            try:
+                raw = _decode(node, self._scope())
+                raw = self._override(node, raw)
+                if live is None:
+                    args = node.cls.prepare(
+                        raw, node.block, stability_level=self.stability_level
+                    )
+                    self._live[cid] = _Live(node, await self._create(node, args), raw)
+                    created.append(cid)
+                else:
+                    live.node = node
+                    if raw != live.raw_args:
+                        args = node.cls.prepare(
+                            raw, node.block, stability_level=self.stability_level
+                        )
+                        await live.component.update(args)
+                        live.raw_args = raw
+                        if live.component.health().state == "unhealthy":
+                            live.component.set_health("healthy", "updated")
+            except ConfigError as exc:
+                diagnostics.extend(exc.diagnostics)
+                if live is not None:
+                    live.component.set_health("unhealthy", str(exc))
+        self._graph = graph
+        self._relink()
+        await self._stop_all(removed)
+        for cid in created:
+            self._launch(self._live[cid])
+        if diagnostics:
+            raise ConfigError(diagnostics)
+
+    async def _create(self, node: _Node, args: dict[str, Any]) -> Component:
+        """Construct and start one component; failures become positioned diagnostics."""
+        try:
+            component = node.cls(self._options(node.id), args)
+        except ConfigError as exc:
+            raise _at(node.block, exc) from exc
+        except (MinilogError, ValueError, OSError) as exc:
+            raise ConfigError(_diag(node.block, f"{node.id}: {exc}")) from exc
+        try:
+            await component.start()
+        except (MinilogError, ValueError, OSError) as exc:
+            await component.stop_unstarted()
+            message = f"{node.id}: cannot start: {exc}"
+            raise ConfigError(_diag(node.block, message)) from exc
+        return component
+
+    def _relink(self) -> None:
+        for live in self._live.values():
+            live.dependents.clear()
+        for cid, live in self._live.items():
+            for dep in live.node.deps:
+                if dep in self._live:
+                    self._live[dep].dependents.add(cid)
+
+    def _options(self, cid: str) -> ComponentOptions:
+        return ComponentOptions(
+            id=cid,
+            data_path=self.storage_path / cid,
+            registry=CollectorRegistry(auto_describe=True),
+            logger=component_logger(cid),
+            on_exports=lambda: self._exports_changed(cid),
+            stability_level=self.stability_level,
+            drain_timeout=self.drain_timeout,
+        )
+
+    def _launch(self, live: _Live) -> None:
+        task = asyncio.create_task(
+            live.component.run(), name=f"component {live.node.id}"
+        )
+        live.task = task
+        task.add_done_callback(functools.partial(self._component_exited, live))
+
+    def _component_exited(self, live: _Live, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            live.component.set_health("exited", "component shut down normally")
+            return
+        live.component.set_health("unhealthy", f"component exited: {exc}")
+        log.error(
+            "component run() failed",
+            exc_info=exc,
+            extra={"component_id": live.node.id},
+        )
+
+    def _exports_changed(self, cid: str) -> None:
+        self._dirty.add(cid)
+        self._wake.set()
+
+    async def _control(self) -> None:
+        """Re-evaluates dependents of components whose exports changed (the cascade)."""
+        while True:
+            await self._wake.wait()
+            async with self._lock:
+                self._wake.clear()
+                while self._dirty and self._graph is not None:
+                    dirty, self._dirty = self._dirty, set()
+                    affected: set[str] = set()
+                    for cid in dirty:
+                        live = self._live.get(cid)
+                        if live is not None:
+                            affected |= live.dependents
+                    for cid in self._graph.order:
+                        if cid in affected and cid in self._live:
+                            await self._reevaluate(self._live[cid])
+
+    async def _reevaluate(self, live: _Live) -> None:
+        node = live.node
+        try:
+            raw = self._override(node, _decode(node, self._scope()))
+            if raw == live.raw_args:
+                return
+            args = node.cls.prepare(
+                raw, node.block, stability_level=self.stability_level
+            )
+            await live.component.update(args)
+        except ConfigError as exc:
+            live.component.set_health("unhealthy", str(exc))
+            log.warning(
+                "failed to re-evaluate component; keeping its last good arguments",
+                extra={"component_id": node.id, "err": str(exc)},
+            )
+            return
+        live.raw_args = raw
+        if live.component.health().state == "unhealthy":
+            live.component.set_health("healthy", "updated")
+
+    async def _stop_all(self, ids: Iterable[str]) -> None:
+        """Stop components phase by phase; in a phase, dependents before their deps."""
+        wanted = set(ids)
+        order = self._graph.order if self._graph else list(self._live)
+        # Components removed by a reload are no longer in the graph's order.
+        ranked = [c for c in order if c in wanted] + [
+            c for c in wanted if c not in order
+        ]
+        stopped: list[_Live] = []
+        for phase in PHASES:
+            for cid in reversed(ranked):
+                live = self._live.get(cid)
+                if live is None or live.node.cls.phase != phase:
+                    continue
+                await self._stop_one(live)
+                stopped.append(self._live.pop(cid))
+        for live in stopped:
+            try:
+                async with asyncio.timeout(30):
+                    await live.component.finalize()
+            except Exception as exc:  # one component's cleanup must not skip the rest
+                log.error(
+                    "component cleanup failed",
+                    exc_info=exc,
+                    extra={"component_id": live.node.id},
+                )
+
+    async def _stop_one(self, live: _Live) -> None:
+        task, live.task = live.task, None
+        if task is None:
+            await live.component.stop_unstarted()
+            return
+        task.cancel()
+        # Writers flush inside the drain timeout; the extra margin only guards a bug.
+        try:
+            async with asyncio.timeout(self.drain_timeout + 10.0):
+                await asyncio.gather(task, return_exceptions=True)
+        except TimeoutError:
+            log.error(
+                "component did not stop in time", extra={"component_id": live.node.id}
+            )
+
+
+def _at(block: Block, exc: ConfigError) -> ConfigError:
+    """Position diagnostics that have no place (raised below the config layer)."""
+    pos = block.pos
+    return ConfigError(
+        [
+            d if d.line else Diagnostic(pos.file, pos.line, pos.col, d.message)
+            for d in exc.diagnostics
+        ]
+    )
+
+
+def _component_of(path: tuple[str, ...], nodes: Mapping[str, _Node]) -> str | None:
+    for k in range(len(path), 1, -1):
+        cid = ".".join(path[:k])
+        if cid in nodes:
+            return cid
+    return None
+
+
+_LOGGING_SCHEMA = Schema(
+    attrs=[
+        Attr("level", "string", default="info"),
+        Attr("format", "string", default="logfmt"),
+    ]
+)
+
+
+def _decode(node: _Node, exports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Evaluate a component block's arguments with ``exports`` in scope."""
+    return node.cls.decode(node.block, Scope(components=exports))
+
+
+def _decode_logging(block: Block) -> LoggingConfig:
+    from minilog._logging_setup import FORMATS, LEVELS
+
+    values = decode_block(block, _LOGGING_SCHEMA, Scope())
+    level = str(values.get("level", "info"))
+    fmt = str(values.get("format", "logfmt"))
+    problems = []
+    if level not in LEVELS:
+        problems.append(
+            _diag(
+                block,
+                f"logging: unknown level {level!r}; supported: {', '.join(LEVELS)}",
+            )
+        )
+    if fmt not in FORMATS:
+        problems.append(
+            _diag(
+                block,
+                f"logging: unknown format {fmt!r}; supported: {', '.join(FORMATS)}",
+            )
+        )
+    if problems:
+        raise ConfigError(problems)
+    return LoggingConfig(level, fmt)

@@ -1,0 +1,627 @@
+"""``Pipeline`` and ``build_pipeline``: Alloy stage arguments and defaults to stages.
+
+Owns argument decoding and validation for every supported stage, raising ``StageError``
+with Alloy's reasons, and the ``Pipeline`` facade that turns a ``StreamBatch`` into
+segments, runs the stages and regroups the result. Pure; the caller passes the time.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from prometheus_client import CollectorRegistry, Counter
+
+from minilog._re2 import group_index
+from minilog.labels import is_valid_label_name
+from minilog.model import StreamBatch
+from minilog.process._core import Segment, StageError, compile_regex, finish
+from minilog.process._gotime import compile_format
+from minilog.process._parsers import (
+    compile_jmespath,
+    compile_template,
+    parse_selector,
+    template_fields,
+)
+from minilog.process._stages import (
+    CopyLabelStage,
+    DecolorizeStage,
+    DockerStage,
+    DropStage,
+    JsonStage,
+    LabelDropStage,
+    LabelKeepStage,
+    LabelsStage,
+    LogfmtStage,
+    MatchStage,
+    MultilineStage,
+    OutputStage,
+    PackStage,
+    RegexStage,
+    ReplaceStage,
+    Stage,
+    StaticLabelsStage,
+    StructuredMetadataStage,
+    TimestampStage,
+    earliest_deadline,
+    flush_chain,
+    run_chain,
+)
+
+__all__ = ["STAGE_NAMES", "Pipeline", "StageSpec", "build_pipeline"]
+
+#: One stage block: its name (``stage.json``) and its decoded arguments by Alloy name.
+StageSpec = tuple[str, Mapping[str, Any]]
+
+_TENANT_LABEL: Final = "__tenant_id__"
+_NS: Final = 1_000_000_000
+
+
+class Pipeline:
+    """A compiled ``loki.process`` stage list; build it with ``build_pipeline``.
+
+    Each entry flows through the stages with its labels, its extracted map (seeded with
+    the batch labels, as in Alloy), its timestamp, line and structured metadata. Stages
+    work on runs of entries that share a label set: those that only touch labels (static
+    labels, label drop/keep, a match on labels alone) cost one step per batch, and a
+    label dict is copied only when a stage changes it.
+
+    Delivery: ``process`` takes over the batch's delivery reference. Every returned
+    batch owns one (``retain`` per extra batch); when every entry is dropped it is
+    released; lines held by ``stage.multiline`` keep one until their block is sent, and
+    a batch mixing entries of several deliveries carries one that settles them all.
+
+    Usage::
+
+        pipeline = build_pipeline(stage_specs, registry=registry)
+        for out in pipeline.process(batch, time.time_ns()):
+            await receiver.send(out)
+        # when pipeline.next_deadline_ns() passes (flush_all at shutdown):
+        for out in pipeline.flush_expired(time.time_ns()):
+            await receiver.send(out)
+    """
+
+    __slots__ = ("_stages",)
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self._stages = tuple(stages)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return self._stages
+
+    @property
+    def holds_entries(self) -> bool:
+        """Whether entries can be held back (a ``stage.multiline`` somewhere)."""
+        return _has_multiline(self._stages)
+
+    def process(self, batch: StreamBatch, now_ns: int) -> list[StreamBatch]:
+        """Run ``batch`` through the stages; one batch per resulting label set.
+
+        Args:
+            batch: the input; its labels and entries are not modified.
+            now_ns: the current Unix time in nanoseconds (``time.time_ns()``), used by
+                ``older_than``, multiline waits and year-less timestamp layouts.
+        """
+        if not self._stages:
+            return [batch]
+        if not batch.entries:
+            batch.settle()
+            return []
+        seg = Segment(batch.labels, batch.entries, None, batch.labels, batch.delivery)
+        return finish(run_chain(self._stages, [seg], now_ns))
+
+    def flush_expired(self, now_ns: int) -> list[StreamBatch]:
+        """Multiline blocks idle for ``max_wait_time``, run through the later stages."""
+        return finish(flush_chain(self._stages, now_ns, force=False))
+
+    def flush_all(self, now_ns: int) -> list[StreamBatch]:
+        """Every held multiline block, whatever its age (at shutdown or reload)."""
+        return finish(flush_chain(self._stages, now_ns, force=True))
+
+    def next_deadline_ns(self) -> int | None:
+        """When ``flush_expired`` will next have a block to send; None: nothing held."""
+        return earliest_deadline(self._stages)
+
+
+def _has_multiline(stages: Sequence[Stage]) -> bool:
+    for stage in stages:
+        if isinstance(stage, MultilineStage):
+            return True
+        if isinstance(stage, MatchStage) and _has_multiline(stage.stages):
+            return True
+    return False
+
+
+# One drop counter per registry, shared by all stages and pipelines using it (Alloy
+# reuses the registered collector the same way), without keeping registries alive.
+_DROP_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _drop_counter(registry: CollectorRegistry) -> Counter:
+    counter = _DROP_COUNTERS.get(registry)
+    if counter is None:
+        counter = Counter(
+            "loki_process_dropped_lines_total",
+            "A count of all log lines dropped as a result of a pipeline stage",
+            ["reason"],
+            registry=registry,
+        )
+        _DROP_COUNTERS[registry] = counter
+    return counter
+
+
+def build_pipeline(
+    stages: Sequence[StageSpec], *, registry: CollectorRegistry | None = None
+) -> Pipeline:
+    """Build a pipeline from stage blocks in configuration order.
+
+    Args:
+        stages: ``(block name, arguments)`` pairs; a ``stage.match`` carries its nested
+            stage list the same way under ``"stages"``.
+        registry: where ``loki_process_dropped_lines_total`` is registered; a private
+            registry when omitted (never the global one).
+
+    Raises:
+        StageError: an unknown stage, an unknown or invalid argument.
+    """
+    builder = _Builder(CollectorRegistry() if registry is None else registry)
+    return Pipeline(builder.stages(stages))
+
+
+class _Args:
+    """Typed access to one stage's arguments, refusing names the stage does not have."""
+
+    def __init__(
+        self, stage: str, args: Mapping[str, Any], allowed: frozenset[str]
+    ) -> None:
+        unknown = sorted(set(args) - allowed)
+        if unknown:
+            raise StageError(f"unsupported argument(s): {', '.join(unknown)}", stage)
+        self.stage = stage
+        self._args = args
+
+    def error(self, message: str) -> StageError:
+        return StageError(message, self.stage)
+
+    def has(self, key: str) -> bool:
+        return self._args.get(key) is not None
+
+    def string(self, key: str, default: str = "", required: bool = False) -> str:
+        value = self._args.get(key)
+        if value is None:
+            if required:
+                raise self.error(f"{key!r} is required")
+            return default
+        if not isinstance(value, str):
+            raise self.error(f"{key!r} must be a string, got {type(value).__name__}")
+        if required and not value:
+            raise self.error(f"{key!r} must not be empty")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._args.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(f"{key!r} must be a bool")
+        return value
+
+    def integer(self, key: str, default: int) -> int:
+        value = self._args.get(key)
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value != int(value)
+        ):
+            raise self.error(f"{key!r} must be a whole number")
+        return int(value)
+
+    def string_map(self, key: str, required: bool = False) -> dict[str, str]:
+        value = self._args.get(key)
+        if value is None:
+            if required:
+                raise self.error(f"{key!r} is required")
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.error(f"{key!r} must be a map of strings")
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not (v is None or isinstance(v, str)):
+                raise self.error(f"{key!r} must be a map of strings")
+            out[k] = v or ""
+        return out
+
+    def string_list(self, key: str) -> list[str]:
+        value = self._args.get(key)
+        if value is None:
+            return []
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise self.error(f"{key!r} must be a list of strings")
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(f"{key!r} must be a list of strings")
+        return list(value)
+
+    def duration_ns(self, key: str, default_s: float) -> int:
+        value = self._args.get(key)
+        if value is None or value == "":
+            return round(default_s * _NS)
+        if isinstance(value, bool):
+            raise self.error(f"{key!r} must be a duration")
+        if isinstance(value, int | float):
+            return round(value * _NS)
+        if isinstance(value, str):
+            ns = parse_go_duration(value)
+            if ns is None:
+                raise self.error(f"{key!r}: invalid duration {value!r}")
+            return ns
+        raise self.error(f"{key!r} must be a duration")
+
+    def byte_size(self, key: str) -> int:
+        value = self._args.get(key)
+        if value is None or value == "":
+            return 0
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str):
+            size = parse_base2_bytes(value)
+            if size is not None:
+                return size
+        raise self.error(f'{key!r}: invalid size {value!r} (for example "8KB")')
+
+
+_DURATION_UNITS: Final = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": _NS,
+    "m": 60 * _NS,
+    "h": 3600 * _NS,
+}
+_DURATION_PART: Final = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_go_duration(text: str) -> int | None:
+    """Go ``time.ParseDuration`` to nanoseconds (``"1m30s"``, ``"500ms"``, ``"0"``)."""
+    s = text.strip()
+    sign = -1 if s.startswith("-") else 1
+    s = s.lstrip("+-")
+    if s == "0":
+        return 0
+    total, pos = 0.0, 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None or m.group(1) in ("", "."):
+            return None
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return None if pos == 0 else sign * round(total)
+
+
+_SIZE_UNITS: Final = {
+    "b": 1,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "gb": 1 << 30,
+    "gib": 1 << 30,
+    "tb": 1 << 40,
+    "tib": 1 << 40,
+    "pb": 1 << 50,
+    "pib": 1 << 50,
+    "eb": 1 << 60,
+    "eib": 1 << 60,
+}
+_SIZE_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)")
+
+
+def parse_base2_bytes(text: str) -> int | None:
+    """``units.ParseBase2Bytes`` as Alloy reads ``longer_than``: ``"8KB"`` is 8192."""
+    s = text.strip()
+    total, pos = 0.0, 0
+    while pos < len(s):
+        m = _SIZE_PART.match(s, pos)
+        if m is None:
+            return None
+        unit = m.group(2).lower() or "b"
+        if unit not in _SIZE_UNITS:
+            return None
+        total += float(m.group(1)) * _SIZE_UNITS[unit]
+        pos = m.end()
+    return None if pos == 0 else int(total)
+
+
+class _Builder:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def stages(self, specs: Sequence[StageSpec]) -> list[Stage]:
+        out: list[Stage] = []
+        for spec in specs:
+            if not (isinstance(spec, tuple | list) and len(spec) == 2):
+                raise StageError(
+                    "each stage must be a (name, arguments) pair", str(spec)[:40]
+                )
+            name, args = spec
+            build = _BUILDERS.get(name)
+            if build is None:
+                supported = ", ".join(sorted(STAGE_NAMES))
+                raise StageError(
+                    f"unsupported stage (supported: {supported})", str(name)
+                )
+            if not isinstance(args, Mapping):
+                raise StageError("arguments must be a mapping", name)
+            out.append(build(self, name, args))
+        return out
+
+    def json(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"expressions", "source", "drop_malformed"}))
+        expressions = a.string_map("expressions", required=True)
+        if not expressions:
+            raise a.error("JMES expression is required")
+        compiled = {}
+        for key, expr in expressions.items():
+            try:
+                compiled[key] = compile_jmespath(expr or key)
+            except ValueError as exc:
+                raise a.error(
+                    f"could not compile JMES expression for {key!r}: {exc}"
+                ) from None
+        return JsonStage(
+            compiled, a.string("source") or None, a.boolean("drop_malformed", False)
+        )
+
+    def logfmt(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"mapping", "source", "regex"}))
+        mapping = a.string_map("mapping")
+        pattern = a.string("regex")
+        if not mapping and not pattern:
+            raise a.error("logfmt mapping or regex is required")
+        regex = compile_regex(pattern, name, "regex") if pattern else None
+        return LogfmtStage(mapping, a.string("source") or None, regex)
+
+    def regex(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"expression", "source"}))
+        pattern = a.string("expression", required=True)
+        compiled = compile_regex(pattern, name)
+        return RegexStage(compiled, group_index(compiled), a.string("source") or None)
+
+    def _label_values(self, a: _Args, key: str = "values") -> dict[str, str]:
+        values = a.string_map(key)
+        for label in values:
+            if not is_valid_label_name(label):
+                raise a.error(f"invalid label name: {label}")
+        return values
+
+    def labels(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"values", "source_type"}))
+        values = {k: v or k for k, v in self._label_values(a).items()}
+        source_type = a.string("source_type", "extracted")
+        if source_type not in ("extracted", "structured_metadata"):
+            raise a.error(
+                f"invalid labels source_type: {source_type}. "
+                "Can only be 'extracted' or 'structured_metadata'"
+            )
+        return LabelsStage(values, from_metadata=source_type == "structured_metadata")
+
+    def static_labels(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"values"}))
+        return StaticLabelsStage(self._label_values(a))
+
+    def label_drop(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"values"}))
+        return LabelDropStage(a.string_list("values"))
+
+    def label_keep(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"values"}))
+        return LabelKeepStage(a.string_list("values"))
+
+    def structured_metadata(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"values", "regex"}))
+        values = {k: v or k for k, v in self._label_values(a).items()}
+        pattern = a.string("regex")
+        regex = compile_regex(pattern, name, "regex") if pattern else None
+        return StructuredMetadataStage(values, regex)
+
+    def timestamp(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(
+            name,
+            raw,
+            frozenset(
+                {
+                    "source",
+                    "format",
+                    "fallback_formats",
+                    "location",
+                    "action_on_failure",
+                }
+            ),
+        )
+        source = a.string("source", required=True)
+        fmt = a.string("format", required=True)
+        location: ZoneInfo | None = None
+        loc_name = a.string("location")
+        if loc_name:
+            try:
+                location = ZoneInfo(loc_name)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise a.error(f"invalid location specified: {loc_name}") from None
+        action = a.string("action_on_failure", "fudge") or "fudge"
+        if action not in ("fudge", "skip"):
+            raise a.error(
+                "invalid action on failure (supported values are [skip fudge])"
+            )
+        formats = [fmt, *a.string_list("fallback_formats")]
+        return TimestampStage(
+            source,
+            [compile_format(f, location) for f in formats],
+            fudge=action == "fudge",
+        )
+
+    def output(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"source"}))
+        return OutputStage(a.string("source", required=True))
+
+    def replace(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"expression", "source", "replace"}))
+        compiled = compile_regex(a.string("expression", required=True), name)
+        text = a.string("replace")
+        try:
+            template = compile_template(text)
+            fields = template_fields(text)
+        except ValueError as exc:
+            raise a.error(f"replace: {exc}") from None
+        source = a.string("source") or None
+        return ReplaceStage(compiled, group_index(compiled), source, template, fields)
+
+    def pack(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"labels", "ingest_timestamp"}))
+        if not a.has("labels"):
+            raise a.error("'labels' is required")
+        return PackStage(a.string_list("labels"), a.boolean("ingest_timestamp", True))
+
+    def docker(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        _Args(name, raw, frozenset())
+        return DockerStage(compile_format("RFC3339Nano", None))
+
+    def decolorize(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        _Args(name, raw, frozenset())
+        return DecolorizeStage()
+
+    def tenant(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"label", "source", "value"}))
+        given = [k for k in ("label", "source", "value") if a.string(k)]
+        if len(given) != 1:
+            raise a.error("exactly one of 'label', 'source' or 'value' must be set")
+        if given[0] == "value":
+            return StaticLabelsStage({_TENANT_LABEL: a.string("value")})
+        if given[0] == "label":
+            return CopyLabelStage(_TENANT_LABEL, a.string("label"))
+        return LabelsStage({_TENANT_LABEL: a.string("source")})
+
+    def drop(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(
+            name,
+            raw,
+            frozenset(
+                {
+                    "source",
+                    "value",
+                    "separator",
+                    "expression",
+                    "older_than",
+                    "longer_than",
+                    "drop_counter_reason",
+                }
+            ),
+        )
+        source = a.string("source")
+        expression = a.string("expression")
+        value = a.string("value")
+        older_than_ns = a.duration_ns("older_than", 0.0)
+        longer_than = a.byte_size("longer_than")
+        if not (source or expression or older_than_ns or longer_than):
+            raise a.error(
+                "drop stage config must contain at least one of `source`, "
+                "`expression`, `older_than` or `longer_than`"
+            )
+        if value and expression:
+            raise a.error(
+                "`value` and `expression` cannot both be defined at the same time"
+            )
+        if value and not source:
+            raise a.error(
+                "drop stage config must contain `source` if `value` is specified"
+            )
+        regex = compile_regex(expression, name) if expression else None
+        return DropStage(
+            sources=tuple(source.split(",")) if source else (),
+            separator=a.string("separator", ";") or ";",
+            regex=regex,
+            value=value or None,
+            older_than_ns=older_than_ns,
+            longer_than=longer_than,
+            counter=_drop_counter(self._registry),
+            reason=a.string("drop_counter_reason", "drop_stage") or "drop_stage",
+        )
+
+    def match(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(
+            name,
+            raw,
+            frozenset(
+                {"selector", "action", "pipeline_name", "drop_counter_reason", "stages"}
+            ),
+        )
+        selector_text = a.string("selector", required=True)
+        action = a.string("action", "keep") or "keep"
+        nested = raw.get("stages") or []
+        if not isinstance(nested, Sequence) or isinstance(nested, str):
+            raise a.error("'stages' must be a list of (name, arguments) pairs")
+        if action == "keep":
+            if not nested:
+                raise a.error("match stage requires at least one additional stage")
+        elif action == "drop":
+            if nested:
+                raise a.error(
+                    "match stage configured to drop entries cannot contain stages"
+                )
+        else:
+            raise a.error("match stage action should be 'keep' or 'drop'")
+        try:
+            selector = parse_selector(selector_text)
+        except ValueError as exc:
+            raise a.error(f"invalid selector syntax for match stage: {exc}") from None
+        counter = None
+        if action == "drop":
+            reason = a.string("drop_counter_reason", "match_stage") or "match_stage"
+            counter = _drop_counter(self._registry).labels(reason)
+        return MatchStage(selector, self.stages(nested), counter)
+
+    def multiline(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"firstline", "max_lines", "max_wait_time"}))
+        firstline = compile_regex(
+            a.string("firstline", required=True), name, "firstline"
+        )
+        max_lines = a.integer("max_lines", 128)
+        if max_lines < 1:
+            raise a.error("max_lines must be at least 1")
+        max_wait_ns = a.duration_ns("max_wait_time", 3.0)
+        if max_wait_ns <= 0:
+            raise a.error("max_wait_time must be greater than 0")
+        return MultilineStage(firstline, max_lines, max_wait_ns)
+
+
+_BUILDERS: Final = {
+    "stage.decolorize": _Builder.decolorize,
+    "stage.docker": _Builder.docker,
+    "stage.drop": _Builder.drop,
+    "stage.json": _Builder.json,
+    "stage.label_drop": _Builder.label_drop,
+    "stage.label_keep": _Builder.label_keep,
+    "stage.labels": _Builder.labels,
+    "stage.logfmt": _Builder.logfmt,
+    "stage.match": _Builder.match,
+    "stage.multiline": _Builder.multiline,
+    "stage.output": _Builder.output,
+    "stage.pack": _Builder.pack,
+    "stage.regex": _Builder.regex,
+    "stage.replace": _Builder.replace,
+    "stage.static_labels": _Builder.static_labels,
+    "stage.structured_metadata": _Builder.structured_metadata,
+    "stage.tenant": _Builder.tenant,
+    "stage.timestamp": _Builder.timestamp,
+}
+
+#: The ``stage.*`` blocks minilog implements.
+STAGE_NAMES: Final[frozenset[str]] = frozenset(_BUILDERS)

@@ -1,0 +1,321 @@
+"""One Loki endpoint's HTTP side: a POST of an encoded push body, and the retry backoff.
+
+``LokiPusher`` owns the aiohttp session of one URL (headers, basic/bearer auth, TLS, the
+per-request timeout) and is the only place that meets aiohttp on the push path: it maps
+every outcome to ``minilog.errors``. ``Backoff`` is dskit's jittered exponential
+backoff. Batching, encoding and the retry loop itself live in ``batch.py`` and
+``write.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random as _random
+import ssl
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from minilog.errors import (
+    ClientRequestError,
+    ClosedError,
+    ConfigError,
+    PushConnectionError,
+    PushError,
+    RateLimitedError,
+    ServerError,
+)
+
+__all__ = [
+    "Backoff",
+    "BasicAuth",
+    "LokiPusher",
+    "TLSConfig",
+    "default_user_agent",
+    "error_for_status",
+]
+
+_log = logging.getLogger("minilog.push")
+
+
+def default_user_agent() -> str:
+    """``minilog/<version>``, the ``User-Agent`` of every push."""
+    # Read at call time: this module is imported while ``minilog/__init__`` still runs.
+    version = getattr(sys.modules.get("minilog"), "__version__", None)
+    if version is None:
+        try:
+            version = metadata.version("minilog")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+    return f"minilog/{version}"
+
+
+# Headers the client sets itself; configured headers never override them (as in Alloy).
+_RESERVED = frozenset(
+    {"user-agent", "content-type", "content-encoding", "x-scope-orgid"}
+)
+# Loki's clients keep the first line of an error body, at most this many bytes.
+_MAX_ERROR_BODY = 1024
+_ONE_CREDENTIAL = (
+    "at most one of basic_auth, bearer_token & bearer_token_file must be configured"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """Alloy's ``basic_auth`` block: ``password_file`` is read on every request when
+    set."""
+
+    username: str
+    password: str = ""
+    password_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """Alloy's ``tls_config`` block (the subset the push client uses)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+    insecure_skip_verify: bool = False
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context verifying against ``ca_file`` (else the system store)."""
+        context = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file or None)
+        if self.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def error_for_status(status: int, body: bytes) -> PushError:
+    """The ``PushError`` for a non-2xx answer; the message holds the body's first
+    line."""
+    first = body[:_MAX_ERROR_BODY].split(b"\n", 1)[0].decode("utf-8", "replace")
+    message = f"server returned HTTP status {status}: {first}"
+    if status == 429:
+        return RateLimitedError(message, status=status, body=first)
+    if 500 <= status < 600:
+        return ServerError(message, status=status, body=first)
+    # Any other status, 3xx left after redirects included, is final (Alloy drops the
+    # batch).
+    return ClientRequestError(message, status=status, body=first)
+
+
+class Backoff:
+    """dskit's backoff: each delay is uniform in ``[lo, hi)``, both bounds doubling up
+    to ``max``.
+
+    The first delay is in ``[min, 2*min)``; once ``hi`` reaches ``max`` the range stays
+    fixed. With ``min >= max`` every delay is ``min``. ``max_retries`` bounds the
+    attempts (0 = forever): :meth:`ongoing` is false once ``max_retries`` delays were
+    taken.
+
+    Args:
+        random: source of floats in ``[0, 1)``, injectable for tests.
+    """
+
+    __slots__ = (
+        "_hi",
+        "_lo",
+        "_random",
+        "max_period",
+        "max_retries",
+        "min_period",
+        "retries",
+    )
+
+    def __init__(
+        self,
+        min_period: float,
+        max_period: float,
+        max_retries: int = 0,
+        *,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.min_period = min_period
+        self.max_period = max_period
+        self.max_retries = max_retries
+        self.retries = 0
+        self._random = random
+        self._lo = min_period
+        self._hi = min(2 * min_period, max_period)
+
+    def ongoing(self) -> bool:
+        return self.max_retries == 0 or self.retries < self.max_retries
+
+    def reset(self) -> None:
+        self.retries = 0
+        self._lo = self.min_period
+        self._hi = min(2 * self.min_period, self.max_period)
+
+    def next_delay(self) -> float:
+        """The next sleep in seconds; counts one retry."""
+        self.retries += 1
+        if self.min_period >= self.max_period:
+            return self.min_period
+        delay = self._lo + self._random() * (self._hi - self._lo)
+        if self._hi < self.max_period:
+            self._lo = min(2 * self._lo, self.max_period)
+            self._hi = min(2 * self._hi, self.max_period)
+        return delay
+
+
+class LokiPusher:
+    """POSTs snappy-compressed protobuf push bodies to one Loki push URL.
+
+    The session is created on first use (it needs a running loop) and reused, so
+    requests share keep-alive connections. Configured ``headers`` never replace the ones
+    the client sets (``User-Agent``, ``Content-Type``, ``Content-Encoding``,
+    ``X-Scope-OrgID``).
+
+    Args:
+        url: the full push URL, e.g. ``http://loki:3100/loki/api/v1/push``.
+        remote_timeout: seconds for one whole request.
+        basic_auth / bearer_token / bearer_token_file: at most one of them.
+        tls_config: used for ``https`` URLs.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        basic_auth: BasicAuth | None = None,
+        bearer_token: str = "",
+        bearer_token_file: str = "",
+        tls_config: TLSConfig | None = None,
+        remote_timeout: float = 10.0,
+        user_agent: str | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"invalid push URL {url!r}: need http(s)://host[:port]/path"
+            )
+        if sum(map(bool, (basic_auth, bearer_token, bearer_token_file))) > 1:
+            raise ConfigError(_ONE_CREDENTIAL)
+        self.url = url
+        self.host = parts.netloc
+        self.remote_timeout = remote_timeout
+        self._basic_auth = basic_auth
+        self._bearer_token = bearer_token
+        self._bearer_token_file = bearer_token_file
+        self._headers: dict[str, str] = {
+            "Content-Type": "application/x-protobuf",
+            "Content-Encoding": "snappy",
+            "User-Agent": user_agent or default_user_agent(),
+        }
+        for name, value in (headers or {}).items():
+            if name.lower() in _RESERVED:
+                _log.warning(
+                    "push header %s is set by the client and cannot be overridden", name
+                )
+                continue
+            self._headers[name] = value
+        self._tenant_headers: dict[str, dict[str, str]] = {"": self._headers}
+        self._ssl: ssl.SSLContext | bool = True
+        self._server_hostname: str | None = None
+        if parts.scheme == "https" and tls_config is not None:
+            try:
+                self._ssl = tls_config.ssl_context()
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError(f"tls_config: {exc}") from exc
+            self._server_hostname = tls_config.server_name or None
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _authorization(self) -> str | None:
+        # Credential files are read per request (per batch): rotation needs no restart.
+        if self._basic_auth is not None:
+            auth = self._basic_auth
+            password = auth.password
+            if auth.password_file:
+                password = Path(auth.password_file).read_text().strip()
+            token = base64.b64encode(f"{auth.username}:{password}".encode())
+            return "Basic " + token.decode("ascii")
+        if self._bearer_token_file:
+            return "Bearer " + Path(self._bearer_token_file).read_text().strip()
+        if self._bearer_token:
+            return "Bearer " + self._bearer_token
+        return None
+
+    def _headers_for(self, tenant: str) -> dict[str, str]:
+        headers = self._tenant_headers.get(tenant)
+        if headers is None:
+            headers = {**self._headers, "X-Scope-OrgID": tenant}
+            self._tenant_headers[tenant] = headers
+        return headers
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ClosedError("LokiPusher is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.remote_timeout),
+                connector=aiohttp.TCPConnector(limit=4, ssl=self._ssl),
+            )
+        return self._session
+
+    async def push(self, body: bytes, *, tenant: str = "") -> int:
+        """POST one compressed push body; returns the 2xx status.
+
+        Raises:
+            RateLimitedError: 429. ServerError: 5xx. ClientRequestError: any other
+                non-2xx.
+            PushConnectionError: the request did not complete (refused, reset, timeout).
+            ClosedError: after :meth:`aclose`.
+        """
+        session = self._get_session()
+        headers = self._headers_for(tenant)
+        try:
+            authorization = self._authorization()
+        except OSError as exc:
+            raise PushConnectionError(f"cannot read credentials: {exc}") from exc
+        if authorization is not None:
+            headers = {**headers, "Authorization": authorization}
+        try:
+            async with session.post(
+                self.url,
+                data=body,
+                headers=headers,
+                server_hostname=self._server_hostname,
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    await response.read()
+                    return status
+                error_body = await _read_prefix(response.content, _MAX_ERROR_BODY)
+        except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise PushConnectionError(f"push to {self.host} failed: {detail}") from exc
+        raise error_for_status(status, error_body)
+
+    async def aclose(self) -> None:
+        """Close the session (idempotent); later pushes raise ``ClosedError``."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

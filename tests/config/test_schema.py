@@ -1,0 +1,283 @@
+"""Schema decoding: defaults, conversions, Go durations, byte sizes, all errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from minilog.config import (
+    MISSING,
+    Attr,
+    BlockSpec,
+    ConfigError,
+    Schema,
+    Scope,
+    Secret,
+    decode_block,
+    parse,
+    parse_bytes,
+    parse_duration,
+)
+from minilog.config import ast as A
+
+RULE = Schema(
+    [
+        Attr("source_labels", "list(string)", default=[]),
+        Attr("regex", "string", default="(.*)"),
+        Attr("action", "string", default="replace"),
+        Attr("modulus", "uint"),
+    ]
+)
+BASIC_AUTH = Schema(
+    [Attr("username", "string", required=True), Attr("password", "secret")]
+)
+ENDPOINT = Schema(
+    [
+        Attr("url", "string", required=True),
+        Attr("batch_wait", "duration", default=1.0),
+        Attr("batch_size", "bytes", default=1 << 20),
+        Attr("headers", "map(string)", default={}),
+    ],
+    [BlockSpec("basic_auth", BASIC_AUTH)],
+)
+WRITE = Schema(
+    [
+        Attr("external_labels", "map(string)", default={}),
+        Attr("forward_to", "list(capsule)"),
+        Attr("targets", "list(map(string))"),
+        Attr("enabled", "bool", default=True),
+        Attr("ratio", "number"),
+        Attr("anything", "any"),
+    ],
+    [
+        BlockSpec("endpoint", ENDPOINT, repeated=True, required=True),
+        BlockSpec("rule", RULE),
+    ],
+)
+
+
+def block(src: str) -> A.Block:
+    stmt = parse(src, "s.alloy").body[0]
+    assert isinstance(stmt, A.Block)
+    return stmt
+
+
+def decode(
+    src: str, schema: Schema = WRITE, scope: Scope | None = None
+) -> dict[str, Any]:
+    return decode_block(block(src), schema, scope or Scope())
+
+
+def errors(src: str, schema: Schema = WRITE, scope: Scope | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        decode(src, schema, scope)
+    return [f"{d.line}:{d.column}: {d.message}" for d in info.value.diagnostics]
+
+
+def test_decodes_attributes_blocks_and_defaults() -> None:
+    receiver = object()
+    got = decode(
+        'loki.write "w" {\n'
+        '\texternal_labels = { cluster = "dev", n = 1 }\n'
+        "\tforward_to = [r]\n"
+        "\tendpoint {\n"
+        '\t\turl = "http://a"\n'
+        '\t\tbatch_wait = "1m30s"\n'
+        '\t\tbatch_size = "2MiB"\n'
+        '\t\tbasic_auth {\n\t\t\tusername = "u"\n\t\t\tpassword = "p"\n\t\t}\n'
+        "\t}\n"
+        '\tendpoint {\n\t\turl = "http://b"\n\t}\n'
+        "}\n",
+        scope=Scope({"r": receiver}),
+    )
+    assert got["external_labels"] == {"cluster": "dev", "n": "1"}
+    assert got["forward_to"][0] is receiver
+    assert got["enabled"] is True
+    assert got["ratio"] is None and got["rule"] is None and got["targets"] is None
+    first, second = got["endpoint"]
+    assert first["batch_wait"] == 90.0 and first["batch_size"] == 2 << 20
+    assert first["basic_auth"]["password"] == "p"
+    assert isinstance(first["basic_auth"]["password"], Secret)
+    assert second == {
+        "url": "http://b",
+        "batch_wait": 1.0,
+        "batch_size": 1 << 20,
+        "headers": {},
+        "basic_auth": None,
+    }
+
+
+def test_defaults_are_copied_not_shared() -> None:
+    a = decode_block([], RULE, Scope(), pos=A.Pos(1, 1, 0))
+    a["source_labels"].append("x")
+    assert decode_block([], RULE, Scope(), pos=A.Pos(1, 1, 0))["source_labels"] == []
+
+
+def test_null_means_unset() -> None:
+    got = decode_block(block("rule {\n\tregex = null\n}\n"), RULE, Scope())
+    assert got["regex"] == "(.*)"
+
+
+@pytest.mark.parametrize(
+    ("typ", "value", "expected"),
+    [
+        ("string", "1", "1"),
+        ("string", "2.5", "2.5"),
+        ("number", '"42"', 42),
+        ("number", '"1.5"', 1.5),
+        ("int", "3.0", 3),
+        ("uint", '"7"', 7),
+        ("bool", "false", False),
+        ("duration", '"250ms"', 0.25),
+        ("bytes", "1024", 1024),
+        ("bytes", '"1MB"', 1 << 20),
+        ("list(string)", '["a", 1]', ["a", "1"]),
+        ("map(string)", '{ a = "b" }', {"a": "b"}),
+        ("list(map(string))", '[{ a = "b" }]', [{"a": "b"}]),
+        ("any", "[1, { a = null }]", [1, {"a": None}]),
+    ],
+)
+def test_type_conversions(typ: str, value: str, expected: Any) -> None:
+    got = decode_block(
+        block(f"b {{\n\tv = {value}\n}}\n"), Schema([Attr("v", typ)]), Scope()
+    )
+    assert got["v"] == expected
+    assert type(got["v"]) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("typ", "value", "message"),
+    [
+        ("string", "true", 'attribute "v": expected string, got bool'),
+        (
+            "string",
+            "s",
+            'attribute "v": expected string, got secret (use convert.nonsensitive)',
+        ),
+        ("number", '"abc"', 'attribute "v": expected number, got string "abc"'),
+        ("int", "1.5", 'attribute "v": expected int, got fractional number 1.5'),
+        ("uint", "-1", 'attribute "v": expected uint, got negative number -1'),
+        ("bool", '"true"', 'attribute "v": expected bool, got string'),
+        ("duration", "5", 'attribute "v": expected duration string, got number'),
+        ("duration", '"1d"', 'attribute "v": unknown unit "d" in duration "1d"'),
+        ("bytes", '"1XB"', 'attribute "v": unknown unit "XB" in byte size "1XB"'),
+        (
+            "list(string)",
+            '["a", [1]]',
+            'attribute "v": element 1: expected string, got array',
+        ),
+        ("map(string)", "[1]", 'attribute "v": expected map(string), got array'),
+        (
+            "map(string)",
+            "{ k = {} }",
+            'attribute "v": key "k": expected string, got object',
+        ),
+        ("capsule", '"x"', 'attribute "v": expected capsule, got string'),
+    ],
+)
+def test_type_errors_say_what_was_expected(typ: str, value: str, message: str) -> None:
+    scope = Scope({"s": Secret("x")})
+    src = f"b {{\n\tv = {value}\n}}\n"
+    assert errors(src, Schema([Attr("v", typ)]), scope) == [f"2:6: {message}"]
+
+
+def test_all_problems_are_collected_and_positioned() -> None:
+    src = (
+        'loki.write "w" {\n'
+        "\tbogus = 1\n"
+        "\tenabled = 1\n"
+        "\tenabled = true\n"
+        "\tendpoint = {}\n"
+        "\tforward_to {\n\t}\n"
+        "\trule {\n\t}\n"
+        "\trule {\n\t}\n"
+        '\tendpoint "lbl" {\n\t\tbatch_wait = "soon"\n\t}\n'
+        "\tratio = nothing.here\n"
+        "}\n"
+    )
+    assert errors(src) == [
+        '2:2: unrecognized attribute name "bogus"; supported attributes: '
+        "external_labels, forward_to, targets, enabled, ratio, anything",
+        '3:12: attribute "enabled": expected bool, got number',
+        '4:2: attribute "enabled" already set at 3:2',
+        '5:2: "endpoint" is a block, not an attribute: write endpoint { ... }',
+        '6:2: "forward_to" is an attribute, not a block: write forward_to = ...',
+        '10:2: block "rule" may only be given once (first at 8:2)',
+        '12:2: block "endpoint" does not take a label',
+        '12:2: missing required attribute "url"',
+        '13:16: attribute "batch_wait": invalid duration "soon"',
+        '15:10: component "nothing.here" does not exist or is out of scope',
+    ]
+
+
+def test_missing_required_block_and_unknown_nested_block() -> None:
+    assert errors('loki.write "w" {\n\tqueue {\n\t}\n}\n') == [
+        '1:1: missing required block "endpoint"',
+        '2:2: unrecognized block name "queue"; supported blocks: endpoint, rule',
+    ]
+    assert errors("b {\n\tx {\n\t}\n}\n", Schema([])) == [
+        '2:2: unrecognized block name "x"; this block takes no blocks'
+    ]
+
+
+def test_schema_declarations_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown attribute type"):
+        Attr("x", "list(strin)")
+    with pytest.raises(ValueError, match="both required and defaulted"):
+        Attr("x", "string", default="a", required=True)
+    assert Attr("x", "string").default is MISSING
+
+
+def test_decode_a_whole_file_body() -> None:
+    file = parse('regex = "a"\n', "f.alloy")
+    assert decode_block(file, RULE, Scope())["regex"] == "a"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0", 0.0),
+        ("1s", 1.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        ("300ms", 0.3),
+        ("10us", 1e-5),
+        ("10µs", 1e-5),
+        ("5ns", 5e-9),
+        ("-2m", -120.0),
+        ("+.5s", 0.5),
+        ("1m0.5s", 60.5),
+    ],
+)
+def test_parse_duration_follows_go(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "1", "1d", "s", ".s", "1.2.3s", "1 s", "-"])
+def test_parse_duration_rejects_what_go_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("0", 0),
+        ("1B", 1),
+        ("512KiB", 512 * 1024),
+        ("1KB", 1024),
+        ("1MiB", 1 << 20),
+        ("1MB", 1 << 20),
+        ("1.5GB", 3 << 29),
+        ("1GB512MB", (1 << 30) + (512 << 20)),
+    ],
+)
+def test_parse_bytes_base2(text: str, size: int) -> None:
+    assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "1", "1mb", "MB", "1 MB"])
+def test_parse_bytes_rejects_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="byte size"):
+        parse_bytes(text)

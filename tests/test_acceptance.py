@@ -1,0 +1,268 @@
+"""Acceptance: the UNCHANGED seed config, run by ``minilog run``, against the real
+Docker Engine.
+
+The seed hard-codes ``http://loki:3100/loki/api/v1/push``. The config file is not
+edited: the agent runs with the test-only flag
+``--testing.url-override=http://loki:3100=<fake>``, which rewrites ``loki.write``
+endpoint URLs with that prefix (the flag is documented as test-only and does nothing
+unless given). The first test ships to a ``FakeLoki``; the second to a real Loki at
+``$LOKI_URL`` and reads the lines back through ``query_range``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from docker_helpers import TEST_LABEL
+
+from minilog.testing import FakeLoki
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = Path(__file__).parent / "data" / "alloy" / "seed-config.alloy"
+SHIPPED = ("web-gateway", "order-api", "fulfillment-worker")
+NOT_SHIPPED = "inventory-db"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rfc3339_ns(text: str) -> int:
+    """Docker's ``2026-01-02T03:04:05.123456789Z`` as Unix nanoseconds."""
+    whole, _, frac = text.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+
+
+def docker_lines(container: Any) -> list[tuple[int, str]]:
+    """What Docker itself holds for a container: ``(timestamp_ns, line)``."""
+    out = []
+    for raw in (
+        container.logs(stdout=True, stderr=True, timestamps=True).decode().splitlines()
+    ):
+        ts, _, line = raw.partition(" ")
+        out.append((rfc3339_ns(ts), line))
+    return out
+
+
+@pytest.fixture
+def app_containers(
+    docker_client: Any, docker_containers: Any
+) -> Iterator[Callable[..., Any]]:
+    """Start a container under one of the seed's service names (clearing a stale test
+    one)."""
+
+    def start(name: str, run_id: str, count: int) -> Any:
+        try:
+            old = docker_client.containers.get(name)
+        except Exception:
+            old = None
+        if old is not None:
+            if old.labels.get(TEST_LABEL) != "1":
+                pytest.skip(
+                    f"a container named {name} exists and is not a test container"
+                )
+            old.remove(force=True)
+        line = f"{name} {run_id} line $i"
+        script = f'for i in $(seq 1 {count}); do echo "{line}"; done; sleep 120'
+        return docker_containers(script, name=name)
+
+    yield start
+
+
+class AgentProcess:
+    """``python -m minilog run`` on the seed config, with stderr collected."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.lines: list[str] = []
+        self._cond = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            async with self._cond:
+                self.lines.append(raw.decode(errors="replace"))
+                self._cond.notify_all()
+
+    async def wait_for_log(self, text: str, timeout_s: float = 20) -> None:
+        try:
+            async with asyncio.timeout(timeout_s), self._cond:
+                await self._cond.wait_for(
+                    lambda: any(text in line for line in self.lines)
+                )
+        except TimeoutError:
+            raise AssertionError(
+                f"no {text!r} in agent log:\n{''.join(self.lines)}"
+            ) from None
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        async with asyncio.timeout(30):
+            rc = await self.proc.wait()
+            await self._reader
+        return rc
+
+
+@pytest.fixture
+async def run_seed(tmp_path: Path) -> AsyncIterator[Callable[[str], Any]]:
+    procs: list[AgentProcess] = []
+
+    async def start(loki_base: str) -> AgentProcess:
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "minilog",
+            "run",
+            f"--server.http.listen-addr=127.0.0.1:{port}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--testing.url-override=http://loki:3100={loki_base}",
+            str(SEED),
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        agent = AgentProcess(proc, f"http://127.0.0.1:{port}")
+        procs.append(agent)
+        await agent.wait_for_log("now listening")
+        return agent
+
+    yield start
+    for agent in procs:
+        if agent.proc.returncode is None:
+            agent.proc.kill()
+            await agent.proc.wait()
+
+
+async def test_seed_config_ships_the_three_services_to_fake_loki(
+    app_containers: Callable[..., Any], run_seed: Callable[[str], Any]
+) -> None:
+    run_id = uuid.uuid4().hex[:12]
+    async with FakeLoki() as loki:
+        # Two services log before the agent starts, one after: backlog and discovery.
+        early = [
+            app_containers(n, run_id, 5) for n in ("order-api", "fulfillment-worker")
+        ]
+        other = app_containers(NOT_SHIPPED, run_id, 5)
+        agent = await run_seed(loki.url)
+        late = app_containers("web-gateway", run_id, 5)
+        await loki.wait_for_entries(15, timeout=30)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(agent.url + "/api/v0/web/components") as resp,
+        ):
+            components = {c["id"]: c for c in await resp.json()}
+        assert await agent.stop() == 0
+
+    # The UI's view of the Docker source: each target's final labels and tail position.
+    source = components["loki.source.docker.app_logs"]
+    targets = source["debug_info"]["targets_info"]
+    assert sorted(t["final_labels"]["stdout"]["service"] for t in targets) == sorted(
+        SHIPPED
+    )
+    for t in targets:
+        assert t["final_labels"]["stdout"] == {
+            "service": t["final_labels"]["stdout"]["service"]
+        }
+        assert t["read_position_ns"] > 0  # committed position_ns follows the ack
+
+    containers = {c.name: c for c in [*early, late]}
+    got: dict[str, list[tuple[int, str]]] = {}
+    for labels, entry in loki.entries:
+        assert NOT_SHIPPED not in entry.line
+        got.setdefault(labels.get("service", "?"), []).append(
+            (entry.timestamp_ns, entry.line)
+        )
+        assert labels == {"service": labels["service"]}, labels
+    assert set(got) == set(SHIPPED)
+    for name in SHIPPED:
+        # Exactly what Docker holds, once each, with Docker's own timestamps.
+        assert got[name] == docker_lines(containers[name])
+        assert [line for _, line in got[name]] == [
+            f"{name} {run_id} line {i}" for i in range(1, 6)
+        ]
+    assert [line for _, line in docker_lines(other)]  # it did log; it was filtered out
+
+
+def _loki_base() -> str | None:
+    url = os.environ.get("LOKI_URL")
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@pytest.mark.loki
+async def test_seed_config_ships_to_a_real_loki(
+    app_containers: Callable[..., Any], run_seed: Callable[[str], Any]
+) -> None:
+    base = _loki_base()
+    if base is None:
+        pytest.skip(
+            "LOKI_URL is not set (e.g. LOKI_URL=http://localhost:3100 with compose/ up)"
+        )
+    run_id = uuid.uuid4().hex[:12]
+    start_ns = time.time_ns() - 60 * 1_000_000_000
+    containers = {name: app_containers(name, run_id, 3) for name in SHIPPED}
+    other = app_containers(NOT_SHIPPED, run_id, 3)
+    agent = await run_seed(base)
+
+    services = "web-gateway|order-api|fulfillment-worker|inventory-db"
+    query = f'{{service=~"{services}"}} |= "{run_id}"'
+    got: dict[str, list[tuple[int, str]]] = {}
+    labels_seen: list[dict[str, str]] = []
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            params = {
+                "query": query,
+                "start": str(start_ns),
+                "end": str(time.time_ns() + 60 * 1_000_000_000),
+                "limit": "1000",
+                "direction": "forward",
+            }
+            async with session.get(
+                base + "/loki/api/v1/query_range", params=params
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                result = (await resp.json())["data"]["result"]
+            got, labels_seen = {}, []
+            for stream in result:
+                labels_seen.append(stream["stream"])
+                for ts, line in stream["values"]:
+                    got.setdefault(stream["stream"].get("service", "?"), []).append(
+                        (int(ts), line)
+                    )
+            if sum(len(v) for v in got.values()) >= 9:
+                break
+            await asyncio.sleep(
+                0.5
+            )  # polling a remote store: there is no event to await
+    assert await agent.stop() == 0
+    assert set(got) == set(SHIPPED)
+    for labels in labels_seen:
+        # Loki 3 adds service_name from the service label; nothing else may appear.
+        extra = {k: v for k, v in labels.items() if k != "service_name"}
+        assert extra == {"service": labels["service"]}
+    for name in SHIPPED:
+        assert sorted(got[name]) == docker_lines(containers[name])
+    assert docker_lines(other)

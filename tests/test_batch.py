@@ -1,0 +1,207 @@
+"""Batcher: per-tenant batches bounded by bytes and age, stream keys, deliveries."""
+
+from __future__ import annotations
+
+from minilog.batch import Batch, Batcher, entries_size
+from minilog.model import Delivery, LogEntry, StreamBatch
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entries(*lines: str, start: int = 1) -> list[LogEntry]:
+    return [LogEntry(start + i, line) for i, line in enumerate(lines)]
+
+
+def drain(batcher: Batcher) -> list[Batch]:
+    out = []
+    while (batch := batcher.pop_ready()) is not None:
+        out.append(batch)
+    return out
+
+
+def test_entry_size_counts_utf8_bytes_and_metadata() -> None:
+    plain = [LogEntry(1, "abc"), LogEntry(2, "de")]
+    assert entries_size(plain) == 5
+    assert entries_size([LogEntry(1, "é€")]) == 2 + 3
+    with_meta = [LogEntry(1, "ab", (("trace", "xyz"),)), LogEntry(2, "c")]
+    assert entries_size(with_meta) == 3 + len("trace") + len("xyz")
+
+
+def test_streams_are_keyed_by_labels_without_internal_ones() -> None:
+    batcher = Batcher(clock=FakeClock())
+    batcher.add(StreamBatch({"b": "2", "a": "1", "__meta_x": "y"}, entries("one")))
+    batcher.add(StreamBatch({"a": "1", "b": "2", "__path__": "z"}, entries("two")))
+    batcher.add(StreamBatch({"a": "other"}, entries("three")))
+    batcher.cut_all()
+    (batch,) = drain(batcher)
+    assert batch.tenant == ""
+    assert batch.streams == {
+        '{a="1", b="2"}': [LogEntry(1, "one"), LogEntry(1, "two")],
+        '{a="other"}': [LogEntry(1, "three")],
+    }
+    assert batch.entry_count == 3
+    assert batch.size_bytes == len("one") + len("two") + len("three")
+
+
+def test_one_open_batch_per_tenant_and_label_overrides_default() -> None:
+    batcher = Batcher(tenant_id="default", clock=FakeClock())
+    batcher.add(StreamBatch({"a": "1"}, entries("x")))
+    batcher.add(StreamBatch({"a": "1", "__tenant_id__": "t2"}, entries("y")))
+    batcher.cut_all()
+    by_tenant = {b.tenant: b for b in drain(batcher)}
+    assert set(by_tenant) == {"default", "t2"}
+    assert by_tenant["t2"].streams == {'{a="1"}': [LogEntry(1, "y")]}
+
+
+def test_batch_is_ready_when_next_entry_would_exceed_size() -> None:
+    batcher = Batcher(batch_size=10, clock=FakeClock())
+    batcher.add(StreamBatch({"a": "1"}, entries("12345")))
+    batcher.add(StreamBatch({"a": "1"}, entries("1234")))
+    assert batcher.ready_count == 0  # 9 bytes: still room
+    batcher.add(StreamBatch({"a": "1"}, entries("12")))  # 11 would exceed
+    (full,) = drain(batcher)
+    assert full.size_bytes == 9
+    assert [e.line for e in full.streams['{a="1"}']] == ["12345", "1234"]
+    batcher.cut_all()
+    (rest,) = drain(batcher)
+    assert [e.line for e in rest.streams['{a="1"}']] == ["12"]
+
+
+def test_batch_exceeds_size_only_by_its_first_entry() -> None:
+    batcher = Batcher(batch_size=10, clock=FakeClock())
+    big = "x" * 25
+    batcher.add(StreamBatch({"a": "1"}, entries(big, "yy", "zzzzzzzzz")))
+    batcher.cut_all()
+    batches = drain(batcher)
+    assert [[e.line for e in b.streams['{a="1"}']] for b in batches] == [
+        [big],
+        ["yy"],
+        ["zzzzzzzzz"],
+    ]
+    assert [b.size_bytes for b in batches] == [25, 2, 9]
+
+
+def test_a_stream_batch_split_across_batches_keeps_order_and_sizes() -> None:
+    batcher = Batcher(batch_size=100, clock=FakeClock())
+    lines = [f"line-{i:04d}" for i in range(50)]  # 9 bytes each
+    batcher.add(StreamBatch({"a": "1"}, entries("p" * 50)))
+    accepted = batcher.add(StreamBatch({"a": "1"}, entries(*lines)))
+    batcher.cut_all()
+    batches = drain(batcher)
+    assert accepted == 9 * 50
+    assert all(b.size_bytes <= 100 for b in batches)
+    got = [e.line for b in batches for e in b.streams['{a="1"}']]
+    assert got == ["p" * 50, *lines]
+    assert [b.seq for b in batches] == list(range(1, len(batches) + 1))
+
+
+def test_delivery_reference_follows_every_piece() -> None:
+    results: list[bool] = []
+    delivery = Delivery(results.append)
+    batcher = Batcher(batch_size=10, clock=FakeClock())
+    batcher.add(
+        StreamBatch({"a": "1"}, entries("aaaaaa", "bbbbbb", "cccccc"), delivery)
+    )
+    batcher.cut_all()
+    batches = drain(batcher)
+    assert len(batches) == 3
+    assert delivery.pending == 3
+    for batch in batches[:-1]:
+        batch.settle()
+    assert results == []
+    batches[-1].settle()
+    assert results == [True]
+
+
+def test_abandoned_piece_reports_false() -> None:
+    results: list[bool] = []
+    delivery = Delivery(results.append)
+    batcher = Batcher(batch_size=4, clock=FakeClock())
+    batcher.add(StreamBatch({"a": "1"}, entries("aaaa", "bbbb"), delivery))
+    batcher.cut_all()
+    first, second = drain(batcher)
+    first.settle()
+    second.settle(abandoned=True)
+    assert results == [False]
+
+
+def test_max_streams_drops_new_streams_and_settles_them() -> None:
+    drops: list[tuple[str, str, int, int]] = []
+    results: list[bool] = []
+    batcher = Batcher(
+        max_streams=2, clock=FakeClock(), on_drop=lambda *a: drops.append(a)
+    )
+    assert batcher.add(StreamBatch({"s": "1"}, entries("a"))) == 1
+    assert batcher.add(StreamBatch({"s": "2"}, entries("b"))) == 1
+    dropped = StreamBatch({"s": "3"}, entries("cc", "dd"), Delivery(results.append))
+    assert batcher.add(dropped) == 0
+    assert batcher.add(StreamBatch({"s": "1"}, entries("e"))) == 1  # existing stream
+    assert drops == [("", "stream_limited", 2, 4)]
+    assert results == [True]  # a final drop settles the delivery
+    batcher.cut_all()
+    (batch,) = drain(batcher)
+    assert set(batch.streams) == {'{s="1"}', '{s="2"}'}
+
+
+def test_max_streams_does_not_drop_when_the_batch_is_cut_first() -> None:
+    drops: list[tuple[str, str, int, int]] = []
+    batcher = Batcher(
+        batch_size=4,
+        max_streams=1,
+        clock=FakeClock(),
+        on_drop=lambda *a: drops.append(a),
+    )
+    batcher.add(StreamBatch({"s": "1"}, entries("aaa")))
+    batcher.add(
+        StreamBatch({"s": "2"}, entries("bbb"))
+    )  # overflows: new batch, no drop
+    batcher.cut_all()
+    assert drops == []
+    assert [list(b.streams) for b in drain(batcher)] == [['{s="1"}'], ['{s="2"}']]
+
+
+def test_age_makes_a_batch_ready() -> None:
+    clock = FakeClock()
+    batcher = Batcher(batch_wait=1.0, clock=clock)
+    assert batcher.next_deadline() is None
+    batcher.add(StreamBatch({"a": "1"}, entries("x")))
+    assert batcher.next_deadline() == 101.0
+    clock.now = 100.999
+    assert batcher.cut_expired() == 0
+    clock.now = 101.0
+    batcher.add(StreamBatch({"__tenant_id__": "late"}, entries("y")))
+    assert batcher.cut_expired() == 1
+    (ready,) = drain(batcher)
+    assert ready.tenant == ""
+    assert batcher.next_deadline() == 102.0  # the "late" tenant's batch
+
+
+def test_empty_stream_batch_is_settled_and_holds_nothing() -> None:
+    results: list[bool] = []
+    batcher = Batcher(clock=FakeClock())
+    assert batcher.add(StreamBatch({"a": "1"}, [], Delivery(results.append))) == 0
+    assert results == [True]
+    assert batcher.open_count == 0
+
+
+def test_take_all_returns_open_and_ready_batches() -> None:
+    batcher = Batcher(batch_size=3, clock=FakeClock())
+    batcher.add(StreamBatch({"a": "1"}, entries("aaa", "b")))
+    taken = batcher.take_all()
+    assert [b.entry_count for b in taken] == [1, 1]
+    assert batcher.pop_ready() is None
+    assert batcher.open_count == 0
+
+
+def test_stream_batch_of_labels_only_internal_is_stream_braces() -> None:
+    batcher = Batcher(clock=FakeClock())
+    batcher.add(StreamBatch({"__x": "1"}, entries("x")))
+    batcher.cut_all()
+    (batch,) = drain(batcher)
+    assert list(batch.streams) == ["{}"]

@@ -1,0 +1,383 @@
+"""Component adapters wired with fakes: arguments, exports, forwarding, updates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from minilog._logging_setup import component_logger
+from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
+from minilog.components.base import Fanout, StableReceiver
+from minilog.config import Scope, decode_block, parse
+from minilog.config.ast import Block
+from minilog.errors import ClosedError, ConfigError
+from minilog.model import Delivery, LogEntry, StreamBatch
+from minilog.testing import FakeLoki
+
+
+class Recorder:
+    """A ``LogsReceiver`` that keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.batches: list[StreamBatch] = []
+        self.got = asyncio.Event()
+
+    async def send(self, batch: StreamBatch) -> None:
+        self.batches.append(batch)
+        self.got.set()
+
+
+def block_of(text: str) -> Block:
+    stmt = parse(text, "test.alloy").body[0]
+    assert isinstance(stmt, Block)
+    return stmt
+
+
+def prepare(
+    text: str, exports: Mapping[str, Any] | None = None
+) -> tuple[type[Component], dict[str, Any], Block]:
+    block = block_of(text)
+    cls = COMPONENT_TYPES[block.full_name]
+    raw = cls.decode(block, Scope(components=dict(exports or {})))
+    return cls, cls.prepare(raw, block), block
+
+
+def build(
+    text: str,
+    exports: Mapping[str, Any] | None = None,
+    *,
+    tmp_path: Path | None = None,
+    on_exports: Any = None,
+) -> Any:
+    cls, args, block = prepare(text, exports)
+    opts = ComponentOptions(
+        id=block.id,
+        data_path=(tmp_path or Path("/nonexistent")) / block.id,
+        registry=CollectorRegistry(auto_describe=True),
+        logger=component_logger(block.id),
+        on_exports=on_exports or (lambda: None),
+    )
+    return cls(opts, args)
+
+
+def batch(
+    labels: dict[str, str], *lines: str, delivery: Delivery | None = None
+) -> StreamBatch:
+    return StreamBatch(
+        labels,
+        [LogEntry(1_700_000_000_000_000_000 + i, line) for i, line in enumerate(lines)],
+        delivery,
+    )
+
+
+# ------------------------------------------------------------------ base
+
+
+async def test_fanout_gives_each_receiver_its_own_copy_and_one_delivery_reference() -> (
+    None
+):
+    outcomes: list[bool] = []
+    a, b = Recorder(), Recorder()
+    fan = Fanout([a, b])
+    delivery = Delivery(outcomes.append)
+    await fan.send(batch({"x": "1"}, "l1", delivery=delivery))
+    assert delivery.pending == 2
+    assert a.batches[0].labels == b.batches[0].labels == {"x": "1"}
+    assert a.batches[0].labels is not b.batches[0].labels
+    a.batches[0].settle()
+    assert outcomes == []
+    b.batches[0].settle()
+    assert outcomes == [True]
+
+
+async def test_fanout_without_receivers_settles_the_batch() -> None:
+    outcomes: list[bool] = []
+    await Fanout().send(batch({"x": "1"}, "l", delivery=Delivery(outcomes.append)))
+    assert outcomes == [True]
+
+
+async def test_stable_receiver_follows_its_target_and_refuses_once_stopped() -> None:
+    first, second = Recorder(), Recorder()
+    receiver = StableReceiver("loki.write.x", first)
+    await receiver.send(batch({"a": "b"}, "one"))
+    receiver.target = second
+    await receiver.send(batch({"a": "b"}, "two"))
+    assert [b.entries[0].line for b in first.batches] == ["one"]
+    assert [b.entries[0].line for b in second.batches] == ["two"]
+    receiver.target = None
+    outcomes: list[bool] = []
+    with pytest.raises(ClosedError):
+        await receiver.send(
+            batch({"a": "b"}, "three", delivery=Delivery(outcomes.append))
+        )
+    assert outcomes == [False]
+
+
+def test_every_supported_component_is_registered() -> None:
+    assert set(COMPONENT_TYPES) >= {
+        "discovery.docker",
+        "discovery.relabel",
+        "loki.source.docker",
+        "loki.source.api",
+        "loki.write",
+        "loki.relabel",
+        "loki.echo",
+        "loki.process",
+    }
+
+
+def test_unknown_argument_is_a_positioned_error_listing_the_supported_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        prepare('loki.relabel "x" {\n  forward_to = []\n  max_cache = 3\n}')
+    (diag,) = info.value.diagnostics
+    assert (diag.line, diag.column) == (3, 3)
+    assert "max_cache" in diag.message and "max_cache_size" in diag.message
+
+
+def test_bad_rule_regex_is_positioned_at_its_rule_block() -> None:
+    text = (
+        'discovery.relabel "x" {\n'
+        "  targets = []\n"
+        "  rule {\n"
+        '    regex = "("\n'
+        '    target_label = "a"\n'
+        "  }\n"
+        "  rule {\n"
+        '    action = "nonsense"\n'
+        "  }\n"
+        "}"
+    )
+    with pytest.raises(ConfigError) as info:
+        prepare(text)
+    lines = sorted(d.line for d in info.value.diagnostics)
+    assert len(lines) == 2
+    assert lines[0] in (3, 4) and lines[1] in (7, 8)
+    assert any("nonsense" in d.message for d in info.value.diagnostics)
+
+
+# ------------------------------------------------------------------ discovery.relabel
+
+SEED_RULES = """
+  rule {
+    source_labels = ["__meta_docker_container_name"]
+    regex         = "/(.*)"
+    target_label  = "service"
+  }
+  rule {
+    source_labels = ["service"]
+    regex         = "(web-gateway|order-api|fulfillment-worker)"
+    action        = "keep"
+  }
+"""
+
+
+async def test_discovery_relabel_keeps_and_rewrites_targets_like_the_seed() -> None:
+    targets = [
+        {
+            "__meta_docker_container_name": "/web-gateway",
+            "__meta_docker_container_id": "a",
+        },
+        {"__meta_docker_container_name": "/loki", "__meta_docker_container_id": "b"},
+    ]
+    text = 'discovery.relabel "logs" {\n  targets = src.t.targets\n' + SEED_RULES + "}"
+    calls: list[int] = []
+    comp = build(
+        text, {"src.t": {"targets": targets}}, on_exports=lambda: calls.append(1)
+    )
+    out = comp.exports()["output"]
+    assert out == [{**targets[0], "service": "web-gateway"}]
+    rules = comp.exports()["rules"]
+
+    # Same rules, new targets: output changes, the rules object does not.
+    more = [
+        *targets,
+        {
+            "__meta_docker_container_name": "/order-api",
+            "__meta_docker_container_id": "c",
+        },
+    ]
+    _, args, _ = prepare(text, {"src.t": {"targets": more}})
+    await comp.update(args)
+    assert [t["service"] for t in comp.exports()["output"]] == [
+        "web-gateway",
+        "order-api",
+    ]
+    assert comp.exports()["rules"] is rules
+    assert calls == [1]
+
+    # Same inputs again: no publish.
+    await comp.update(args)
+    assert calls == [1]
+
+
+# ------------------------------------------------------------------ loki.relabel
+
+
+async def test_loki_relabel_rewrites_labels_once_per_batch_and_drops_emptied_sets() -> (
+    None
+):
+    sink = Recorder()
+    text = (
+        'loki.relabel "r" {\n'
+        "  forward_to = [sink.s.receiver]\n"
+        '  rule {\n    source_labels = ["app"]\n    target_label = "service"\n  }\n'
+        '  rule {\n    regex = "app"\n    action = "labeldrop"\n  }\n'
+        '  rule {\n    source_labels = ["service"]\n    regex = "drop-me"\n'
+        '    action = "drop"\n  }\n'
+        "}"
+    )
+    comp = build(text, {"sink.s": {"receiver": sink}})
+    receiver = comp.exports()["receiver"]
+    await receiver.send(batch({"app": "api"}, "a", "b"))
+    outcomes: list[bool] = []
+    await receiver.send(
+        batch({"app": "drop-me"}, "c", delivery=Delivery(outcomes.append))
+    )
+    await receiver.send(batch({"app": "api"}, "d"))
+    assert [(b.labels, [e.line for e in b.entries]) for b in sink.batches] == [
+        ({"service": "api"}, ["a", "b"]),
+        ({"service": "api"}, ["d"]),
+    ]
+    assert outcomes == [True]  # a dropped batch is settled, not left hanging
+    reg = comp.metrics_registry()
+    assert reg.get_sample_value("loki_relabel_entries_processed_total") == 4
+    assert reg.get_sample_value("loki_relabel_entries_written_total") == 3
+    assert reg.get_sample_value("loki_relabel_cache_hits_total") == 1
+
+
+# ------------------------------------------------------------------ loki.echo
+
+
+async def test_loki_echo_logs_each_entry(caplog: pytest.LogCaptureFixture) -> None:
+    comp = build('loki.echo "e" {}')
+    with caplog.at_level(logging.INFO):
+        await comp.exports()["receiver"].send(
+            batch({"service": "x", "__internal": "y"}, "hello")
+        )
+    records = [r for r in caplog.records if getattr(r, "entry", None) == "hello"]
+    assert len(records) == 1
+    assert records[0].labels == '{service="x"}'  # type: ignore[attr-defined]
+    assert records[0].component_id == "loki.echo.e"  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ loki.write
+
+
+async def test_loki_write_ships_and_keeps_its_receiver_across_an_endpoint_change() -> (
+    None
+):
+    async with FakeLoki() as first, FakeLoki() as second:
+        text = (
+            'loki.write "w" {\n  endpoint {\n    url = "%s"\n'
+            '    batch_wait = "50ms"\n  }\n'
+            '  external_labels = {env = "test"}\n}'
+        )
+        comp = build(text % first.push_url)
+        await comp.start()
+        task = asyncio.create_task(comp.run())
+        receiver = comp.exports()["receiver"]
+        await receiver.send(batch({"service": "a"}, "one"))
+        await first.wait_for_entries(1, timeout=5)
+
+        _, args, _ = prepare(text % second.push_url)
+        await comp.update(args)
+        assert comp.exports()["receiver"] is receiver
+        await receiver.send(batch({"service": "a"}, "two"))
+        await second.wait_for_entries(1, timeout=5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+        assert first.lines() == ["one"]
+        assert second.lines() == ["two"]
+        assert '{env="test", service="a"}' in second.streams()
+
+
+def test_loki_write_needs_an_endpoint_and_gates_queue_config() -> None:
+    with pytest.raises(ConfigError, match="at least one endpoint"):
+        prepare('loki.write "w" {\n}')
+    text = (
+        'loki.write "w" {\n  endpoint {\n    url = "http://x:1/p"\n'
+        '    queue_config {\n      capacity = "1MiB"\n    }\n  }\n}'
+    )
+    with pytest.raises(ConfigError, match="experimental") as info:
+        prepare(text)
+    assert info.value.diagnostics[0].line == 2
+    cls, _, _ = prepare(
+        'loki.write "w" {\n  endpoint {\n    url = "http://x:1/p"\n  }\n}'
+    )
+    raw = decode_block(block_of(text), cls.schema, Scope())
+    args = cls.prepare(raw, block_of(text), stability_level="experimental")
+    assert args["endpoint_configs"][0].queue_capacity == 1 << 20
+
+
+# ------------------------------------------------------------------ loki.source.api
+
+
+async def test_loki_source_api_applies_labels_relabel_rules_and_receive_time() -> None:
+    sink = Recorder()
+    rules_text = (
+        'discovery.relabel "rr" {\n  targets = []\n'
+        '  rule {\n    source_labels = ["job"]\n    target_label = "service"\n  }\n}'
+    )
+    rules = build(rules_text).exports()["rules"]
+    text = (
+        'loki.source.api "in" {\n'
+        '  http {\n    listen_address = "127.0.0.1"\n    listen_port = 0\n  }\n'
+        "  forward_to = [sink.s.receiver]\n"
+        '  labels = {source = "api"}\n'
+        "  relabel_rules = rr.rules\n"
+        "}"
+    )
+    comp = build(text, {"sink.s": {"receiver": sink}, "rr": {"rules": rules}})
+    await comp.start()
+    task = asyncio.create_task(comp.run())
+    try:
+        body = {"streams": [{"stream": {"job": "j1"}, "values": [["1000", "hello"]]}]}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(comp.url + "/loki/api/v1/push", json=body) as resp,
+        ):
+            assert resp.status == 204
+        await asyncio.wait_for(sink.got.wait(), 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    (got,) = sink.batches
+    assert got.labels == {"job": "j1", "source": "api", "service": "j1"}
+    assert got.entries[0].line == "hello"
+    assert got.entries[0].timestamp_ns != 1000  # replaced by the receive time
+
+
+# ------------------------------------------------------------------ loki.process
+
+
+async def test_loki_process_runs_stages_in_source_order() -> None:
+    sink = Recorder()
+    text = (
+        'loki.process "p" {\n'
+        "  forward_to = [sink.s.receiver]\n"
+        '  stage.static_labels {\n    values = {stage = "one"}\n  }\n'
+        '  stage.json {\n    expressions = {level = "lvl"}\n  }\n'
+        '  stage.labels {\n    values = {level = ""}\n  }\n'
+        '  stage.static_labels {\n    values = {stage = "two"}\n  }\n'
+        "}"
+    )
+    comp = build(text, {"sink.s": {"receiver": sink}})
+    assert [name for name, _ in comp.args["stages"]] == [
+        "stage.static_labels",
+        "stage.json",
+        "stage.labels",
+        "stage.static_labels",
+    ]
+    await comp.exports()["receiver"].send(
+        batch({"service": "a"}, '{"lvl": "warn", "msg": "x"}')
+    )
+    (got,) = sink.batches
+    assert got.labels == {"service": "a", "level": "warn", "stage": "two"}
