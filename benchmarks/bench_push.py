@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import multiprocessing as mp
+import random
 import resource
 import socket
 import sys
@@ -86,9 +87,29 @@ def rss_mib() -> float:
     return 0.0
 
 
-def make_chunk(base: int, chunk: int, line: str) -> list[LogEntry]:
-    # Distinct line objects, as real logs are: shared strings would flatter the RSS.
-    return [LogEntry(base + i, f"{line} {base + i:019d}") for i in range(chunk)]
+_PATHS = ("/api/v1/items", "/api/v1/users", "/healthz", "/api/v2/orders/search")
+_METHODS = ("GET", "GET", "GET", "POST", "PUT", "DELETE")
+
+
+def make_chunk(base: int, chunk: int, rng: random.Random) -> list[LogEntry]:
+    """Distinct logfmt lines of ~150 bytes that compress like real logs (~4x).
+
+    Identical or synthetic lines would flatter both the RSS and the compression.
+    """
+    out = []
+    for i in range(chunk):
+        n = base + i
+        line = (
+            f"ts=2026-11-27T05:{n // 60000 % 60:02d}:{n // 1000 % 60:02d}."
+            f"{n % 1000:03d}{rng.randrange(1000):03d}Z "
+            f"level={'info' if n % 7 else 'warn'} "
+            f'msg="request handled" method={rng.choice(_METHODS)} '
+            f"path={rng.choice(_PATHS)}/{rng.randrange(100000)} "
+            f"status={200 if n % 13 else 503} duration_ms={rng.random() * 300:.1f} "
+            f"trace_id={rng.getrandbits(64):016x}"
+        )
+        out.append(LogEntry(1_800_000_000_000_000_000 + n, line))
+    return out
 
 
 async def wait_count(counter: Synchronized[int], target: int, within: float) -> bool:
@@ -104,15 +125,16 @@ async def throughput(args: argparse.Namespace) -> None:
     port = free_port()
     counter: Synchronized[int] = mp.Value("q", 0)  # type: ignore[assignment]
     proc = start_receiver(port, counter)
-    line = "x" * (args.line_bytes - 20)
+    rng = random.Random(1)
     url = f"http://127.0.0.1:{port}"
     try:
         # Chunks prepared up front: the producer's own cost is not the shipper's.
         chunks = [
-            make_chunk(i * args.chunk, args.chunk, line)
+            make_chunk(i * args.chunk, args.chunk, rng)
             for i in range(args.entries // args.chunk)
         ]
         total = len(chunks) * args.chunk
+        line_bytes = sum(len(e.line) for chunk in chunks for e in chunk) / total
         async with Shipper(url, labels={"job": "bench"}) as shipper:
             cpu0, wall0 = time.process_time(), time.perf_counter()
             for i, chunk in enumerate(chunks):
@@ -121,7 +143,7 @@ async def throughput(args: argparse.Namespace) -> None:
             ok = await wait_count(counter, total, 60)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         print(
-            f"(a) send_batch x{args.chunk}: {total} entries of {args.line_bytes} B in "
+            f"(a) send_batch x{args.chunk}: {total} entries of ~{line_bytes:.0f} B in "
             f"{wall:.2f} s = {total / wall:,.0f} entries/s; shipper CPU "
             f"{cpu / total * 1e6:.2f} s per 1M entries; received {counter.value} "
             f"({'ok' if ok else 'MISSING'})"
@@ -130,11 +152,12 @@ async def throughput(args: argparse.Namespace) -> None:
         with counter.get_lock():
             counter.value = 0
         n = args.per_line
+        lines = make_chunk(0, n, rng)
         async with Shipper(url, labels={"job": "bench"}) as shipper:
             cpu0, wall0 = time.process_time(), time.perf_counter()
             labels = {"stream": "one"}
-            for i in range(n):
-                await shipper.send(labels, line, timestamp_ns=i + 1)
+            for i, entry in enumerate(lines):
+                await shipper.send(labels, entry.line, timestamp_ns=i + 1)
             await shipper.flush()
             ok = await wait_count(counter, n, 60)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -151,10 +174,11 @@ async def throughput(args: argparse.Namespace) -> None:
 async def outage(args: argparse.Namespace) -> None:
     port = free_port()
     counter: Synchronized[int] = mp.Value("q", 0)  # type: ignore[assignment]
-    line = "y" * (args.line_bytes - 20)
+    rng = random.Random(2)
     url = f"http://127.0.0.1:{port}"
     base_rss = rss_mib()
     sent = 0
+    raw = 0
     peak = base_rss
     shipper = Shipper(
         url,
@@ -169,7 +193,7 @@ async def outage(args: argparse.Namespace) -> None:
         started = time.monotonic()
         blocked = 0.0  # seconds the producer spent waiting on a full queue
         while time.monotonic() - started < args.outage:
-            chunk = make_chunk(sent, args.chunk, line)
+            chunk = make_chunk(sent, args.chunk, rng)
             try:
                 async with asyncio.timeout(0.2):
                     await shipper.send_batch(
@@ -181,6 +205,7 @@ async def outage(args: argparse.Namespace) -> None:
                 peak = max(peak, rss_mib())
                 continue
             sent += args.chunk
+            raw += sum(len(e.line) for e in chunk)
             peak = max(peak, rss_mib())
         queued = shipper.queued_bytes
         end_rss = rss_mib()
@@ -195,7 +220,7 @@ async def outage(args: argparse.Namespace) -> None:
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"(b) outage {args.outage:.0f} s, queue_capacity 64 MiB: {sent} entries "
-        f"({sent * args.line_bytes / 2**20:.0f} MiB of lines) accepted while Loki was "
+        f"({raw / 2**20:.0f} MiB of lines) accepted while Loki was "
         f"down, producer blocked {blocked:.1f} s, {queued / 2**20:.1f} MiB counted; "
         f"RSS {base_rss:.0f} MiB before, peak {peak:.0f} MiB "
         f"(ru_maxrss {maxrss:.0f} MiB), {end_rss:.0f} MiB at the end of the outage; "
@@ -209,7 +234,6 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--per-line", type=int, default=200_000)
     parser.add_argument("--chunk", type=int, default=1000)
-    parser.add_argument("--line-bytes", type=int, default=150)
     parser.add_argument("--outage", type=float, default=30.0)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-outage", action="store_true")

@@ -1,9 +1,9 @@
 """minilog: a Loki-compatible log pipeline.
 
-The embeddable API lives here: ``Shipper`` (asyncio) and ``SyncShipper`` (threads) push
-your own logs to Loki; ``minilog.logging.LokiHandler`` plugs into the standard ``logging``
-module; ``minilog.testing.FakeLoki`` stands in for Loki in your tests. The agent that
-replaces Grafana Alloy is the ``minilog`` command (``minilog run config.alloy``).
+The embeddable API lives here: ``Shipper`` (asyncio) and ``SyncShipper`` (threads)
+push your own logs to Loki; ``minilog.logging.LokiHandler`` plugs into the standard
+``logging`` module; ``minilog.testing.FakeLoki`` stands in for Loki in your tests. The
+agent that replaces Grafana Alloy is the ``minilog`` command (``minilog run``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from minilog.shipper import Shipper, SyncShipper
 __version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "ClientRequestError",
     "ClosedError",
     "ConfigError",
@@ -49,5 +50,4 @@ __all__ = [
     "StreamBatch",
     "SyncShipper",
     "WouldBlockError",
-    "__version__",
 ]

@@ -140,6 +140,8 @@ class Batcher:
         self._ready: deque[Batch] = deque()
         self._keys: dict[tuple[tuple[str, str], ...], tuple[str, str | None]] = {}
         self.cut_count = 0
+        #: Entries ever added (dropped ones excluded): callers weigh what ``add`` took.
+        self.added_entries = 0
 
     @property
     def ready_count(self) -> int:
@@ -191,6 +193,7 @@ class Batcher:
         stream.extend(entries)
         current.size_bytes += size
         current.entry_count += len(entries)
+        self.added_entries += len(entries)
         if delivery is not None:
             current.deliveries.append(delivery)
         if current.size_bytes >= self.batch_size:
@@ -248,8 +251,8 @@ class Batcher:
             self._cut(tenant)
         return total
 
-    @staticmethod
     def _append(
+        self,
         batch: Batch,
         key: str,
         entries: list[LogEntry],
@@ -264,6 +267,7 @@ class Batcher:
             stream.extend(entries)
         batch.size_bytes = used
         batch.entry_count += len(entries)
+        self.added_entries += len(entries)
         if delivery is not None:
             batch.deliveries.append(delivery)
         return added

@@ -16,9 +16,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from minilog._logging_setup import configure_logging
 from minilog.errors import ConfigError, MinilogError
@@ -97,10 +98,15 @@ _LONG_FLAGS = frozenset(
 _EXIT_CONFIG = 1
 
 
-def default_config(environ: os._Environ[str] | dict[str, str] | None = None) -> str:
-    """The embedded config with the Loki URL from ``LOKI_URL`` (default: localhost)."""
+def default_config(environ: Mapping[str, str] | None = None) -> str:
+    """The embedded config with the Loki URL from ``LOKI_URL`` (default: localhost).
+
+    A bare base URL (``http://loki:3100``) gets Loki's push path appended.
+    """
     env = os.environ if environ is None else environ
     url = env.get("LOKI_URL") or DEFAULT_LOKI_URL
+    if urlsplit(url).path in ("", "/"):
+        url = url.rstrip("/") + "/loki/api/v1/push"
     quoted = '"' + url.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return DEFAULT_CONFIG.replace("{url}", quoted)
 
@@ -132,18 +138,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the agent with a config file or directory of *.alloy files. "
         "Without a path, runs the embedded default config: the seed pipeline (Docker "
         "discovery, service=<container name> for web-gateway, order-api and "
-        "fulfillment-worker) shipping to $LOKI_URL (default " + DEFAULT_LOKI_URL + ").",
+        "fulfillment-worker) shipping to $LOKI_URL (default " + DEFAULT_LOKI_URL + "; "
+        "a base URL gets /loki/api/v1/push appended).",
     )
     run.add_argument("path", nargs="?", metavar="CONFIG_FILE_OR_DIR")
     run.add_argument(
         "--server.http.listen-addr",
         dest="listen_addr",
+        metavar="ADDR",
         default="127.0.0.1:12345",
         help="address the HTTP server listens on (default %(default)s)",
     )
     run.add_argument(
         "--storage.path",
         dest="storage_path",
+        metavar="DIR",
         default="data-minilog/",
         help="directory for component state such as positions (default %(default)s)",
     )
@@ -157,14 +166,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config.format",
         dest="config_format",
+        metavar="FORMAT",
         default="alloy",
         help="config format; minilog reads only 'alloy'",
     )
     run.add_argument(
         "--feature.component-shutdown-deadline",
         dest="shutdown_deadline",
+        metavar="DURATION",
         default=None,
-        help="how long writers may flush at shutdown (Go duration; default 15s)",
+        help="how long writers may flush at shutdown (Go duration; default: each "
+        "endpoint's queue_config.drain_timeout, 15s)",
     )
     run.add_argument(
         "--testing.url-override",
@@ -281,6 +293,8 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
     from minilog.config import parse_duration
     from minilog.pipeline import Agent, LoggingConfig
     from minilog.server import AgentServer, parse_listen_addr
@@ -290,7 +304,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     try:
         host, port = parse_listen_addr(args.listen_addr)
-        drain = 15.0
+        drain = None
         if args.shutdown_deadline:
             drain = parse_duration(args.shutdown_deadline)
     except ValueError as exc:
@@ -315,6 +329,10 @@ async def _serve(args: argparse.Namespace) -> int:
             url_overrides=_parse_overrides(args.url_overrides),
             on_logging=on_logging,
         )
+    # The process's own CPU, memory and GC figures, as Alloy exposes them too.
+    ProcessCollector(registry=agent.registry)
+    PlatformCollector(registry=agent.registry)
+    GCCollector(registry=agent.registry)
     loop = asyncio.get_running_loop()
     signals_seen = 0
     reloads: set[asyncio.Task[None]] = set()

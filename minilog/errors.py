@@ -1,12 +1,12 @@
-"""The whole minilog exception tree; every error minilog raises derives from ``MinilogError``.
+"""The whole minilog exception tree: every error minilog raises is a ``MinilogError``.
 
     MinilogError
-    ├── ConfigError               bad configuration; carries every Diagnostic (file, line, column)
+    ├── ConfigError               bad configuration; carries every Diagnostic
     ├── LabelError (ValueError)   an invalid label name or value, refused before sending
     ├── DecodeError (ValueError)  a push body that cannot be decoded (receiver side)
     ├── DockerError               the Docker Engine API answered with an error
     │   └── DockerUnavailableError  the socket is missing, refused, or not permitted
-    ├── PushError                 a push to Loki failed; ``retriable`` says whether to try again
+    ├── PushError                 a push to Loki failed; ``retriable``: try again?
     │   ├── RateLimitedError      HTTP 429 (retriable)
     │   ├── ServerError           HTTP 5xx (retriable)
     │   ├── PushConnectionError   transport error or timeout (retriable)
@@ -57,7 +57,7 @@ class Diagnostic:
 
 
 class ConfigError(MinilogError):
-    """A configuration could not be loaded; ``diagnostics`` lists every problem found."""
+    """A configuration could not be loaded; ``diagnostics`` lists every problem."""
 
     def __init__(self, diagnostics: list[Diagnostic] | Diagnostic | str) -> None:
         if isinstance(diagnostics, str):
@@ -97,22 +97,27 @@ class DockerError(MinilogError):
 
 
 class DockerUnavailableError(DockerError):
-    """The Docker daemon cannot be reached (missing socket, refused, permission denied)."""
+    """The Docker daemon cannot be reached (no socket, refused, permission denied)."""
 
 
 class PushError(MinilogError):
-    """A push to Loki failed. ``retriable`` is the retry policy: ask the error, keep no list."""
+    """A push to Loki failed.
+
+    ``retriable`` is the retry policy: ask the error, keep no list.
+    """
 
     retriable: bool = False
 
-    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, body: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
 
 
 class RateLimitedError(PushError):
-    """Loki answered 429: flow control, retried with backoff (unless ``retry_on_http_429`` is off)."""
+    """Loki answered 429: flow control, retried unless ``retry_on_http_429`` is off."""
 
     retriable = True
 
@@ -124,7 +129,7 @@ class ServerError(PushError):
 
 
 class PushConnectionError(PushError):
-    """The request did not complete (connection refused, reset, timeout): retried with backoff."""
+    """The request did not complete (refused, reset, timeout): retried with backoff."""
 
     retriable = True
 

@@ -1,7 +1,7 @@
-"""Value types shared by every stage of the pipeline: entries, stream batches, delivery tokens.
+"""Value types shared by every stage of the pipeline: entries, batches, delivery tokens.
 
-The unit that moves between components is a ``StreamBatch``: one label set and the entries
-read for it in one go, so labels are computed once per batch, never per line.
+The unit that moves between components is a ``StreamBatch``: one label set and the
+entries read for it in one go, so labels are computed once per batch, never per line.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ class LogEntry(NamedTuple):
 class Delivery:
     """A reference-counted acknowledgement for entries in flight.
 
-    The reference travels with the batch: whoever holds a ``StreamBatch`` owns one reference
-    to its delivery. Handing the batch on hands the reference on. A component that fans one
-    batch out to N receivers calls ``retain(N - 1)`` first; one that splits a batch in two
-    retains once more; one that discards a batch (filtered out) calls ``release()``. The
-    writer releases when Loki accepted the entries or they were finally dropped (4xx, retries
-    exhausted): both settle them. Only entries given up at shutdown are ``abandoned``; then
-    the callback receives ``False`` so the source does not advance past them and reads them
-    again on its next start.
+    The reference travels with the batch: whoever holds a ``StreamBatch`` owns one
+    reference to its delivery, and handing the batch on hands the reference on. A
+    component that fans one batch out to N receivers calls ``retain(N - 1)`` first; one
+    that splits a batch in two retains once more; one that discards a batch (filtered
+    out) calls ``release()``. The writer releases when Loki accepted the entries or they
+    were finally dropped (4xx, retries exhausted): both settle them. Only entries given
+    up at shutdown are ``abandoned``; the callback then receives ``False``, so the
+    source does not advance past them and reads them again on its next start.
     """
 
     __slots__ = ("_abandoned", "_callback", "_pending")
@@ -74,8 +74,8 @@ class Delivery:
 class StreamBatch:
     """Entries that share one label set.
 
-    ``labels`` is the full set, internal ``__``-prefixed names included; the writer strips
-    those (``__tenant_id__`` picks the tenant) before the labels reach Loki.
+    ``labels`` is the full set, internal ``__``-prefixed names included; the writer
+    strips those (``__tenant_id__`` picks the tenant) before the labels reach Loki.
     """
 
     labels: dict[str, str]
@@ -89,7 +89,7 @@ class StreamBatch:
 
 
 class LogsReceiver(Protocol):
-    """What Alloy calls a ``LogsReceiver``: the input side of a component (``forward_to``).
+    """What Alloy calls a ``LogsReceiver``: a component's input (``forward_to``).
 
     ``send`` may wait: that is backpressure, and it reaches the sources.
     """

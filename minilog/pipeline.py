@@ -40,6 +40,9 @@ log = logging.getLogger("minilog.pipeline")
 #: Shutdown order.
 PHASES: tuple[Phase, ...] = ("discovery", "source", "process", "write")
 
+#: Bound on a component's stop when no drain timeout is given (only guards a bug).
+_MAX_DRAIN_S = 300.0
+
 #: Top-level blocks that configure the agent rather than declare a component.
 _CONFIG_BLOCKS = ("logging",)
 
@@ -129,7 +132,8 @@ class Agent:
         storage_path: ``--storage.path``; each component gets ``<storage_path>/<id>/``.
         registry: where the agent's metrics are exposed (a fresh one if ``None``).
         stability_level: ``--stability.level``.
-        drain_timeout: how long writers may flush at shutdown.
+        drain_timeout: how long writers may flush at shutdown; ``None``: each
+            endpoint's ``queue_config.drain_timeout`` (Alloy's 15 s by default).
         url_overrides: TEST-ONLY rewriting of ``loki.write`` endpoint URL prefixes
             (``{"http://loki:3100": "http://127.0.0.1:4100"}``), so an unchanged config
             can be pointed at a fake Loki; empty in production.
@@ -144,7 +148,7 @@ class Agent:
         storage_path: str | Path = "data-minilog",
         registry: CollectorRegistry | None = None,
         stability_level: str = "generally-available",
-        drain_timeout: float = 15.0,
+        drain_timeout: float | None = None,
         url_overrides: Mapping[str, str] | None = None,
         on_logging: Callable[[LoggingConfig], None] | None = None,
     ) -> None:
@@ -370,6 +374,7 @@ class Agent:
             self._controller = asyncio.create_task(
                 self._control(), name="minilog-controller"
             )
+            self._controller.add_done_callback(_report_crash)
             self._record_success(graph)
             self._ready = True
 
@@ -477,7 +482,7 @@ class Agent:
                         args = node.cls.prepare(
                             raw, node.block, stability_level=self.stability_level
                         )
-                        await live.component.update(args)
+                        await self._update(live, args)
                         live.raw_args = raw
                         if live.component.health().state == "unhealthy":
                             live.component.set_health("healthy", "updated")
@@ -508,6 +513,15 @@ class Agent:
             message = f"{node.id}: cannot start: {exc}"
             raise ConfigError(_diag(node.block, message)) from exc
         return component
+
+    async def _update(self, live: _Live, args: dict[str, Any]) -> None:
+        try:
+            await live.component.update(args)
+        except (MinilogError, ValueError, OSError) as exc:
+            if isinstance(exc, ConfigError):
+                raise _at(live.node.block, exc) from exc
+            message = f"{live.node.id}: update failed: {exc}"
+            raise ConfigError(_diag(live.node.block, message)) from exc
 
     def _relink(self) -> None:
         for live in self._live.values():
@@ -587,6 +601,13 @@ class Agent:
                 extra={"component_id": node.id, "err": str(exc)},
             )
             return
+        except Exception as exc:
+            # A component bug must not stop the controller: later cascades still run.
+            live.component.set_health("unhealthy", f"update failed: {exc}")
+            log.error(
+                "component update failed", exc_info=exc, extra={"component_id": node.id}
+            )
+            return
         live.raw_args = raw
         if live.component.health().state == "unhealthy":
             live.component.set_health("healthy", "updated")
@@ -626,12 +647,17 @@ class Agent:
         task.cancel()
         # Writers flush inside the drain timeout; the extra margin only guards a bug.
         try:
-            async with asyncio.timeout(self.drain_timeout + 10.0):
+            async with asyncio.timeout((self.drain_timeout or _MAX_DRAIN_S) + 10.0):
                 await asyncio.gather(task, return_exceptions=True)
         except TimeoutError:
             log.error(
                 "component did not stop in time", extra={"component_id": live.node.id}
             )
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the component controller stopped", exc_info=task.exception())
 
 
 def _at(block: Block, exc: ConfigError) -> ConfigError:

@@ -114,6 +114,10 @@ class Shipper:
 
         async with Shipper("http://loki:3100", labels={"service": "api"}) as shipper:
             await shipper.send({"level": "info"}, "started")
+            # Learn when Loki took a line (True) or it was abandoned at close (False).
+            delivered = asyncio.get_running_loop().create_future()
+            await shipper.send(None, "order 42 paid", on_delivery=delivered)
+            accepted = await delivered
 
     Lines are batched per stream (``batch_size`` bytes or ``batch_wait`` seconds,
     whichever comes first), compressed and pushed with retries (429, 5xx, connection
@@ -237,10 +241,19 @@ class Shipper:
         metadata: MetadataArg = None,
         on_delivery: OnDelivery | None = None,
     ) -> None:
-        """Queue one line now, or raise ``WouldBlockError`` (counted: queue_is_full)."""
+        """Queue one line now, or raise ``WouldBlockError`` (counted: queue_is_full).
+
+        When it raises, ``on_delivery`` is told ``False`` (abandoned), as ``send`` does.
+        """
         ts = time.time_ns() if timestamp_ns is None else timestamp_ns
         entry = LogEntry(ts, line, _metadata(metadata))
-        self._writer.send_nowait(self._stream(labels, [entry], on_delivery))
+        batch = self._stream(labels, [entry], on_delivery)
+        try:
+            self._writer.send_nowait(batch)
+        except (ClosedError, WouldBlockError):
+            # The writer handed the delivery reference back: nothing was queued.
+            batch.settle(abandoned=True)
+            raise
 
     async def send_batch(
         self,
@@ -293,6 +306,12 @@ class SyncShipper:
 
     Takes the same keyword options as ``Shipper``, plus ``buffer_bytes`` (default:
     ``batch_size``). Delivery callbacks run on the shipper's thread: keep them short.
+
+    ::
+
+        shipper = SyncShipper("http://loki:3100", labels={"job": "batch"})
+        shipper.send({"step": "load"}, "42 rows")
+        shipper.close(timeout=5)
     """
 
     def __init__(
@@ -381,6 +400,15 @@ class SyncShipper:
     # -- the callers' side
 
     def _put(self, item: _Item, block: bool, timeout: float | None) -> None:
+        try:
+            self._enqueue(item, block, timeout)
+        except (ClosedError, WouldBlockError):
+            # Refused: nothing was queued, so its delivery is abandoned now.
+            if item[2] is not None:
+                item[2].release(abandoned=True)
+            raise
+
+    def _enqueue(self, item: _Item, block: bool, timeout: float | None) -> None:
         size = item[3]
         with self._cond:
             if self._closed:

@@ -28,8 +28,9 @@ from minilog._frames import (
     Decoded,
     FrameDecoder,
     RawLineSplitter,
+    parse_timestamp,
 )
-from minilog.errors import DockerError
+from minilog.errors import DockerError, MinilogError
 from minilog.labels import format_labels
 from minilog.model import Delivery, LogsReceiver, StreamBatch
 from minilog.positions import Positions
@@ -54,6 +55,10 @@ LABEL_LOG_STREAM: Final = "__meta_docker_container_log_stream"
 _FNV_OFFSET: Final = 14695981039346656037
 _FNV_PRIME: Final = 1099511628211
 _MASK64: Final = (1 << 64) - 1
+
+_STALE_CHECK_S: Final = 600.0
+# A resume probe larger than this is not worth it: follow with since alone.
+_PROBE_MAX_BYTES: Final = 4 << 20
 
 _PENDING: Final = 0
 _OK: Final = 1
@@ -142,6 +147,40 @@ def _finished_ns(text: object) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class _Window:
+    """A cheap resume: follow with ``since`` and ``tail``; the reply starts with
+    ``anchor`` (one whole frame) or the window was too small."""
+
+    since: str | None
+    tail: int
+    anchor: bytes
+
+
+def _split_frames(data: bytes) -> list[bytes] | None:
+    """Whole multiplexed frames (header included); None if ``data`` is not framed."""
+    frames = []
+    i = 0
+    while i < len(data):
+        if len(data) - i < 8 or data[i] > 3 or data[i + 1 : i + 4] != b"\0\0\0":
+            return None
+        end = i + 8 + int.from_bytes(data[i + 4 : i + 8], "big")
+        if end > len(data):
+            return None
+        if data[i] in (0, 1, 2):
+            frames.append(data[i:end])
+        i = end
+    return frames
+
+
+def _frame_ts(frame: bytes) -> int | None:
+    stamp = frame[8:].split(b" ", 1)[0]
+    try:
+        return parse_timestamp(stamp)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class TargetInfo:
     """Debug state of one tailer, for the UI (Alloy's ``targets_info``)."""
 
@@ -198,6 +237,13 @@ class _Metrics:
             ["reason"],
             registry=registry,
         )
+        self.resumes = Counter(
+            "minilog_source_docker_resumes_total",
+            "Streams resumed from a position, by how: window (since + tail, cheap), "
+            "since (dockerd scans the whole log), window_missed (fell back to since).",
+            ["mode"],
+            registry=registry,
+        )
         self.crashes = Counter(
             "minilog_source_docker_tailer_crashes_total",
             "Tailer crashes caught and restarted by the supervisor.",
@@ -214,6 +260,7 @@ class _Context:
     metrics: _Metrics
     max_line_size: int
     inspect_interval_s: float
+    tail_window: int
     clock: Callable[[], float]
     on_settled: Callable[[], None]
 
@@ -302,9 +349,14 @@ class ContainerTailer:
         )
 
     def lag_s(self, now_s: float) -> float:
-        if self._read <= self._committed or self._committed[0] == 0:
+        """Seconds since the newest acknowledged line while newer ones are unsettled."""
+        if self._read <= self._committed:
             return 0.0
-        return max(0.0, now_s - self._committed[0] / 1e9)
+        ts_ns = self._committed[0]
+        if ts_ns == 0:
+            # Nothing acknowledged yet: the oldest chunk in flight is the best estimate.
+            ts_ns = self._inflight[0].position if self._inflight else self._read[0]
+        return max(0.0, now_s - ts_ns / 1e9)
 
     def set_labels(self, labels: Mapping[str, str]) -> None:
         """Use ``labels`` for later batches; the stream and position are untouched."""
@@ -376,10 +428,11 @@ class ContainerTailer:
                     if exc.status == 404:
                         self._mark_gone()
                         return
+                    if str(exc) != self.last_error:  # once per distinct error
+                        _log.warning(
+                            "log stream of container %s failed: %s", self._short, exc
+                        )
                     self.last_error = str(exc)
-                    _log.warning(
-                        "log stream of container %s failed: %s", self._short, exc
-                    )
                     await self._wait(retry_s)
                     retry_s = min(retry_s * 2, self._ctx.inspect_interval_s)
                     continue
@@ -420,16 +473,45 @@ class ContainerTailer:
             count_at_position=count,
             max_line_size=self._ctx.max_line_size,
         )
+        # TTY records are not frames, so they cannot be checked: plain since for them.
+        window = None if tty else await self._resume_window(pos)
+        self.is_running = True
+        self._ctx.metrics.active.inc()
+        try:
+            while True:
+                done = await self._read_stream(decoder, pos, window)
+                if done is not None:
+                    return done
+                # The tail window moved before the follow request: resume the slow way.
+                self._ctx.metrics.resumes.labels("window_missed").inc()
+                window = None
+        finally:
+            self.is_running = False
+            self._ctx.metrics.active.dec()
+
+    async def _read_stream(
+        self,
+        decoder: FrameDecoder | RawLineSplitter,
+        pos: int,
+        window: _Window | None,
+    ) -> bool | None:
+        """Follow the log into ``decoder``; None when ``window`` failed its check."""
+        if window is None:
+            since, tail, expect = _since_arg(pos), None, b""
+            if pos > 0:
+                self._ctx.metrics.resumes.labels("since").inc()
+        else:
+            since, tail, expect = window.since, str(window.tail), window.anchor
         stream = self._ctx.client.logs(
             self.container_id,
             follow=True,
             stdout=True,
             stderr=True,
             timestamps=True,
-            since=_since_arg(pos),
+            since=since,
+            tail=tail,
         )
-        self.is_running = True
-        self._ctx.metrics.active.inc()
+        head = b""
         try:
             while True:
                 self._reading = True
@@ -445,13 +527,70 @@ class ContainerTailer:
                     raise
                 finally:
                     self._reading = False
+                if expect:
+                    # Nothing is decoded until the reply is known to start at the
+                    # anchor record: then no record since the position was cut off.
+                    head += chunk
+                    if len(head) < len(expect):
+                        continue
+                    if not head.startswith(expect):
+                        return None
+                    self._ctx.metrics.resumes.labels("window").inc()
+                    chunk, head, expect = head, b"", b""
                 await self._forward(decoder.feed(chunk))
+            if expect:
+                return None
             await self._forward(decoder.finish())
             return True
         finally:
-            self.is_running = False
-            self._ctx.metrics.active.dec()
             await stream.aclose()
+
+    async def _resume_window(self, pos: int) -> _Window | None:
+        """A ``tail`` bound for the follow request, so dockerd need not scan the log.
+
+        ``since`` alone makes dockerd read every retained record (seconds of CPU for a
+        large log); ``since`` plus ``tail=N`` reads N. It is exact only if fewer than N
+        records are at or after the position, which a non-follow probe tells; the follow
+        reply must then start with the probe's first record (or, when nothing is newer
+        than the position, with the newest record), else records slipped out of the
+        window in between and the caller falls back to ``since`` alone.
+        """
+        n = self._ctx.tail_window
+        if n <= 0 or pos <= 0:
+            return None
+        frames = await self._probe(_since_arg(pos), n)
+        if frames is None or len(frames) >= n:
+            return None
+        if frames:
+            return _Window(_since_arg(pos), n, frames[0])
+        newest = await self._probe(None, 1)
+        if not newest:
+            return None
+        newest_ns = _frame_ts(newest[0])
+        if newest_ns is None or newest_ns >= pos:
+            return None  # the log changed between the probes
+        return _Window(_since_arg(newest_ns), n, newest[0])
+
+    async def _probe(self, since: str | None, tail: int) -> list[bytes] | None:
+        """Frames of a non-follow read; None when it is too large or not framed."""
+        data = bytearray()
+        stream = self._ctx.client.logs(
+            self.container_id,
+            follow=False,
+            stdout=True,
+            stderr=True,
+            timestamps=True,
+            since=since,
+            tail=str(tail),
+        )
+        try:
+            async for chunk in stream:
+                data += chunk
+                if len(data) > _PROBE_MAX_BYTES:
+                    return None
+        finally:
+            await stream.aclose()
+        return _split_frames(bytes(data))
 
     def _stream_labels_for(self, stream: str) -> dict[str, str] | None:
         try:
@@ -557,6 +696,8 @@ class DockerSource:
         registry: metrics registry (a private one when ``None``; never the global one).
         max_line_size: longer lines are truncated to it and counted (see ``_frames``).
         inspect_interval_s: how often a stopped container is checked (Alloy: 5 s).
+        tail_window: resume with ``since`` plus ``tail`` of this many records when a
+            probe shows that is exact (see ``ContainerTailer._resume_window``); 0: off.
         clock: wall clock in Unix seconds (lag metric, stream end times).
 
     Call ``update_targets`` whenever discovery changes, ``poke(id)`` when it sees a
@@ -577,6 +718,7 @@ class DockerSource:
         registry: CollectorRegistry | None = None,
         max_line_size: int = DEFAULT_MAX_LINE_SIZE,
         inspect_interval_s: float = 5.0,
+        tail_window: int = 1000,
         flush_interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -593,6 +735,7 @@ class DockerSource:
             metrics=self._metrics,
             max_line_size=max_line_size,
             inspect_interval_s=inspect_interval_s,
+            tail_window=tail_window,
             clock=clock,
             on_settled=self._on_settled,
         )
@@ -656,7 +799,9 @@ class DockerSource:
             for tailer in self._tailers.values():
                 if tailer.task is None:
                     self._spawn(tailer)
-            await self._positions.run_flusher(self._flush_interval_s)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._collect_stale_positions())
+                await self._positions.run_flusher(self._flush_interval_s)
         finally:
             self._closed = True
             await self._stop_tailers()
@@ -682,6 +827,28 @@ class DockerSource:
                     self._settled.clear()
                     await self._settled.wait()
         await self._save()
+
+    async def _collect_stale_positions(self) -> None:
+        """Drop positions of containers removed while nothing tailed them.
+
+        A position is only removed by a tailer that sees its container gone; one
+        removed while the agent was down, or after it left discovery, would otherwise
+        stay in the file for ever. Checked at start and every ``_STALE_CHECK_S``.
+        """
+        while True:
+            for cid in self._positions.ids():
+                if cid in self._tailers or cid in self._idle:
+                    continue
+                try:
+                    await self._ctx.client.inspect(cid)
+                except DockerError as exc:
+                    if exc.status != 404:
+                        break  # the daemon is away: try again next round
+                    if cid not in self._tailers:
+                        self._positions.remove(cid)
+                except MinilogError:
+                    break  # e.g. the client was closed: nothing to do this round
+            await asyncio.sleep(_STALE_CHECK_S)
 
     def _on_settled(self) -> None:
         self._settled.set()

@@ -36,6 +36,7 @@ from minilog.push import Backoff, BasicAuth, LokiPusher, TLSConfig
 
 __all__ = [
     "DROP_REASONS",
+    "ENTRY_OVERHEAD_BYTES",
     "EndpointConfig",
     "WriteMetrics",
     "Writer",
@@ -57,6 +58,14 @@ DROP_REASONS = (
 # Batches with more entries are encoded in a worker thread, so a 1 MiB batch cannot
 # stall the loop for its whole encode (the thread yields the GIL every switch interval).
 _THREAD_ENCODE_ENTRIES = 2000
+#: What one queued entry costs beyond its line bytes in CPython: the LogEntry tuple
+#: with its GC header (80), the str header (49), the int timestamp (32), a list slot
+#: (8) and allocator rounding.
+#: Counting it keeps the queue's real memory under ``queue_capacity`` (line bytes alone
+#: let a queue of short lines take several times its bound).
+ENTRY_OVERHEAD_BYTES = 200
+#: Ready batches allowed to wait uncompressed behind the next one before ``send`` waits.
+_MAX_UNCOMPACTED = 2
 
 _ONE_CREDENTIAL = (
     "at most one of basic_auth, bearer_token & bearer_token_file must be configured"
@@ -255,6 +264,13 @@ class _Endpoint:
         self.metrics = metrics
         self.capacity = config.queue_capacity
         self.queued_bytes = 0
+        # Batches being filled, sent and encoded live as Python objects, and the
+        # allocator keeps their memory once they are compressed or gone: that working
+        # set is set aside from the capacity, so compressed bodies cannot come on top.
+        self._working_set = min(
+            config.queue_capacity // 4,
+            (_MAX_UNCOMPACTED + 3) * config.batch_size * 4,
+        )
         self.batcher = Batcher(
             batch_size=config.batch_size,
             batch_wait=config.batch_wait,
@@ -288,13 +304,30 @@ class _Endpoint:
     # -- intake
 
     def has_room(self) -> bool:
-        return self.queued_bytes < self.capacity
+        return (
+            self.queued_bytes + self._working_set < self.capacity
+            and not self._compaction_behind()
+        )
+
+    def _compaction_behind(self) -> bool:
+        """Whether more ready batches wait uncompressed than the compactor keeps up with.
+
+        A producer faster than the encoder would otherwise fill the whole queue with
+        entries as Python objects; the allocator keeps that high-water mark after they
+        are compacted, and the compressed bodies then come on top of it.
+        """
+        ready = self.batcher.ready_batches()
+        behind = sum(1 for batch in ready[1:] if batch.body is None and batch.streams)
+        return behind > _MAX_UNCOMPACTED
 
     def put_nowait(self, batch: StreamBatch) -> None:
         if self.closed:
             raise ClosedError("loki.write is closed")
         was_open = self.batcher.open_count
-        self.queued_bytes += self.batcher.add(batch)
+        added_before = self.batcher.added_entries
+        size = self.batcher.add(batch)
+        added = self.batcher.added_entries - added_before
+        self.queued_bytes += size + added * ENTRY_OVERHEAD_BYTES
         # Wake the sender for a ready batch, or to arm the age timer of a new open
         # batch.
         ready = self.batcher.ready_count
@@ -304,7 +337,7 @@ class _Endpoint:
                 self._compact_wakeup.set()
 
     async def put(self, batch: StreamBatch) -> None:
-        while self.queued_bytes >= self.capacity:
+        while not self.has_room():
             if self.closed:
                 raise ClosedError("loki.write is closed")
             await self._space.wait()
@@ -565,10 +598,12 @@ class _Endpoint:
 
 
 def _held(batch: Batch) -> int:
-    """What a batch counts against ``queue_capacity``: its lines or its smaller body."""
+    """What a batch counts against ``queue_capacity``: the memory its entries take as
+    Python objects, or its encoded body once compacted."""
+    held = batch.size_bytes + batch.entry_count * ENTRY_OVERHEAD_BYTES
     if batch.body is None:
-        return batch.size_bytes
-    return min(batch.size_bytes, len(batch.body))
+        return held
+    return min(held, len(batch.body))
 
 
 def _encode_body(streams: Sequence[tuple[str, Sequence[LogEntry]]]) -> bytes:

@@ -205,3 +205,34 @@ def test_stream_batch_of_labels_only_internal_is_stream_braces() -> None:
     batcher.cut_all()
     (batch,) = drain(batcher)
     assert list(batch.streams) == ["{}"]
+
+
+def test_max_streams_drops_an_overflowing_new_stream_that_fits_its_first_entry() -> (
+    None
+):
+    drops: list[tuple[str, str, int, int]] = []
+    results: list[bool] = []
+    batcher = Batcher(
+        batch_size=10,
+        max_streams=1,
+        clock=FakeClock(),
+        on_drop=lambda *a: drops.append(a),
+    )
+    batcher.add(StreamBatch({"s": "1"}, entries("aaaa")))
+    # 4 + 9 bytes overflow, but "bb" fits the open batch: the stream limit applies
+    dropped = StreamBatch(
+        {"s": "2"}, entries("bb", "cccccc", "d"), Delivery(results.append)
+    )
+    assert batcher.add(dropped) == 0
+    assert drops == [("", "stream_limited", 3, 9)]
+    assert results == [True]
+    batcher.cut_all()
+    (batch,) = drain(batcher)
+    assert list(batch.streams) == ['{s="1"}']
+
+
+def test_stream_key_memo_stays_correct_when_it_is_reset() -> None:
+    batcher = Batcher(clock=FakeClock())
+    for i in range(9000):  # more label sets than the memo keeps
+        assert batcher.stream_key({"i": str(i)}) == (f'{{i="{i}"}}', "")
+    assert batcher.stream_key({"i": "0", "__tenant_id__": "t"}) == ('{i="0"}', "t")

@@ -95,6 +95,8 @@ def test_default_config_is_the_seed_with_loki_url_from_the_environment() -> None
     text = default_config({"LOKI_URL": 'http://l:1/p"q'})
     assert 'url = "http://l:1/p\\"q"' in text
     assert f'url = "{DEFAULT_LOKI_URL}"' in default_config({})
+    base = default_config({"LOKI_URL": "http://loki:3100/"})
+    assert 'url = "http://loki:3100/loki/api/v1/push"' in base
     seed_blocks = [b.id for b in parse(SEED.read_text()).body]  # type: ignore[union-attr]
     assert [b.id for b in parse(text).body] == seed_blocks  # type: ignore[union-attr]
 
@@ -315,6 +317,11 @@ async def test_run_without_a_path_uses_the_embedded_seed_config(
             "loki.source.docker.app_logs",
             "loki.write.endpoint",
         }
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
+            metrics = await resp.text()
+        assert "process_resident_memory_bytes" in metrics
+        assert 'component_id="discovery.docker.containers"' in metrics
         endpoints = components["loki.write.endpoint"]["debug_info"]["endpoints"]
         assert [e["url"] for e in endpoints] == ["http://127.0.0.1:9/loki/api/v1/push"]
         proc.send_signal(signal.SIGTERM)

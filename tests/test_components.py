@@ -156,10 +156,10 @@ def test_bad_rule_regex_is_positioned_at_its_rule_block() -> None:
     )
     with pytest.raises(ConfigError) as info:
         prepare(text)
-    lines = sorted(d.line for d in info.value.diagnostics)
-    assert len(lines) == 2
-    assert lines[0] in (3, 4) and lines[1] in (7, 8)
-    assert any("nonsense" in d.message for d in info.value.diagnostics)
+    diags = sorted(info.value.diagnostics, key=lambda d: d.line)
+    assert [(d.line, d.column) for d in diags] == [(4, 13), (8, 14)]
+    assert "regexp" in diags[0].message
+    assert "nonsense" in diags[1].message
 
 
 # ------------------------------------------------------------------ discovery.relabel
@@ -381,3 +381,19 @@ async def test_loki_process_runs_stages_in_source_order() -> None:
     )
     (got,) = sink.batches
     assert got.labels == {"service": "a", "level": "warn", "stage": "two"}
+
+
+def test_loki_process_stage_errors_are_positioned() -> None:
+    text = (
+        'loki.process "p" {\n'
+        "  forward_to = []\n"
+        '  stage.json {\n    expressions = {a = "b"}\n  }\n'
+        '  stage.regex {\n    expression = "(unclosed"\n  }\n'
+        "  stage.nonsense {}\n"
+        "}"
+    )
+    with pytest.raises(ConfigError) as info:
+        prepare(text)
+    lines = sorted(d.line for d in info.value.diagnostics)
+    assert lines[0] in (6, 7) and lines[-1] == 9
+    assert any("stage.nonsense" in d.message for d in info.value.diagnostics)

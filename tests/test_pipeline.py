@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,25 @@ async def test_reload_with_a_bad_file_keeps_the_last_good_graph(
         assert list(loki.streams()) == ['{job="t", stage="one"}']
     finally:
         await agent.aclose()
+
+
+async def test_a_config_directory_forms_one_config(
+    tmp_path: Path, loki: FakeLoki
+) -> None:
+    config = tmp_path / "conf.d"
+    config.mkdir()
+    text = write_config(tmp_path / "all.alloy", loki, batch_wait="1h").read_text()
+    source, rest = text.split('loki.relabel "r"', 1)
+    (config / "10-source.alloy").write_text(source)
+    (config / "20-rest.alloy").write_text('loki.relabel "r"' + rest)
+    (config / "ignored.txt").write_text("not a config")
+    agent = Agent(config, storage_path=tmp_path / "data")
+    await agent.start()
+    try:
+        await push(agent, "from a directory")
+    finally:
+        await agent.aclose()
+    assert loki.lines() == ["from a directory"]
 
 
 def test_load_reports_every_problem_at_once(tmp_path: Path) -> None:
@@ -394,9 +414,27 @@ async def test_shutdown_stops_phase_by_phase_then_finalizes(
 # -------------------------------------------------------------- with the Docker Engine
 
 SEED = Path(__file__).parent / "data" / "alloy" / "seed-config.alloy"
+SEED_SERVICES = "(web-gateway|order-api|fulfillment-worker)"
 
 
-def seed_agent(tmp_path: Path, loki: FakeLoki, config: Path = SEED) -> Agent:
+@pytest.fixture
+def service() -> str:
+    """A container name unique to this test run.
+
+    These tests run the seed pipeline with its keep-rule narrowed to this name, so that
+    concurrent test sessions (which start their own seed-named containers) cannot
+    leak lines into each other's fake Loki.
+    """
+    return f"minilog-it-{uuid.uuid4().hex[:10]}"
+
+
+def seed_text(service: str) -> str:
+    text = SEED.read_text()
+    assert SEED_SERVICES in text
+    return text.replace(SEED_SERVICES, f"({service})")
+
+
+def seed_agent(tmp_path: Path, loki: FakeLoki, config: Path) -> Agent:
     return Agent(
         config,
         storage_path=tmp_path / "data",
@@ -404,27 +442,17 @@ def seed_agent(tmp_path: Path, loki: FakeLoki, config: Path = SEED) -> Agent:
     )
 
 
-def fresh_name(docker_client: Any, name: str) -> None:
-    try:
-        old = docker_client.containers.get(name)
-    except Exception:
-        return
-    if old.labels.get("minilog.test") != "1":
-        pytest.skip(f"a non-test container named {name} exists")
-    old.remove(force=True)
-
-
 @pytest.mark.docker
 async def test_reloads_keep_tailers_running_without_loss_or_duplicates(
-    tmp_path: Path, loki: FakeLoki, docker_client: Any, docker_containers: Any
+    tmp_path: Path, loki: FakeLoki, docker_containers: Any, service: str
 ) -> None:
+    seed = seed_text(service)
     config = tmp_path / "seed.alloy"
-    config.write_text(SEED.read_text())
-    fresh_name(docker_client, "order-api")
+    config.write_text(seed)
     container = docker_containers(
         'i=0; while [ $i -lt 400 ]; do echo "n $i"; i=$((i+1)); sleep 0.01; done; '
         "sleep 60",
-        name="order-api",
+        name=service,
     )
     agent = seed_agent(tmp_path, loki, config)
     await agent.start()
@@ -432,10 +460,10 @@ async def test_reloads_keep_tailers_running_without_loss_or_duplicates(
         source = agent.component("loki.source.docker.app_logs")
         await loki.wait_for_entries(20, timeout=20)
         # An unrelated component added, then the writer's endpoint changed (new writer).
-        config.write_text(SEED.read_text() + 'loki.echo "extra" {}\n')
+        config.write_text(seed + 'loki.echo "extra" {}\n')
         await agent.reload()
         config.write_text(
-            SEED.read_text().replace(
+            seed.replace(
                 'url = "http://loki:3100/loki/api/v1/push"',
                 'url = "http://loki:3100/loki/api/v1/push"\n    batch_wait = "200ms"',
             )
@@ -451,15 +479,16 @@ async def test_reloads_keep_tailers_running_without_loss_or_duplicates(
 
 @pytest.mark.docker
 async def test_restart_resumes_from_saved_positions(
-    tmp_path: Path, loki: FakeLoki, docker_client: Any, docker_containers: Any
+    tmp_path: Path, loki: FakeLoki, docker_containers: Any, service: str
 ) -> None:
-    fresh_name(docker_client, "web-gateway")
+    config = tmp_path / "seed.alloy"
+    config.write_text(seed_text(service))
     docker_containers(
         "for i in 1 2 3; do echo a$i; done; sleep 2; "
         "for i in 1 2 3; do echo b$i; done; sleep 60",
-        name="web-gateway",
+        name=service,
     )
-    first = seed_agent(tmp_path, loki)
+    first = seed_agent(tmp_path, loki, config)
     await first.start()
     try:
         await loki.wait_for_entries(3, timeout=20)
@@ -470,7 +499,7 @@ async def test_restart_resumes_from_saved_positions(
     assert [p.parent.name for p in positions] == ["loki.source.docker.app_logs"]
 
     loki.reset()
-    second = seed_agent(tmp_path, loki)
+    second = seed_agent(tmp_path, loki, config)
     await second.start()
     try:
         await loki.wait_for_entries(3, timeout=20)
@@ -482,7 +511,7 @@ async def test_restart_resumes_from_saved_positions(
 
 @pytest.mark.docker
 async def test_relabel_rules_change_replaces_the_source_and_resumes_exactly(
-    tmp_path: Path, loki: FakeLoki, docker_client: Any, docker_containers: Any
+    tmp_path: Path, loki: FakeLoki, docker_containers: Any, service: str
 ) -> None:
     extra_rule = (
         "  rule {\n"
@@ -490,7 +519,7 @@ async def test_relabel_rules_change_replaces_the_source_and_resumes_exactly(
         '    target_label  = "stream"\n'
         "  }\n"
     )
-    seed = SEED.read_text()
+    seed = seed_text(service)
     with_rules = (
         seed.replace(
             "  forward_to = [loki.write.endpoint.receiver]\n",
@@ -501,11 +530,10 @@ async def test_relabel_rules_change_replaces_the_source_and_resumes_exactly(
     )
     config = tmp_path / "c.alloy"
     config.write_text(with_rules.replace("{}", ""))
-    fresh_name(docker_client, "fulfillment-worker")
     container = docker_containers(
         'i=0; while [ $i -lt 300 ]; do echo "n $i"; i=$((i+1)); sleep 0.01; done; '
         "sleep 60",
-        name="fulfillment-worker",
+        name=service,
     )
     agent = seed_agent(tmp_path, loki, config)
     await agent.start()
@@ -522,10 +550,10 @@ async def test_relabel_rules_change_replaces_the_source_and_resumes_exactly(
     assert loki.lines() == [f"n {i}" for i in range(300)]
     streams = loki.streams()
     assert set(streams) == {
-        '{service="fulfillment-worker"}',
-        '{service="fulfillment-worker", stream="stdout"}',
+        f'{{service="{service}"}}',
+        f'{{service="{service}", stream="stdout"}}',
     }
-    assert streams['{service="fulfillment-worker", stream="stdout"}']
+    assert streams[f'{{service="{service}", stream="stdout"}}']
 
 
 async def test_logging_block_is_applied_on_start_and_reload(
@@ -542,3 +570,35 @@ async def test_logging_block_is_applied_on_start_and_reload(
     finally:
         await agent.aclose()
     assert applied == [LoggingConfig("info", "logfmt"), LoggingConfig("warn", "json")]
+
+
+async def test_a_crashed_component_turns_unhealthy_and_the_rest_runs_on(
+    tmp_path: Path, fake_types: list[str]
+) -> None:
+    crashed = asyncio.Event()
+
+    class Crashing(FakeSource):
+        name = "test.crash"
+
+        async def run(self) -> None:
+            crashed.set()
+            raise RuntimeError("disk on fire")
+
+    COMPONENT_TYPES["test.crash"] = Crashing
+    try:
+        config = tmp_path / "c.alloy"
+        config.write_text('test.crash "c" {}\ntest.source "ok" {}\n')
+        agent = Agent(config, storage_path=tmp_path / "data")
+        await agent.start()
+        try:
+            await crashed.wait()
+            for _ in range(3):  # let the task finish and its done-callback run
+                await asyncio.sleep(0)
+            assert agent.unhealthy_components() == ["test.crash.c"]
+            info = {c["id"]: c for c in agent.components_info()}
+            assert "disk on fire" in info["test.crash.c"]["message"]
+            assert info["test.source.ok"]["health"] == "healthy"
+        finally:
+            await agent.aclose()
+    finally:
+        COMPONENT_TYPES.pop("test.crash", None)

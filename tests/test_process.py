@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -286,6 +287,26 @@ def test_regex_group_names_that_are_not_python_identifiers() -> None:
         output_of([("stage.regex", {"expression": r"(?P<1st>\w+)"})], "word", "1st")
         == "word"
     )
+
+
+def test_regex_labels_from_groups() -> None:
+    stages: Stages = [
+        (
+            "stage.regex",
+            {
+                "expression": r"^(?P<level>\w+) (?P<1bad>\d)?",
+                "labels_from_groups": True,
+            },
+        )
+    ]
+    out = run(stages, "info 1 a", "error b", "-- no match")
+    by_level = {b.labels.get("level"): lines_of([b]) for b in out}
+    assert by_level == {
+        "info": ["info 1 a"],
+        "error": ["error b"],
+        None: ["-- no match"],
+    }
+    assert all("1bad" not in b.labels for b in out)  # not a valid label name
 
 
 @pytest.mark.parametrize("expression", ["(?<=a)b", "(a", r"(\w)\1", ""])
@@ -806,6 +827,64 @@ def test_output_replaces_the_line(line: str, expected: str) -> None:
     assert lines_of(run(stages, line)) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        pytest.param("hello_world", "hello_world", id="literal-new-key"),
+        pytest.param(
+            "{{ ToLower .Value }}_some_suffix", "shop_some_suffix", id="value"
+        ),
+        pytest.param(
+            "{{ .level }} for app {{ .app | ToUpper }}",
+            "warn for app SHOP",
+            id="fields",
+        ),
+        pytest.param(
+            "{{ .app }}: {{ .Entry }}",
+            "Shop: " + '{"level":"warn","app":"Shop"}',
+            id="entry",
+        ),
+        pytest.param("{{ TrimSpace .pad }}|", "x|", id="trim"),
+        pytest.param("{{ .nope }}", "<no value>", id="missing-prints-no-value"),
+    ],
+)
+def test_template_sets_an_extracted_value(template: str, expected: str) -> None:
+    stages: Stages = [
+        ("stage.json", {"expressions": {"level": "", "app": "", "pad": ""}}),
+        ("stage.template", {"source": "app", "template": template}),
+        ("stage.output", {"source": "app"}),
+    ]
+    line = '{"level":"warn","app":"Shop"}'
+    if "pad" in template:
+        line = '{"level":"warn","app":"Shop","pad":"  x "}'
+    assert lines_of(run(stages, line)) == [expected]
+
+
+def test_template_empty_result_deletes_the_key_and_failures_change_nothing() -> None:
+    deleted: Stages = [
+        ("stage.template", {"source": "container", "template": ""}),
+        ("stage.labels", {"values": {"copy": "container"}}),
+    ]
+    assert "copy" not in only(run(deleted, "x")).labels  # the seeded label is hidden
+    failed: Stages = [
+        ("stage.template", {"source": "container", "template": "{{ ToUpper .nope }}"}),
+        ("stage.labels", {"values": {"copy": "container"}}),
+    ]
+    assert only(run(failed, "x")).labels["copy"] == "shop"
+
+
+def test_template_rejects_what_minilog_cannot_run() -> None:
+    with pytest.raises(StageError, match="unsupported template action"):
+        build_pipeline(
+            [
+                (
+                    "stage.template",
+                    {"source": "a", "template": '{{ Hash .Value "salt" }}'},
+                )
+            ]
+        )
+
+
 def test_output_requires_source() -> None:
     with pytest.raises(StageError, match="source"):
         build_pipeline([("stage.output", {})])
@@ -818,6 +897,135 @@ def test_decolorize_strips_ansi_colours() -> None:
         "[2022-11-04 22:17:57.811] http: GET /_health (0 ms) 204",
         "plain",
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "line", "expected"),
+    [
+        pytest.param(
+            {"expression": r"password (\S+)", "replace": "*****"},
+            "login ok for ann with password xyz!",
+            "login ok for ann with password *****",
+            id="redact",
+        ),
+        pytest.param(
+            {"expression": r"(\d{2}\.\d{2}\.\d{2}\.\d{2}) - (\S+)", "replace": "x"},
+            "11.11.11.11 - frank 12.12.12.12 - ann",
+            "x - x x - x",
+            id="every-group-of-every-match",
+        ),
+        pytest.param(
+            {
+                "expression": r"^(?P<ip>\S+) (?P<user>\S+)",
+                "replace": "{{ .Value | ToUpper }}",
+            },
+            "host-a frank rest",
+            "HOST-A FRANK rest",
+            id="template-value",
+        ),
+        pytest.param(
+            {"expression": r"user=(\S+)", "replace": "{{ .level }}:{{ToLower .Value}}"},
+            '{"level":"warn"} user=ANN',
+            '{"level":"warn"} user=warn:ann',
+            id="template-extracted-field",
+        ),
+        pytest.param(
+            {"expression": r"token=(\w+)"},
+            "a token=abc b token=def",
+            "a token= b token=",
+            id="empty-replace-removes",
+        ),
+        pytest.param(
+            {"expression": r"token=\w+", "replace": "x"},
+            "a token=abc",
+            "a token=abc",
+            id="no-group-no-change",
+        ),
+        pytest.param(
+            {"expression": r"((a)b)", "replace": "X"},
+            "ab ab",
+            "X X",
+            id="nested-group-replaced-once",
+        ),
+    ],
+)
+def test_replace(args: dict[str, Any], line: str, expected: str) -> None:
+    stages: Stages = [("stage.regex", {"expression": '"level":"(?P<level>\\w+)"'})]
+    stages.append(("stage.replace", args))
+    assert lines_of(run(stages, line)) == [expected]
+
+
+def test_replace_on_source_and_named_groups() -> None:
+    stages: Stages = [
+        ("stage.json", {"expressions": {"msg": ""}}),
+        (
+            "stage.replace",
+            {
+                "expression": r"POST (?P<url>\S+) ",
+                "source": "msg",
+                "replace": "redacted",
+            },
+        ),
+        ("stage.output", {"source": "msg"}),
+    ]
+    line = '{"msg":"1.1.1.1 - \\"POST /loki/api/push HTTP/1.1\\" 200"}'
+    assert lines_of(run(stages, line)) == ['1.1.1.1 - "POST redacted HTTP/1.1" 200']
+    url_stages: Stages = [*stages[:2], ("stage.output", {"source": "url"})]
+    assert lines_of(run(url_stages, line)) == ["redacted"]
+
+
+@pytest.mark.parametrize(
+    "replace",
+    ['{{ if eq .Value "200" }}ok{{ end }}', '{{ .Value | Hash "salt" }}', "{{"],
+)
+def test_replace_rejects_unsupported_templates(replace: str) -> None:
+    with pytest.raises(StageError, match="replace"):
+        build_pipeline([("stage.replace", {"expression": "(a)", "replace": replace})])
+
+
+def test_pack_embeds_values_and_removes_packed_labels() -> None:
+    stages: Stages = [
+        ("stage.json", {"expressions": {"user_id": "user.id"}}),
+        ("stage.pack", {"labels": ["user_id", "container", "absent"]}),
+    ]
+    line = '{"user":{"id":"f8<fas0r"},"msg":"something went wrong"}'
+    out = only(run(stages, line, now=NOW + 5 * S))
+    assert out.labels == {"job": "docker"}
+    entry = out.entries[0]
+    assert entry.timestamp_ns == NOW + 5 * S  # ingest_timestamp defaults to true
+    assert entry.line == (
+        '{"container":"shop","user_id":"f8\\u003cfas0r",'
+        '"_entry":"{\\"user\\":{\\"id\\":\\"f8\\u003cfas0r\\"},'
+        '\\"msg\\":\\"something went wrong\\"}"}'
+    )
+    unpacked = json.loads(entry.line)
+    assert unpacked["_entry"] == line
+    assert unpacked["user_id"] == "f8<fas0r"
+
+
+def test_pack_can_keep_the_entry_timestamp() -> None:
+    stages: Stages = [("stage.pack", {"labels": ["job"], "ingest_timestamp": False})]
+    out = only(run(stages, "plain"))
+    assert out.entries[0] == LogEntry(NOW, '{"job":"docker","_entry":"plain"}')
+    assert out.labels == {"container": "shop"}
+
+
+def test_docker_stage_unwraps_json_file_records() -> None:
+    lines = [
+        '{"log":"log message\\n","stream":"stderr",'
+        '"time":"2019-04-30T02:12:41.8443515Z"}',
+        '{"log":"out","stream":"stdout","time":"not a time"}',
+        "not json",
+    ]
+    source = batch(*lines)
+    out = build_pipeline([("stage.docker", {})]).process(source, NOW)
+    by_stream = {b.labels.get("stream"): b.entries for b in out}
+    expected_ts = ns(datetime(2019, 4, 30, 2, 12, 41, 844351, UTC)) + 500
+    assert by_stream == {
+        "stderr": [LogEntry(expected_ts, "log message\n")],
+        "stdout": [LogEntry(source.entries[1].timestamp_ns, "out")],
+        None: [source.entries[2]],
+    }
 
 
 # -------------------------------------------------------------------------------- drop
@@ -924,6 +1132,76 @@ def test_drop_older_than_accepts_seconds_from_the_config_decoder() -> None:
 def test_drop_validation(args: dict[str, Any], message: str) -> None:
     with pytest.raises(StageError, match=message):
         build_pipeline([("stage.drop", args)])
+
+
+@pytest.mark.parametrize(
+    ("rate", "low", "high"), [(0.0, 0, 0), (1.0, 2000, 2000), (0.5, 800, 1200)]
+)
+def test_sampling_keeps_about_rate_of_the_lines(
+    rate: float, low: int, high: int
+) -> None:
+    registry = CollectorRegistry()
+    stages: Stages = [
+        ("stage.sampling", {"rate": rate, "drop_counter_reason": "sampled"})
+    ]
+    kept = len(
+        lines_of(run(stages, *(f"line {i}" for i in range(2000)), registry=registry))
+    )
+    # 0.5 of 2000 falls outside 800..1200 with a probability below 1e-18.
+    assert low <= kept <= high
+    assert dropped(registry, "sampled") == 2000 - kept
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5])
+def test_sampling_rate_must_be_a_probability(rate: float) -> None:
+    with pytest.raises(StageError, match="rate"):
+        build_pipeline([("stage.sampling", {"rate": rate})])
+
+
+def test_limit_drops_beyond_the_token_bucket() -> None:
+    registry = CollectorRegistry()
+    pipeline = build_pipeline(
+        [("stage.limit", {"rate": 5, "burst": 10, "drop": True})], registry=registry
+    )
+    first = pipeline.process(batch(*(f"a{i}" for i in range(15))), NOW)
+    assert lines_of(first) == [f"a{i}" for i in range(10)]  # the bucket starts full
+    again = pipeline.process(batch("b0", "b1"), NOW)
+    assert again == []
+    later = pipeline.process(batch(*(f"c{i}" for i in range(5))), NOW + S)
+    assert lines_of(later) == [f"c{i}" for i in range(5)]  # 5 tokens a second
+    full = pipeline.process(batch(*(f"d{i}" for i in range(20))), NOW + 100 * S)
+    assert len(lines_of(full)) == 10  # refilled to the burst, not beyond
+    assert dropped(registry, "ratelimit_drop_stage") == 5 + 2 + 10
+
+
+def test_limit_by_label_has_one_bucket_per_value() -> None:
+    registry = CollectorRegistry()
+    pipeline = build_pipeline(
+        [("stage.limit", {"rate": 1, "burst": 1, "drop": True, "by_label_name": "ns"})],
+        registry=registry,
+    )
+    a = pipeline.process(batch("a1", "a2", labels={"ns": "a"}), NOW)
+    b = pipeline.process(batch("b1", "b2", labels={"ns": "b"}), NOW)
+    other = pipeline.process(batch("x1", "x2", labels={"job": "x"}), NOW)
+    assert lines_of(a + b + other) == ["a1", "b1", "x1", "x2"]
+    by_label = registry.get_sample_value(
+        "loki_process_dropped_lines_by_label_total",
+        {"label_name": "ns", "label_value": "a"},
+    )
+    assert by_label == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"rate": 5, "burst": 10}, "drop = true"),
+        ({"rate": 0, "burst": 10, "drop": True}, "rate or burst"),
+        ({"rate": 5, "burst": 0, "drop": True}, "rate or burst"),
+    ],
+)
+def test_limit_validation(args: dict[str, Any], message: str) -> None:
+    with pytest.raises(StageError, match=message):
+        build_pipeline([("stage.limit", args)])
 
 
 # ------------------------------------------------------------------------------- match
@@ -1083,6 +1361,167 @@ def test_match_nested_pipeline_sees_current_labels_in_extracted_map() -> None:
 def test_match_validation(args: dict[str, Any], message: str) -> None:
     with pytest.raises(StageError, match=message):
         build_pipeline([("stage.match", args)])
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_metrics_counters_per_label_set() -> None:
+    registry = CollectorRegistry()
+    pipeline = build_pipeline(
+        [
+            (
+                "stage.metrics",
+                {
+                    "metric.counter": [
+                        {"name": "log_lines_total", "match_all": True, "action": "inc"},
+                        {
+                            "name": "log_bytes_total",
+                            "prefix": "my_",
+                            "match_all": True,
+                            "count_entry_bytes": True,
+                            "action": "add",
+                        },
+                    ]
+                },
+            )
+        ],
+        registry=registry,
+    )
+    out = pipeline.process(batch("ab", "\u00e9"), NOW)
+    pipeline.process(batch("xyz", labels={"job": "other", "__tenant_id__": "t"}), NOW)
+    assert lines_of(out) == ["ab", "\u00e9"]  # entries pass unchanged
+    name = "loki_process_custom_log_lines_total"
+    assert sample(registry, name, **LABELS) == 2
+    assert sample(registry, name, job="other") == 1  # internal labels left out
+    assert sample(registry, "my_log_bytes_total", **LABELS) == 4  # bytes, not chars
+
+
+def test_metrics_from_extracted_values() -> None:
+    registry = CollectorRegistry()
+    stages: Stages = [
+        ("stage.regex", {"expression": r"order_status=(?P<order_status>\w+)"}),
+        ("stage.regex", {"expression": r"retries=(?P<retries>\S+)"}),
+        ("stage.regex", {"expression": r"took=(?P<response_time>\S+)"}),
+        (
+            "stage.metrics",
+            {
+                "metric.counter": [
+                    {
+                        "name": "successful_orders_total",
+                        "source": "order_status",
+                        "value": "success",
+                        "action": "inc",
+                    }
+                ],
+                "metric.gauge": [{"name": "retries", "action": "add"}],
+                "metric.histogram": [
+                    {
+                        "name": "response_time_seconds",
+                        "source": "response_time",
+                        "buckets": [0.01, 0.001, 1],
+                    },
+                ],
+            },
+        ),
+    ]
+    lines = [
+        "order_status=success retries=2 took=0.5ms",
+        "order_status=fail retries=1.5 took=0.2",
+        "order_status=success took=2s",
+        "retries=x took=nonsense",
+    ]
+    run(stages, *lines, registry=registry)
+    p = "loki_process_custom_"
+    assert sample(registry, p + "successful_orders_total", **LABELS) == 2
+    assert sample(registry, p + "retries", **LABELS) == 3.5
+    hist = p + "response_time_seconds"
+    assert sample(registry, hist + "_count", **LABELS) == 3
+    assert sample(registry, hist + "_sum", **LABELS) == pytest.approx(2.2005)
+    assert sample(registry, hist + "_bucket", le="0.001", **LABELS) == 1
+    assert sample(registry, hist + "_bucket", le="1.0", **LABELS) == 2
+    assert sample(registry, hist + "_bucket", le="+Inf", **LABELS) == 3
+
+
+def test_metrics_gauge_actions_and_idle_series_expire() -> None:
+    registry = CollectorRegistry()
+    pipeline = build_pipeline(
+        [
+            ("stage.regex", {"expression": r"(?P<v>\d+)"}),
+            (
+                "stage.metrics",
+                {
+                    "metric.gauge": [
+                        {"name": "last", "source": "v", "action": "set"},
+                        {"name": "up_down", "source": "v", "action": "dec"},
+                    ]
+                },
+            ),
+        ],
+        registry=registry,
+    )
+    pipeline.process(batch("7", "9"), NOW)
+    assert sample(registry, "loki_process_custom_last", **LABELS) == 9
+    assert sample(registry, "loki_process_custom_up_down", **LABELS) == -2
+    pipeline.process(batch("1", labels={"job": "b"}), NOW + 299 * S)
+    assert sample(registry, "loki_process_custom_last", **LABELS) == 9
+    pipeline.process(batch("1", labels={"job": "b"}), NOW + 301 * S)
+    assert sample(registry, "loki_process_custom_last", **LABELS) is None  # 5m idle
+    assert sample(registry, "loki_process_custom_last", job="b") == 1
+
+
+@pytest.mark.parametrize(
+    ("blocks", "message"),
+    [
+        ({"metric.counter": [{"name": "x", "action": "set"}]}, "action"),
+        (
+            {
+                "metric.counter": [
+                    {"name": "x", "action": "inc", "match_all": True, "value": "a"}
+                ]
+            },
+            "match_all and value",
+        ),
+        (
+            {
+                "metric.counter": [
+                    {"name": "x", "action": "inc", "count_entry_bytes": True}
+                ]
+            },
+            "count_entry_bytes",
+        ),
+        ({"metric.histogram": [{"name": "x"}]}, "buckets"),
+        (
+            {
+                "metric.gauge": [
+                    {"name": "x", "action": "inc", "max_idle_duration": "500ms"}
+                ]
+            },
+            "less than 1s",
+        ),
+        (
+            {"metric.gauge": [{"name": "bad-name", "action": "inc"}]},
+            "invalid metric name",
+        ),
+        (
+            {
+                "metric.gauge": [
+                    {"name": "x", "action": "inc"},
+                    {"name": "x", "action": "inc"},
+                ]
+            },
+            "Duplicated",
+        ),
+        ({"metric.summary": [{"name": "x"}]}, "unsupported argument"),
+    ],
+)
+def test_metrics_validation(blocks: dict[str, Any], message: str) -> None:
+    with pytest.raises(StageError, match=message):
+        build_pipeline([("stage.metrics", blocks)])
 
 
 # --------------------------------------------------------------------------- multiline
@@ -1331,6 +1770,7 @@ def test_delivery_settles_exactly_once_for_any_mix(
 
 
 def test_stage_names_cover_the_supported_stages() -> None:
+    """The stages of the assignment are all there (docker, pack, ... are extras)."""
     required = {
         "stage.json", "stage.logfmt", "stage.regex", "stage.labels",
         "stage.static_labels", "stage.label_drop", "stage.label_keep",
@@ -1357,7 +1797,10 @@ def test_unknown_stage_and_argument_are_stage_errors() -> None:
         ("stage.json", {"expressions": {"a": ""}, "drop_malformed": "yes"}),
         ("stage.label_drop", {"values": "container"}),
         ("stage.multiline", {"firstline": "x", "max_lines": 2.5}),
-        ("stage.output", {"source": 3}),
+        ("stage.output", {"source": True}),
+        ("stage.static_labels", {"values": {"a": ["x"]}}),
+        ("stage.label_keep", {"values": [1, False]}),
+        ("stage.multiline", {"firstline": "x", "max_lines": float("inf")}),
     ],
 )
 def test_argument_types_are_checked(stage: str, args: dict[str, Any]) -> None:
@@ -1538,6 +1981,21 @@ EVERY_STAGE: Stages = [
     ("stage.drop", {"source": "level", "value": "debug"}),
     ("stage.drop", {"longer_than": 40}),
     ("stage.output", {"source": "msg"}),
+    ("stage.replace", {"expression": r"(\d+)", "replace": "<{{ .Value | ToUpper }}>"}),
+    (
+        "stage.template",
+        {"source": "word", "template": "{{ .Value | ToUpper }}-{{.ts}}"},
+    ),
+    (
+        "stage.metrics",
+        {
+            "metric.counter": [{"name": "n", "match_all": True, "action": "inc"}],
+            "metric.gauge": [{"name": "g", "source": "word", "action": "add"}],
+            "metric.histogram": [{"name": "h", "source": "ts", "buckets": [1, 2]}],
+        },
+    ),
+    ("stage.pack", {"labels": ["level", "word"]}),
+    ("stage.docker", {}),
 ]
 
 log_lines = st.one_of(
@@ -1577,3 +2035,68 @@ def test_any_line_goes_through_every_stage_without_raising(
         assert all(isinstance(e.line, str) for e in b.entries)
         b.settle()
     assert settled.calls == [True]
+
+
+def test_stage_blocks_let_the_config_decoder_build_the_stage_list() -> None:
+    config = pytest.importorskip("minilog.config")
+    from minilog.process import STAGE_BLOCKS
+
+    schema = config.Schema(
+        attrs=[config.Attr("forward_to", "list(capsule)", required=True)],
+        blocks=STAGE_BLOCKS,
+    )
+    block = _parse_process_block(PROCESS_CONFIG)
+    args = config.decode_block(block, schema, config.Scope())
+    names = [name for name, _ in args["stages"]]
+    assert names[:4] == ["stage.json", "stage.labels", "stage.match", "stage.match"]
+    assert [name for name, _ in args["stages"][3][1]["stages"]] == [
+        "stage.static_labels",
+        "stage.label_drop",
+    ]
+    registry = CollectorRegistry()
+    out = build_pipeline(args["stages"], registry=registry).process(
+        batch('{"level":"error","message":"boom","time":"2026-11-27T09:59:00Z"}'), NOW
+    )
+    assert [(b.labels, lines_of([b])) for b in out] == [
+        ({"job": "docker", "level": "error", "severity": "high"}, ["boom"])
+    ]
+
+
+def test_numbers_convert_to_string_arguments_as_in_alloy() -> None:
+    stages: Stages = [("stage.static_labels", {"values": {"port": 8080, "ratio": 0.5}})]
+    assert only(run(stages, "x")).labels == {**LABELS, "port": "8080", "ratio": "0.5"}
+
+
+def test_decode_stages_reads_metric_blocks() -> None:
+    from minilog.config import Scope
+    from minilog.process import decode_stages
+
+    block = _parse_process_block(
+        "\n".join(
+            [
+                'loki.process "p" {',
+                "  stage.metrics {",
+                "    metric.counter {",
+                '      name = "lines_total"',
+                "      match_all = true",
+                '      action = "inc"',
+                '      max_idle_duration = "24h"',
+                "    }",
+                "    metric.histogram {",
+                '      name = "size"',
+                '      source = "n"',
+                "      buckets = [1, 10]",
+                "    }",
+                "  }",
+                "}",
+            ]
+        )
+    )
+    specs = decode_stages(block.body, Scope())
+    assert specs[0][0] == "stage.metrics"
+    args = specs[0][1]
+    assert args["metric.counter"][0]["max_idle_duration"] == 86400.0
+    assert args["metric.histogram"][0]["buckets"] == [1, 10]
+    registry = CollectorRegistry()
+    build_pipeline(specs, registry=registry).process(batch("a", "b"), NOW)
+    assert sample(registry, "loki_process_custom_lines_total", **LABELS) == 2

@@ -17,11 +17,11 @@ def test_top_level_all_is_sorted_and_complete() -> None:
 
 
 def _modules() -> list[str]:
-    names = ["minilog"]
-    for info in pkgutil.walk_packages(minilog.__path__, "minilog."):
-        if not info.name.startswith("minilog._pb"):
-            names.append(info.name)
-    return names
+    return ["minilog"] + [
+        info.name
+        for info in pkgutil.walk_packages(minilog.__path__, "minilog.")
+        if not info.name.startswith("minilog._pb")
+    ]
 
 
 @pytest.mark.parametrize("module_name", _modules())

@@ -19,6 +19,7 @@ from test_write import StubLoki
 from minilog.errors import ClosedError, LabelError, WouldBlockError
 from minilog.model import LogEntry
 from minilog.shipper import Shipper, SyncShipper, push_url
+from minilog.write import ENTRY_OVERHEAD_BYTES
 
 FAST = {"batch_wait": 0.02, "min_backoff_period": 0.001, "max_backoff_period": 0.005}
 
@@ -148,7 +149,11 @@ async def test_nowait_raises_when_full_and_counts(loki: StubLoki) -> None:
     registry = CollectorRegistry()
     loki.open.clear()
     shipper = Shipper(
-        loki.url, batch_size=64, queue_capacity=128, registry=registry, **FAST
+        loki.url,
+        batch_size=64,
+        queue_capacity=2 * (64 + ENTRY_OVERHEAD_BYTES),
+        registry=registry,
+        **FAST,
     )
     await shipper.send(None, "x" * 64)
     await shipper.send(None, "y" * 64)
@@ -299,3 +304,34 @@ def test_sync_shipper_rejects_bad_options_without_leaking_a_thread() -> None:
     with pytest.raises(LabelError):
         SyncShipper("http://127.0.0.1:9", labels={"bad-name": "x"})
     assert threading.active_count() == before
+
+
+def test_sync_close_abandons_lines_still_waiting_for_queue_room(
+    tloki: ThreadedLoki,
+) -> None:
+    registry = CollectorRegistry()
+    tloki.hang()
+    shipper = SyncShipper(
+        tloki.stub.url,
+        batch_size=100,
+        queue_capacity=100,
+        buffer_bytes=1000,
+        registry=registry,
+        **FAST,
+    )
+    first: concurrent.futures.Future[bool] = concurrent.futures.Future()
+    waiting: concurrent.futures.Future[bool] = concurrent.futures.Future()
+    shipper.send(None, "a" * 100, on_delivery=first)  # in flight, never answered
+    tloki.wait_for_requests(1)
+    shipper.send({"n": "2"}, "b" * 50, on_delivery=waiting)  # the writer has no room
+    shipper.send({"n": "3"}, "c" * 50)
+    shipper.close(timeout=0.2)
+    assert first.result(0) is False
+    assert waiting.result(0) is False
+    labels = {
+        "host": f"127.0.0.1:{tloki.stub.port}",
+        "tenant": "",
+        "reason": "drain_timeout",
+    }
+    # the one in flight and the two that never reached the writer
+    assert registry.get_sample_value("loki_write_dropped_entries_total", labels) == 3

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from minilog._frames import FrameDecoder
-from minilog.errors import DockerError
+from minilog._frames import FrameDecoder, parse_timestamp
+from minilog.errors import DockerError, DockerUnavailableError
 from minilog.model import StreamBatch
 from minilog.positions import Position, Positions
 from minilog.tail import (
@@ -104,11 +104,20 @@ class Blocking(Recorder):
 
 
 class FakeDocker:
-    """A DockerLogsAPI replaying recorded bytes; a followed stream stays open until
-    ``end`` is set."""
+    """A DockerLogsAPI over a log kept in ``chunks``; a followed stream stays open until
+    ``end`` is set.
+
+    Like Docker, ``since`` keeps the chunks whose (first) timestamp is not before it,
+    and a read starts again from the beginning of the log. An exception in ``chunks``
+    breaks the stream once, where it stands.
+    """
 
     def __init__(
-        self, chunks: list[bytes], *, running: bool = True, tty: bool = False
+        self,
+        chunks: list[bytes | BaseException],
+        *,
+        running: bool = True,
+        tty: bool = False,
     ) -> None:
         self.chunks = chunks
         self.state: dict[str, Any] | None = {
@@ -116,14 +125,19 @@ class FakeDocker:
             "FinishedAt": "0001-01-01T00:00:00Z",
         }
         self.tty = tty
-        self.log_calls: list[str | None] = []
+        # (since, tail) of each follow request, and of each non-follow probe
+        self.log_calls: list[tuple[str | None, str | None]] = []
+        self.probe_calls: list[tuple[str | None, str | None]] = []
+        self.on_yield: Callable[[bool], None] | None = None
         self.end = asyncio.Event()
         self.fail_inspect: DockerError | None = None
+        self.known = {CID}
+        self.raised: list[BaseException] = []
 
     async def inspect(self, container_id: str) -> dict[str, Any]:
         if self.fail_inspect is not None:
             raise self.fail_inspect
-        if self.state is None:
+        if self.state is None or container_id not in self.known:
             raise DockerError("No such container", status=404)
         return {
             "Id": container_id,
@@ -142,10 +156,31 @@ class FakeDocker:
         since: str | None = None,
         tail: str | None = None,
     ) -> AsyncGenerator[bytes, None]:
-        self.log_calls.append(since)
-        for chunk in self.chunks:
+        (self.log_calls if follow else self.probe_calls).append((since, tail))
+        since_ns = 0
+        if since is not None:
+            sec, _, frac = since.partition(".")
+            since_ns = int(sec) * 10**9 + int(frac.ljust(9, "0"))
+        records = list(self.chunks)
+        if tail is not None:
+            kept = {
+                id(c)
+                for c in [c for c in records if isinstance(c, bytes)][-int(tail) :]
+            }
+            records = [c for c in records if not isinstance(c, bytes) or id(c) in kept]
+        for chunk in records:
+            if isinstance(chunk, BaseException):
+                if follow and chunk not in self.raised:
+                    self.raised.append(chunk)
+                    raise chunk
+                continue
+            if since_ns and parse_timestamp(chunk[8:].split(b" ", 1)[0]) < since_ns:
+                continue
             yield chunk
-        await self.end.wait()
+            if self.on_yield is not None:
+                self.on_yield(follow)
+        if follow:
+            await self.end.wait()
 
 
 def target(cid: str = CID, **extra: str) -> dict[str, str]:
@@ -238,7 +273,7 @@ async def test_forwards_stdout_and_stderr_with_stream_labels(tmp_path: Path) -> 
     saved = Positions(tmp_path / "positions.json").get(CID)
     assert saved is not None
     assert (saved.ts_ns, saved.count_at_ts) == (expected.position_ns, 1)
-    assert fake.log_calls == [None]
+    assert fake.log_calls == [(None, None)]
 
 
 async def test_position_advances_only_over_the_settled_prefix(tmp_path: Path) -> None:
@@ -336,7 +371,7 @@ async def test_label_change_updates_labels_without_restarting(tmp_path: Path) ->
         await rec.wait_for(lambda: len(rec.batches) == 2)
     assert [b.labels for b in rec.batches] == [{"job": "old"}, {"job": "new"}]
     assert rec.lines() == ["first", "second"]  # reconnect resumed, no duplicate
-    assert fake.log_calls == [None, f"{(T0 + 1) // 10**9}.{(T0 + 1) % 10**9:09d}"]
+    assert fake.log_calls == [(None, None), ("1795753222.000000001", "1000")]
 
 
 async def test_resume_sends_since_with_nanoseconds_and_skips_counted_lines(
@@ -352,7 +387,7 @@ async def test_resume_sends_since_with_nanoseconds_and_skips_counted_lines(
     async with running(source):
         await rec.wait_for(lambda: "d" in rec.lines())
     assert rec.lines() == ["c", "d"]
-    assert fake.log_calls == ["1795753222.000000005"]
+    assert fake.log_calls == [("1795753222.000000005", "1000")]
 
 
 async def test_container_removed_ends_tailer_and_deletes_position(
@@ -389,7 +424,8 @@ async def test_crashing_receiver_is_counted_and_the_tailer_restarted(
     async with running(source):
         await rec.wait_for(lambda: rec.lines() == ["x"])
     assert registry.get_sample_value("minilog_source_docker_tailer_crashes_total") == 1
-    assert fake.log_calls == [None, None]  # rewound to the committed (empty) position
+    # rewound to the committed (empty) position
+    assert fake.log_calls == [(None, None), (None, None)]
 
 
 async def test_daemon_errors_are_retried_with_backoff(tmp_path: Path) -> None:
@@ -444,13 +480,152 @@ async def test_metrics_and_lag(tmp_path: Path) -> None:
         await rec.wait_for(lambda: len(rec.batches) == 2)
         assert registry.get_sample_value("minilog_source_docker_targets") == 1
         assert registry.get_sample_value("minilog_source_docker_tailers_active") == 1
-        assert registry.get_sample_value("minilog_source_docker_lag_seconds") == 0
-        rec.batches[0].settle()
+        # nothing acknowledged yet: lag counts from the oldest chunk in flight
         lag = registry.get_sample_value("minilog_source_docker_lag_seconds")
         assert lag == pytest.approx(10, abs=0.01)
+        rec.batches[0].settle()
+        now[0] += 5
+        lag = registry.get_sample_value("minilog_source_docker_lag_seconds")
+        assert lag == pytest.approx(15, abs=0.01)  # since "a", the newest acknowledged
         rec.batches[1].settle()
         assert registry.get_sample_value("minilog_source_docker_lag_seconds") == 0
     assert registry.get_sample_value("minilog_source_docker_tailers_active") == 0
+
+
+async def test_positions_of_removed_untailed_containers_are_collected(
+    tmp_path: Path,
+) -> None:
+    positions = Positions(tmp_path / "positions.json")
+    positions.set(CID, T0, 1)
+    positions.set("e" * 64, T0, 1)  # removed while the agent was down
+    fake = FakeDocker([])
+    source = make_source(fake, [Recorder()], tmp_path, positions=positions)
+    source.update_targets([target()])
+    async with running(source):
+        await eventually(lambda: positions.get("e" * 64) is None)
+    assert Positions(tmp_path / "positions.json").ids() == [CID]
+
+
+async def test_sources_on_one_registry_share_metrics(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    recs = [Recorder(), Recorder()]
+    sources = [
+        make_source(
+            FakeDocker([line(T0 + 1, "x")]), [rec], tmp_path / str(i), registry=registry
+        )
+        for i, rec in enumerate(recs)
+    ]
+    for source in sources:
+        source.update_targets([target()])
+    async with running(sources[0]), running(sources[1]):
+        for rec in recs:
+            await rec.wait_for(lambda rec=rec: rec.lines() == ["x"])  # type: ignore[misc]
+    assert registry.get_sample_value("loki_source_docker_target_entries_total") == 2
+
+
+async def test_broken_stream_reconnects_from_the_read_position(tmp_path: Path) -> None:
+    broken = DockerUnavailableError("connection reset by peer")
+    fake = FakeDocker([line(T0 + 1, "a"), broken, line(T0 + 2, "b")])
+    rec = Recorder()
+    source = make_source(fake, [rec], tmp_path)
+    source.update_targets([target()])
+    async with running(source):
+        # The retry re-reads "a" (since is inclusive) and must skip it.
+        await rec.wait_for(lambda: "b" in rec.lines())
+    assert rec.lines() == ["a", "b"]
+    assert fake.log_calls == [(None, None), ("1795753222.000000001", "1000")]
+
+
+async def test_running_container_leaving_discovery_stops_its_tailer(
+    tmp_path: Path,
+) -> None:
+    fake = FakeDocker([line(T0 + 1, "a")])
+    rec = Recorder()
+    positions = Positions(tmp_path / "positions.json")
+    source = make_source(fake, [rec], tmp_path, positions=positions)
+    source.update_targets([target()])
+    async with running(source):
+        await rec.wait_for(lambda: rec.lines() == ["a"])
+        source.update_targets([])  # the stream is open: the read is interrupted
+        await eventually(lambda: not source.targets_info())
+        assert len(fake.log_calls) == 1
+        fake.chunks.append(line(T0 + 2, "b"))
+        source.update_targets([target()])  # back again: resumes, no duplicate
+        await rec.wait_for(lambda: "b" in rec.lines())
+    assert rec.lines() == ["a", "b"]
+    assert positions.get(CID).ts_ns == T0 + 2  # type: ignore[union-attr]
+
+
+async def test_resume_without_tail_when_the_window_is_too_small(tmp_path: Path) -> None:
+    positions = Positions(tmp_path / "positions.json")
+    positions.set(CID, T0 + 1, 1)
+    fake = FakeDocker([line(T0 + i, f"l{i}") for i in range(1, 5)])
+    rec = Recorder()
+    registry = CollectorRegistry()
+    source = make_source(
+        fake, [rec], tmp_path, positions=positions, registry=registry, tail_window=3
+    )
+    source.update_targets([target()])
+    async with running(source):
+        await rec.wait_for(lambda: "l4" in rec.lines())
+    assert rec.lines() == ["l2", "l3", "l4"]
+    assert fake.probe_calls == [("1795753222.000000001", "3")]
+    assert fake.log_calls == [("1795753222.000000001", None)]
+    resumes = "minilog_source_docker_resumes_total"
+    assert registry.get_sample_value(resumes, {"mode": "since"}) == 1
+
+
+async def test_resume_window_anchors_on_the_newest_record_when_nothing_is_newer(
+    tmp_path: Path,
+) -> None:
+    positions = Positions(tmp_path / "positions.json")
+    positions.set(CID, T0 + 5, 1)
+    fake = FakeDocker([line(T0 + 1, "old"), line(T0 + 4, "older than position")])
+    rec = Recorder()
+    registry = CollectorRegistry()
+    source = make_source(fake, [rec], tmp_path, positions=positions, registry=registry)
+    source.update_targets([target()])
+    async with running(source):
+        await eventually(lambda: len(fake.log_calls) == 1)
+        fake.chunks.append(line(T0 + 6, "new"))
+        fake.end.set()  # the follow stream ends; the next one yields "new"
+        await rec.wait_for(lambda: "new" in rec.lines())
+    assert rec.lines() == ["new"]
+    assert fake.probe_calls[:2] == [("1795753222.000000005", "1000"), (None, "1")]
+    assert fake.log_calls[0] == ("1795753222.000000004", "1000")
+    resumes = "minilog_source_docker_resumes_total"
+    assert registry.get_sample_value(resumes, {"mode": "window"}) >= 1
+
+
+async def test_resume_window_that_moved_falls_back_to_since_without_loss(
+    tmp_path: Path,
+) -> None:
+    positions = Positions(tmp_path / "positions.json")
+    positions.set(CID, T0 + 1, 1)
+    fake = FakeDocker([line(T0 + 1, "a")])
+
+    def burst(follow: bool) -> None:
+        # Between the probe and the follow request the container writes 3 lines,
+        # pushing "a" out of a 3-record tail window.
+        if not follow and len(fake.chunks) == 1:
+            fake.chunks.extend(line(T0 + i, f"b{i}") for i in (2, 3, 4))
+
+    fake.on_yield = burst
+    rec = Recorder()
+    registry = CollectorRegistry()
+    source = make_source(
+        fake, [rec], tmp_path, positions=positions, registry=registry, tail_window=3
+    )
+    source.update_targets([target()])
+    async with running(source):
+        await rec.wait_for(lambda: "b4" in rec.lines())
+    assert rec.lines() == ["b2", "b3", "b4"]
+    assert fake.log_calls == [
+        ("1795753222.000000001", "3"),
+        ("1795753222.000000001", None),
+    ]
+    resumes = "minilog_source_docker_resumes_total"
+    assert registry.get_sample_value(resumes, {"mode": "window_missed"}) == 1
 
 
 # -- with the real Docker Engine --
@@ -503,10 +678,13 @@ async def test_real_container_stdout_stderr_and_long_line(
     assert rec.lines("stdout") == ["out1", long, "out2"]
     assert rec.lines("stderr") == ["err1"]
     raw = await to_thread(container.logs, timestamps=True, stdout=True, stderr=True)
-    first_ts = raw.split(b" ", 1)[0]
-    from minilog._frames import parse_timestamp
-
-    assert rec.batches[0].entries[0].timestamp_ns == parse_timestamp(first_ts)
+    docker_ts = {
+        text: parse_timestamp(stamp)
+        for stamp, _, text in (row.partition(b" ") for row in raw.splitlines())
+    }
+    got_ts = {e.line.encode(): e.timestamp_ns for b in rec.batches for e in b.entries}
+    for text in (b"out1", b"err1", b"out2"):
+        assert got_ts[text] == docker_ts[text]
 
 
 @pytest.mark.docker
@@ -535,11 +713,15 @@ async def test_source_restart_resumes_without_duplicates_or_loss(
         await first.wait_for(lambda: len(first.lines()) >= 50)
     assert 50 <= len(first.lines()) < 400, "the restart must happen mid-stream"
     second = Recorder()
-    source = make_source(client, [second], tmp_path)
+    registry = CollectorRegistry()
+    source = make_source(client, [second], tmp_path, registry=registry)
     source.update_targets([real_target(container)])
     async with running(source):
         await second.wait_for(lambda: "n400" in second.lines())
     assert first.lines() + second.lines() == want
+    # resumed with since + tail (no full scan by dockerd), checked against the probe
+    resumes = "minilog_source_docker_resumes_total"
+    assert registry.get_sample_value(resumes, {"mode": "window"}) == 1
 
 
 @pytest.mark.docker
@@ -706,8 +888,8 @@ async def test_fifty_containers_leak_no_tasks_or_fds(
                 await _remove_batch(batch)
                 await eventually(lambda: not source.targets_info())
                 source.update_targets([])
-                # only run() itself is left
-                await eventually(lambda: len(asyncio.all_tasks()) <= baseline_tasks + 1)
+                # only run() and its stale-position collector are left
+                await eventually(lambda: len(asyncio.all_tasks()) <= baseline_tasks + 2)
         assert len(asyncio.all_tasks()) == baseline_tasks
         assert sorted(rec.lines()) == sorted(
             f"r{r}-{i}" for r in range(5) for i in range(10)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from minilog.encode import decode_push_request, decompress
 from minilog.errors import ClosedError, ConfigError, WouldBlockError
 from minilog.model import Delivery, LogEntry, StreamBatch
-from minilog.write import EndpointConfig, Writer
+from minilog.write import ENTRY_OVERHEAD_BYTES, EndpointConfig, Writer
 
 
 class StubLoki:
@@ -284,16 +284,17 @@ async def test_batch_is_dropped_after_max_backoff_retries_attempts(
 
 
 async def test_send_waits_while_queue_is_full_and_nowait_raises(loki: StubLoki) -> None:
+    FULL = 2 * (100 + ENTRY_OVERHEAD_BYTES)
     registry = CollectorRegistry()
     loki.open.clear()  # Loki hangs
     writer = Writer(
-        [config(loki.url, batch_size=100, queue_capacity=300, batch_wait=0.01)],
+        [config(loki.url, batch_size=100, queue_capacity=FULL, batch_wait=0.01)],
         registry=registry,
     )
     try:
-        for _ in range(3):
-            # 100 random hex digits: snappy cannot shrink them, so compaction frees
-            # no room and the queue stays full.
+        for _ in range(2):
+            # One batch in flight and the next one: neither is compacted, so the
+            # queue stays full.
             await writer.send(batch({"a": "1"}, os.urandom(50).hex()))
         await loki.wait_for_requests(1)
         blocked = asyncio.create_task(writer.send(batch({"a": "1"}, "waits")))
@@ -307,14 +308,14 @@ async def test_send_waits_while_queue_is_full_and_nowait_raises(loki: StubLoki) 
             "reason": "queue_is_full",
         }
         assert sample(registry, "loki_write_dropped_entries_total", **labels) == 2
-        assert max(writer.queued_bytes().values()) <= 300
+        assert max(writer.queued_bytes().values()) <= FULL
         loki.open.set()
         await asyncio.wait_for(blocked, 5)
         await writer.flush()
     finally:
         await writer.aclose()
     assert [e.line for _, e in loki.entries][-1] == "waits"
-    assert len(loki.entries) == 4
+    assert len(loki.entries) == 3
 
 
 async def test_delivery_callback_fires_only_after_loki_accepted(loki: StubLoki) -> None:
@@ -417,7 +418,7 @@ async def test_a_dead_endpoint_does_not_stop_a_live_one(loki: StubLoki) -> None:
                 )
             await loki.wait_for_entries(20)
         assert results == []  # the dead endpoint still holds its references
-        assert writer.queued_bytes()["dead"] == 20 * 40
+        assert writer.queued_bytes()["dead"] == 20 * (40 + ENTRY_OVERHEAD_BYTES)
     finally:
         await writer.aclose(drain_timeout=0.05)
     assert results == [False] * 20
@@ -535,7 +536,7 @@ async def test_cancelled_send_abandons_its_delivery(loki: StubLoki) -> None:
         with pytest.raises(asyncio.CancelledError):
             await blocked
         assert results == [False]
-        assert writer.queued_bytes() == {writer_name(writer): 10}
+        assert writer.queued_bytes() == {writer_name(writer): 10 + ENTRY_OVERHEAD_BYTES}
     finally:
         loki.open.set()
         await writer.aclose()
@@ -561,7 +562,7 @@ async def test_send_nowait_is_all_or_nothing_across_endpoints(loki: StubLoki) ->
         assert delivery.pending == 1  # nothing queued anywhere, still the caller's
         await loki.wait_for_entries(1)
         await asyncio.sleep(0.05)  # a wrongly queued "more" would be pushed by now
-        assert writer.queued_bytes() == {"roomy": 0, "tight": 5}
+        assert writer.queued_bytes() == {"roomy": 0, "tight": 5 + ENTRY_OVERHEAD_BYTES}
     finally:
         other.open.set()
         await writer.aclose()
@@ -574,8 +575,9 @@ async def test_batches_waiting_out_an_outage_are_compacted_and_delivered(
 ) -> None:
     """Batches queued behind the next one are encoded (compressed) while they wait.
 
-    The queue then counts their compressed size: 5 KB of lines pass a 3 KB queue while
-    Loki is down, without blocking.
+    The queue then counts their compressed size instead of their entries' memory: five
+    batches pass a queue that holds three uncompressed ones while Loki is down, without
+    blocking.
     """
     import minilog.write
 
@@ -587,19 +589,20 @@ async def test_batches_waiting_out_an_outage_are_compacted_and_delivered(
         return real(streams)
 
     monkeypatch.setattr(minilog.write, "encode_push_request", recording)
+    one = 10 * (100 + ENTRY_OVERHEAD_BYTES)  # what one uncompressed batch weighs
     port = free_port()
     loki = StubLoki()
     url = f"http://127.0.0.1:{port}/loki/api/v1/push"
     writer = Writer(
-        [config(url, batch_size=1000, queue_capacity=3000, max_backoff_retries=0)]
+        [config(url, batch_size=1000, queue_capacity=3 * one, max_backoff_retries=0)]
     )
     try:
         async with asyncio.timeout(5):
             for i in range(5):
                 lines = (f"{i}-{j:08d}".ljust(100, "a") for j in range(10))
                 await writer.send(batch({"a": "1"}, *lines))
-        # admitted below capacity, so at most one stream batch (1000) above it
-        assert max(writer.queued_bytes().values()) <= 3000 + 1000
+        # admitted below capacity, so at most one stream batch above it
+        assert max(writer.queued_bytes().values()) <= 3 * one + one
         for _ in range(1000):  # no event to await: poll until the queue is compacted
             if len(encoded) == 4:
                 break

@@ -21,11 +21,11 @@ from typing import Any, ClassVar, Literal
 from prometheus_client import CollectorRegistry
 
 from minilog.config import Scope
-from minilog.config.ast import Block
+from minilog.config.ast import Attribute, Block
 from minilog.config.schema import Attr, BlockSpec, Schema, decode_block
 from minilog.errors import ClosedError, ConfigError, Diagnostic, MinilogError
 from minilog.model import LogsReceiver, StreamBatch
-from minilog.relabel import RelabelRules, Rule, compile_rules
+from minilog.relabel import RelabelRules, Rule, RuleError, compile_rules
 
 __all__ = [
     "BASIC_AUTH_SCHEMA",
@@ -110,7 +110,8 @@ class ComponentOptions:
         on_exports: call after ``exports()`` changed; the runtime re-evaluates
             dependents.
         stability_level: the ``--stability.level`` in force.
-        drain_timeout: how long a writer may flush when it stops.
+        drain_timeout: how long a writer may flush when it stops (``None``: the
+            writer's own setting).
     """
 
     id: str
@@ -119,7 +120,7 @@ class ComponentOptions:
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     on_exports: Callable[[], None] = lambda: None
     stability_level: str = "generally-available"
-    drain_timeout: float = 15.0
+    drain_timeout: float | None = None
 
 
 class Component(abc.ABC):
@@ -313,14 +314,24 @@ def compile_rule_args(
     Raises:
         ConfigError: one diagnostic per invalid rule, at that rule block.
     """
-    positions = [b.pos for b in rule_blocks(block)]
+    blocks = rule_blocks(block)
     diagnostics: list[Diagnostic] = []
     compiled: list[Rule] = []
     for i, args in enumerate(rules):
-        pos = positions[i] if i < len(positions) else block.pos
+        where = blocks[i] if i < len(blocks) else block
+        pos = where.pos
         try:
             rule = Rule(**args)
             rule.validate()
+        except RuleError as exc:
+            # At the offending attribute when the rule names it (regex, action, ...).
+            for stmt in where.body:
+                if isinstance(stmt, Attribute) and stmt.name == exc.field:
+                    pos = stmt.value.pos
+            diagnostics.append(
+                Diagnostic(pos.file, pos.line, pos.col, f"rule: {exc.message}")
+            )
+            continue
         except ConfigError as exc:
             diagnostics.extend(
                 Diagnostic(pos.file, pos.line, pos.col, d.message)

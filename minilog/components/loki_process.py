@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -23,14 +23,15 @@ from minilog.components.base import (
     StableReceiver,
     register,
 )
-from minilog.config import Scope, evaluate
-from minilog.config.ast import Attribute, Block, Stmt
+from minilog.config import Scope
+from minilog.config.ast import Block, Stmt
 from minilog.config.schema import Attr, Schema, decode_block
-from minilog.errors import ConfigError, Diagnostic, MinilogError
+from minilog.errors import ConfigError, Diagnostic
 from minilog.model import StreamBatch
 from minilog.process import Pipeline, build_pipeline
+from minilog.process.schemas import decode_stages
 
-__all__ = ["LokiProcess", "decode_stages"]
+__all__ = ["LokiProcess"]
 
 #: How often held-back entries (multiline) are checked for expiry.
 FLUSH_INTERVAL_S = 0.25
@@ -41,52 +42,6 @@ _STAGE_PREFIX = "stage."
 
 def _is_stage(stmt: Stmt) -> bool:
     return isinstance(stmt, Block) and stmt.full_name.startswith(_STAGE_PREFIX)
-
-
-def decode_stages(
-    body: Sequence[Stmt], scope: Scope
-) -> list[tuple[str, dict[str, Any]]]:
-    """``stage.*`` blocks -> ``(block name, arguments)`` in source order.
-
-    Arguments are evaluated but not typed here: the stage builders in ``process`` check
-    names and types (and parse durations and sizes) themselves. A ``stage.match``
-    carries its nested stages under ``"stages"``.
-
-    Raises:
-        ConfigError: an expression failed to evaluate, or a block is not a stage.
-    """
-    diagnostics: list[Diagnostic] = []
-    out: list[tuple[str, dict[str, Any]]] = []
-    for stmt in body:
-        if not isinstance(stmt, Block):
-            continue
-        args: dict[str, Any] = {}
-        for inner in stmt.body:
-            if isinstance(inner, Attribute):
-                try:
-                    args[inner.name] = evaluate(inner.value, scope)
-                except ConfigError as exc:
-                    diagnostics.extend(exc.diagnostics)
-            elif not _is_stage(inner):
-                pos = inner.pos
-                diagnostics.append(
-                    Diagnostic(
-                        pos.file,
-                        pos.line,
-                        pos.col,
-                        f'unsupported block "{inner.full_name}" in {stmt.full_name}',
-                    )
-                )
-        nested = [inner for inner in stmt.body if _is_stage(inner)]
-        if nested:
-            try:
-                args["stages"] = decode_stages(nested, scope)
-            except ConfigError as exc:
-                diagnostics.extend(exc.diagnostics)
-        out.append((stmt.full_name, args))
-    if diagnostics:
-        raise ConfigError(diagnostics)
-    return out
 
 
 @register
@@ -108,28 +63,13 @@ class LokiProcess(Component):
         except ConfigError as exc:
             diagnostics.extend(exc.diagnostics)
         try:
+            # Typed by the stage schemas, every bad stage positioned at its block.
             args["stages"] = decode_stages(stages, scope)
         except ConfigError as exc:
             diagnostics.extend(exc.diagnostics)
         if diagnostics:
             raise ConfigError(diagnostics)
         return args
-
-    @classmethod
-    def prepare(
-        cls,
-        args: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
-        try:
-            build_pipeline(
-                args["stages"], registry=CollectorRegistry(auto_describe=True)
-            )
-        except (ConfigError, MinilogError, ValueError) as exc:
-            raise _stage_error(exc, block) from exc
-        return dict(args)
 
     @classmethod
     def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:
@@ -164,7 +104,7 @@ class LokiProcess(Component):
             # Shutdown: whatever a stage still holds goes downstream before writers
             # stop.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.opts.drain_timeout):
+                async with asyncio.timeout(self.opts.drain_timeout or 15.0):
                     for out in self._pipeline.flush_all(time.time_ns()):
                         await self._fanout.send(out)
 
@@ -183,21 +123,3 @@ class LokiProcess(Component):
 
     def debug_info(self) -> Any:
         return {"stages": [name for name, _ in self.args["stages"]]}
-
-
-def _stage_error(exc: BaseException, block: Block) -> ConfigError:
-    if isinstance(exc, ConfigError) and any(d.line for d in exc.diagnostics):
-        return exc
-    where: Block = block
-    stage_name = getattr(exc, "stage_name", None)
-    if stage_name:
-        for b in block.body:
-            if isinstance(b, Block) and b.full_name in (
-                stage_name,
-                f"stage.{stage_name}",
-            ):
-                where = b
-                break
-    message = exc.diagnostics[0].message if isinstance(exc, ConfigError) else str(exc)
-    pos = where.pos
-    return ConfigError(Diagnostic(pos.file, pos.line, pos.col, message))

@@ -86,7 +86,6 @@ class LokiSourceAPI(Component):
         self._fanout = Fanout(args.get("forward_to") or [])
         self._registry = opts.registry
         self._server = self._build(args, self._registry)
-        self._restart = asyncio.Event()
 
     def _build(
         self, args: Mapping[str, Any], registry: CollectorRegistry
@@ -97,6 +96,7 @@ class LokiSourceAPI(Component):
             host=str(http.get("listen_address") or "0.0.0.0"),
             port=int(http.get("listen_port", 8080)),
             registry=registry,
+            max_recv_msg_size=int(args.get("max_send_message_size") or 100 << 20),
         )
 
     def metrics_registry(self) -> CollectorRegistry:
@@ -112,11 +112,16 @@ class LokiSourceAPI(Component):
 
     async def run(self) -> None:
         try:
-            while True:
-                await self._restart.wait()
-                self._restart.clear()
+            # The server runs on its own; this task only owns its shutdown.
+            await asyncio.Event().wait()
         finally:
-            await self._server.aclose()
+            try:
+                async with asyncio.timeout(
+                    float(self.args["graceful_shutdown_timeout"])
+                ):
+                    await self._server.aclose()
+            except TimeoutError:
+                self.log.warning("HTTP server did not shut down gracefully in time")
 
     async def stop_unstarted(self) -> None:
         await self._server.aclose()

@@ -118,13 +118,22 @@ class LokiSourceDocker(Component):
                 self._replaced.clear()
                 source = self._source
                 task = asyncio.create_task(source.run(), name=f"{self.id} source")
+                waiter = asyncio.create_task(self._replaced.wait())
                 try:
-                    await self._replaced.wait()
+                    await asyncio.wait(
+                        {task, waiter}, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
+                    waiter.cancel()
                     # Stop this source first (on replacement as on shutdown): it records
                     # the positions the next one resumes from.
                     await source.aclose()
-                    await asyncio.gather(task, return_exceptions=True)
+                    await asyncio.gather(task, waiter, return_exceptions=True)
+                if not self._replaced.is_set():
+                    # The source ended by itself: surface why (the component exits and
+                    # turns unhealthy) instead of silently tailing nothing.
+                    exc = None if task.cancelled() else task.exception()
+                    raise exc or RuntimeError("the Docker source stopped unexpectedly")
                 for client in self._old_clients:
                     await client.aclose()
                 self._old_clients.clear()

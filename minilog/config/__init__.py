@@ -61,28 +61,10 @@ def parse(text: str, path: str = "<config>") -> File:
     return file
 
 
-def _decode(data: bytes, path: str) -> tuple[str, list[Diagnostic]]:
-    try:
-        return data.decode("utf-8"), []
-    except UnicodeDecodeError as exc:
-        before = data[: exc.start].decode("utf-8", errors="replace")
-        line = before.count("\n") + 1
-        col = len(before) - (before.rfind("\n") + 1) + 1
-        return "", [
-            Diagnostic(
-                path,
-                line,
-                col,
-                f"invalid UTF-8 encoding (byte 0x{data[exc.start]:02x})",
-            )
-        ]
-
-
 def load(path: str | Path) -> File:
-    """Parse a config file, or a directory whose ``*.alloy`` files (sorted,
-    non-recursive) form one config.
+    """Parse a file, or a directory whose ``*.alloy`` files (sorted) form one config.
 
-    Read errors, invalid UTF-8 and duplicate components across files are diagnostics
+    Read errors, invalid UTF-8 and components declared in two files are diagnostics
     like any other.
     """
     root = Path(path)
@@ -105,10 +87,9 @@ def load(path: str | Path) -> File:
                 Diagnostic(name, 0, 0, f"cannot read config: {exc.strerror or exc}")
             )
             continue
-        text, decode_diags = _decode(data, name)
-        if decode_diags:
-            diags += decode_diags
-            continue
+        # Undecodable bytes become lone surrogates, which the scanner reports in place
+        # ("illegal UTF-8 encoding") while it goes on checking the rest of the file.
+        text = data.decode("utf-8", errors="surrogateescape")
         parsed, file_diags = parse_file(text, name)
         diags += file_diags
         body.extend(parsed.body)

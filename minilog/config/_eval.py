@@ -119,12 +119,8 @@ def _eval(node: ast.Expr, scope: Scope) -> Any:
     if isinstance(node, ast.ArrayExpr):
         return [_eval(e, scope) for e in node.elements]
     if isinstance(node, ast.ObjectExpr):
-        obj: dict[str, Any] = {}
-        for field in node.fields:
-            if field.key in obj:
-                raise _error(field.pos, f'duplicate field "{field.key}" in object')
-            obj[field.key] = _eval(field.value, scope)
-        return obj
+        # A repeated key keeps its last value, as in Alloy.
+        return {field.key: _eval(field.value, scope) for field in node.fields}
     if isinstance(node, ast.IndexExpr):
         return _index(node, _eval(node.value, scope), _eval(node.index, scope))
     if isinstance(node, ast.CallExpr):
@@ -199,23 +195,19 @@ def _field(node: ast.AccessExpr, value: Any) -> Any:
 
 
 def _index(node: ast.IndexExpr, value: Any, index: Any) -> Any:
+    where = ast.start_pos(node.index)
     if isinstance(value, list | tuple):
-        if not _is_number(index) or index != int(index):
-            raise _error(
-                node.index.pos,
-                f"array index must be a whole number, got {type_name(index)}",
-            )
-        i = int(index)
+        if not _is_number(index):
+            raise _error(where, f"array index must be a number, got {type_name(index)}")
+        i = int(index)  # Alloy truncates a fractional index
         if not 0 <= i < len(value):
             raise _error(
-                node.index.pos, f"index {i} is out of range (array length {len(value)})"
+                where, f"index {i} is out of range of array with length {len(value)}"
             )
         return value[i]
     if isinstance(value, Mapping):
         if not isinstance(index, str):
-            raise _error(
-                node.index.pos, f"object key must be a string, got {type_name(index)}"
-            )
+            raise _error(where, f"object key must be a string, got {type_name(index)}")
         # Unlike ``.field``, indexing a missing key yields null.
         return value.get(index)
     raise _error(node.pos, f"cannot index a value of type {type_name(value)}")
@@ -401,8 +393,7 @@ def _arity(fn: Callable[..., Any]) -> str:
 
 
 def references(node: ast.Node) -> list[Reference]:
-    """Every reference in a node, in source order: the dotted chain that starts each
-    traversal.
+    """Every reference in ``node``, in source order: each traversal's leading chain.
 
     ``discovery.docker.c.targets[0]`` gives ``("discovery", "docker", "c", "targets")``;
     stdlib calls give their names too (``("string", "format")``): callers filter with

@@ -259,6 +259,8 @@ def _parse_stmt(ctx: _Ctx, i: int, depth: int) -> tuple[ast.Stmt, int]:
             ctx.fail(i, f"block label {tok.text} must be a valid identifier")
         i += 1
         tok = toks[i]
+        if tok.kind == "=":
+            ctx.fail(i - 1, "attribute names may not have labels")
         if tok.kind != "{":
             ctx.fail(
                 i,

@@ -212,7 +212,14 @@ def start_pos(node: Expr) -> Pos:
 
 
 def dump(node: Node) -> Any:
-    """Render a node as plain JSON-able data, without positions (for the corpus)."""
+    """Render a node as plain JSON-able data, without positions (for the corpus).
+
+    Statements: ``{"block": "a.b", "label": ..., "body": [...]}``, ``{"attr": name,
+    "value": expr}``. Expressions: ``{"number"|"float"|"string"|"bool"|"null": v}``,
+    ``{"ident": n}``, ``{"array": [...]}``, ``{"object": [[key, expr], ...]}``,
+    ``{"access": [expr, name]}``, ``{"index": [expr, expr]}``, ``{"call": [expr,
+    [args]]}``, ``{"unary": [op, expr]}``, ``{"binary": [op, l, r]}``, ``{"paren": e}``.
+    """
     if isinstance(node, File):
         return {"body": [dump(s) for s in node.body]}
     if isinstance(node, Block):

@@ -86,9 +86,8 @@ class _Formatter:
         toks = self.toks
         emitted = False  # anything written in this body yet (no leading blank lines)
         had_stmt = False
-        prev_single = (
-            False  # the previous statement took one line: it aligns with this one
-        )
+        # Whether the previous statement took one line (so it aligns with this one).
+        prev_single = False
         after_comment = False
         while True:
             tok = toks[i]
@@ -130,24 +129,32 @@ class _Formatter:
 
     def _is_block(self, i: int) -> bool:
         toks = self.toks
-        while toks[i].kind in (IDENT, "."):
+        while toks[i].kind in (IDENT, ".", COMMENT):
             i += 1
         return toks[i].kind != "="
 
     def statement(self, i: int, level: int, *, ff: bool) -> int:
         toks = self.toks
         name: list[str] = []
-        while toks[i].kind in (IDENT, "."):
-            name.append(toks[i].text)
+        label = ""
+        comments: list[str] = []  # comments inside the header stay in it
+        while toks[i].kind not in ("=", "{"):
+            tok = toks[i]
+            if tok.kind == COMMENT:
+                comments.append(" " + tok.text)
+            elif tok.kind == STRING:
+                # Alloy prints an empty label as no label.
+                label = f" {go_quote(str(tok.value))}" if tok.value else ""
+            else:
+                name.append(tok.text)
             i += 1
         if toks[i].kind == "=":
             self.start(level, "".join(name), ff=ff)
             self.note(toks[i])
+            if comments:
+                self.add("".join(comments).lstrip() + " ")
             return self.expr(i + 1, level)
-        header = "".join(name)
-        if toks[i].kind == STRING:
-            header += " " + go_quote(str(toks[i].value))
-            i += 1
+        header = "".join(name) + label + "".join(comments)
         close = self.match[i]
         line = self.start(level, ff=ff)
         if all(t.kind == TERM for t in toks[i + 1 : close]):
@@ -220,9 +227,13 @@ class _Formatter:
         if role in ("index", "group"):
             # One expression, laid out on one line as Alloy prints them.
             while j < close_i:
-                if toks[j].kind in (COMMENT, TERM):
-                    if toks[j].kind == COMMENT:
-                        self.add(" " + toks[j].text)
+                tok = toks[j]
+                if tok.kind == COMMENT:
+                    self.add(" " + tok.text)
+                    self.note(tok)
+                    if tok.text.startswith("//") or "\n" in tok.text:
+                        self.start(level + 1)  # the comment ends the line
+                if tok.kind in (COMMENT, TERM):
                     j += 1
                     continue
                 j = self.expr(j, level)
@@ -233,10 +244,11 @@ class _Formatter:
         prev_end = open_tok.pos.line
         count = 0
         prev_single = False
-        elem_line: _Line | None = (
-            None  # where the last element ended, for the trailing comma
-        )
-        inline_next = False  # an own-line block comment the next element continues
+        # Where the last element's text ended (line, part index): the trailing comma
+        # goes there, before any comment that follows it.
+        elem_end: tuple[_Line, int] | None = None
+        spaced = False  # an inline comment already separates the next element
+        own_comment = False  # the last thing written is a comment on its own line
         while j < close_i:
             tok = toks[j]
             if tok.kind in (",", TERM):
@@ -244,10 +256,12 @@ class _Formatter:
                 continue
             if tok.kind == COMMENT:
                 nxt = toks[j + 1]
-                if tok.pos.line == self.last_line:
-                    if tok.text.startswith("/*") and nxt.pos.line == tok.pos.line:
+                inline = tok.text.startswith("/*") and nxt.pos.line == _end_line(tok)
+                if tok.pos.line == self.last_line and not own_comment:
+                    if inline:
                         self.add(" " + tok.text)
                         self.note(tok)
+                        spaced = True
                     else:
                         self.trailing(tok)
                 else:
@@ -256,68 +270,60 @@ class _Formatter:
                     self.start(level + 1).parts.append(tok.text)
                     self.note(tok)
                     prev_single = False
-                    inline_next = (
-                        tok.text.startswith("/*")
-                        and nxt.pos.line == self.last_line
-                        and nxt.kind not in CLOSERS
-                        and nxt.kind != COMMENT
-                    )
+                    # "/* c */ elem" on a line of its own stays one line, as in Alloy.
+                    own_comment = not (inline and nxt.kind not in CLOSERS)
+                    spaced = not own_comment
                 j += 1
                 continue
             key = ""
             if is_object:
                 key = tok.text if tok.kind == IDENT else go_quote(str(tok.value))
-            if inline_next:
-                # "/* c */ elem" on a line of its own stays one line, as in Alloy.
-                inner = level + 1
-                self.add(f" {key} = " if is_object else " ")
-                inline_next = False
+            if spaced and self.last_line == tok.pos.line:
+                inner = level + 1 if is_object or tok.pos.line != prev_end else level
+                self.add(" " + (f"{key} = " if is_object else ""))
             elif tok.pos.line != prev_end:
                 inner = level + 1
-                self.start(
-                    inner, key or None, ff=not (is_object and count and prev_single)
-                )
+                ff = not (is_object and count and prev_single)
+                self.start(inner, key or None, ff=ff)
             else:
                 inner = level + 1 if is_object else level
                 if count:
                     self.add(" ")
                 if is_object:
                     self.add(f"{key} = ")
+            spaced = own_comment = False
             if is_object:
                 key_line = tok.pos.line
                 j += 2
-            first_line = toks[j].pos.line
+            lines_before = len(self.lines)
             j = self.expr(j, inner)
             elem_line = self.current()
-            prev_single = first_line == self.last_line
+            elem_end = (elem_line, len(elem_line.parts))
+            # Judged on the output (Alloy looks at the source), so fmt stays idempotent.
+            prev_single = len(self.lines) == lines_before and "\n" not in "".join(
+                elem_line.parts
+            )
             # Alloy measures an object's closing brace from the last field's *name*.
             prev_end = key_line if is_object else self.last_line
             count += 1
             k = j
-            while toks[k].kind in (",", COMMENT):
+            while toks[k].kind in (",", COMMENT, TERM):
                 k += 1
             if k != close_i:
                 self.add(",")
             if toks[j].kind == ",":
                 self.note(toks[j])
                 j += 1
+        line_comment = (self.current().comment or "").startswith("//")
         if count and close_tok.pos.line != prev_end:
-            assert elem_line is not None
-            elem_line.parts.append(",")
+            assert elem_end is not None
+            elem_end[0].parts.insert(elem_end[1], ",")
             self.start(level)
-        elif self._line_ends_in_comment():
+        elif own_comment or line_comment:
             self.start(level)
         self.add(close_tok.text)
         self.note(close_tok)
         return close_i + 1
-
-    def _line_ends_in_comment(self) -> bool:
-        line = self.lines[-1]
-        if line is None:
-            return False
-        if line.comment is not None:
-            return True
-        return bool(line.parts) and line.parts[-1].lstrip().startswith(("//", "/*"))
 
     # -- rendering
 

@@ -90,12 +90,18 @@ class Attr:
 
 @dataclass(frozen=True, slots=True)
 class BlockSpec:
-    """A nested block; absent, it decodes to ``None`` (``[]`` when ``repeated``)."""
+    """A nested block; absent, it decodes to ``None`` (``[]`` when ``repeated``).
+
+    ``group`` makes blocks of several names one ordered list, as Alloy's enum blocks
+    (``loki.process``'s ``stage.*``): ``result[group]`` is ``[(block name, dict), ...]``
+    in source order, and each block of the group may repeat.
+    """
 
     name: str
     schema: Schema
     repeated: bool = False
     required: bool = False
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +353,7 @@ def _decode(
     result: dict[str, Any] = {}
     seen: dict[str, ast.Pos] = {}
     found_blocks: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for stmt in body:
         if isinstance(stmt, ast.Attribute):
             _decode_attr(stmt, attrs, blocks, scope, seen, result, diags)
@@ -355,34 +362,32 @@ def _decode(
         spec = blocks.get(name)
         if spec is None:
             if name in attrs:
-                diags.append(
-                    _diag(
-                        stmt.pos,
-                        f'"{name}" is an attribute, not a block: write {name} = ...',
-                    )
-                )
+                message = f'"{name}" must be an attribute, but is used as a block'
             else:
                 supported = _supported("blocks", list(blocks))
-                diags.append(
-                    _diag(stmt.pos, f'unrecognized block name "{name}"; {supported}')
-                )
+                message = f'unrecognized block name "{name}"; {supported}'
+            diags.append(_diag(stmt.pos, message))
             continue
         if stmt.label is not None:
-            diags.append(_diag(stmt.pos, f'block "{name}" does not take a label'))
+            diags.append(
+                _diag(stmt.pos, f'block "{name}" does not support specifying labels')
+            )
         first = seen.get(name)
-        if first is not None and not spec.repeated:
+        if first is not None and not spec.repeated and spec.group is None:
             diags.append(
                 _diag(
                     stmt.pos,
-                    f'block "{name}" may only be given once '
+                    f'block "{name}" may only be specified once '
                     f"(first at {first.line}:{first.col})",
                 )
             )
             continue
         seen.setdefault(name, stmt.pos)
-        found_blocks.setdefault(name, []).append(
-            _decode(stmt.body, spec.schema, scope, stmt.pos, diags)
-        )
+        decoded = _decode(stmt.body, spec.schema, scope, stmt.pos, diags)
+        if spec.group is not None:
+            groups.setdefault(spec.group, []).append((name, decoded))
+        else:
+            found_blocks.setdefault(name, []).append(decoded)
     for attr in schema.attrs:
         if attr.name in result:
             continue
@@ -392,6 +397,11 @@ def _decode(
             None if attr.default is MISSING else copy.deepcopy(attr.default)
         )
     for bspec in schema.blocks:
+        if bspec.group is not None:
+            if bspec.required and bspec.name not in seen:
+                diags.append(_diag(where, f'missing required block "{bspec.name}"'))
+            result.setdefault(bspec.group, groups.get(bspec.group, []))
+            continue
         values = found_blocks.get(bspec.name, [])
         if bspec.required and not values:
             diags.append(_diag(where, f'missing required block "{bspec.name}"'))
@@ -416,8 +426,7 @@ def _decode_attr(
         if name in blocks:
             diags.append(
                 _diag(
-                    stmt.pos,
-                    f'"{name}" is a block, not an attribute: write {name} {{ ... }}',
+                    stmt.pos, f'"{name}" must be a block, but is used as an attribute'
                 )
             )
         else:
@@ -430,7 +439,9 @@ def _decode_attr(
     if first is not None:
         diags.append(
             _diag(
-                stmt.pos, f'attribute "{name}" already set at {first.line}:{first.col}'
+                stmt.pos,
+                f'attribute "{name}" may only be provided once '
+                f"(first at {first.line}:{first.col})",
             )
         )
         return

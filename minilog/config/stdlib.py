@@ -40,7 +40,7 @@ class Secret(str):
     __slots__ = ()
 
     def __repr__(self) -> str:
-        return "Secret('(redacted)')"
+        return "Secret('(secret)')"
 
 
 class Namespace(dict[str, Any]):
@@ -113,8 +113,12 @@ def type_name(value: Any) -> str:
 
 
 def _want(name: str, value: Any, *types: str) -> None:
-    if type_name(value) not in types:
-        raise TypeError(f"{name} must be {' or '.join(types)}, got {type_name(value)}")
+    kind = type_name(value)
+    if kind not in types:
+        if kind == "secret" and "string" in types:
+            # As in Alloy: a secret never turns back into a string implicitly.
+            raise TypeError(f"{name}: secrets may not be converted into strings")
+        raise TypeError(f"{name} must be {' or '.join(types)}, got {kind}")
 
 
 def _env(name: str) -> str:
@@ -149,14 +153,27 @@ def _coalesce(*values: Any) -> Any:
 
 
 def _from_json(text: str) -> Any:
-    _want("argument", text, "string", "secret")
+    _want("argument", text, "string")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc}") from exc
 
 
+def _contains_secret(value: Any) -> bool:
+    if isinstance(value, Secret):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_contains_secret(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_contains_secret(v) for v in value.values())
+    return False
+
+
 def _to_json(value: Any) -> str:
+    if _contains_secret(value):
+        raise TypeError("secrets may not be converted into strings")
+
     def default(obj: Any) -> Any:
         raise TypeError(f"cannot encode {type_name(obj)} as JSON")
 
@@ -172,7 +189,7 @@ def _to_json(value: Any) -> str:
 
 
 def _from_yaml(text: str) -> Any:
-    _want("argument", text, "string", "secret")
+    _want("argument", text, "string")
     try:
         import yaml  # type: ignore[import-untyped,unused-ignore]  # optional dependency
     except ImportError as exc:
@@ -186,20 +203,19 @@ def _from_yaml(text: str) -> Any:
 
 
 def _b64decode(text: str, *, url: bool) -> str:
-    _want("argument", text, "string", "secret")
+    _want("argument", text, "string")
     try:
-        raw = (
-            base64.urlsafe_b64decode(text)
-            if url
-            else base64.b64decode(text, validate=True)
-        )
+        if url and ("+" in text or "/" in text):
+            raise ValueError("illegal base64 data: '+' or '/' in URL encoding")
+        # validate=True: like Go, reject characters outside the alphabet.
+        raw = base64.b64decode(text, altchars=b"-_" if url else None, validate=True)
         return raw.decode("utf-8", errors="replace")
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"illegal base64 data: {exc}") from exc
 
 
 def _b64encode(text: str, *, url: bool) -> str:
-    _want("argument", text, "string", "secret")
+    _want("argument", text, "string")
     raw = text.encode()
     return (base64.urlsafe_b64encode(raw) if url else base64.b64encode(raw)).decode(
         "ascii"
@@ -227,7 +243,7 @@ def _join(items: Any, sep: str) -> str:
     _want("first argument", items, "array")
     _want("separator", sep, "string")
     for item in items:
-        _want("array element", item, "string", "secret")
+        _want("array element", item, "string")
     return str(sep).join(items)
 
 
@@ -434,8 +450,17 @@ def _format_one(verb: str, flags: str, width: str, prec: str | None, value: Any)
 
 
 def go_format(fmt: str, *args: Any) -> str:
-    """Go's ``fmt.Sprintf`` for the verbs configs use: %s %d %v %q %f %e %g %t %%."""
+    """Go's ``fmt.Sprintf`` for the verbs configs use: %s %d %v %q %f %e %g %t %%.
+
+    Secrets format as their text, as in Alloy, but then the result is a ``Secret`` too,
+    so formatting cannot leak one.
+    """
     _want("format", fmt, "string")
+    text = _sprintf(fmt, args)
+    return Secret(text) if any(isinstance(a, Secret) for a in args) else text
+
+
+def _sprintf(fmt: str, args: tuple[Any, ...]) -> str:
     out: list[str] = []
     pos = 0
     argi = 0

@@ -14,9 +14,10 @@ from minilog.process._build import STAGE_NAMES, Pipeline, StageSpec, build_pipel
 from minilog.process._core import StageError
 
 if TYPE_CHECKING:
-    from minilog.process.schemas import STAGE_SCHEMAS, decode_stages
+    from minilog.process.schemas import STAGE_BLOCKS, STAGE_SCHEMAS, decode_stages
 
 __all__ = [
+    "STAGE_BLOCKS",
     "STAGE_NAMES",
     "STAGE_SCHEMAS",
     "Pipeline",
@@ -30,7 +31,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The schemas need the config package; import it only when asked for, so that the
     # stages work (and are tested) without it.
-    if name in ("STAGE_SCHEMAS", "decode_stages"):
+    if name in ("STAGE_BLOCKS", "STAGE_SCHEMAS", "decode_stages"):
         from minilog.process import schemas
 
         return getattr(schemas, name)

@@ -7,6 +7,7 @@ segments, runs the stages and regroups the result. Pure; the caller passes the t
 
 from __future__ import annotations
 
+import random
 import re
 import weakref
 from collections.abc import Mapping, Sequence
@@ -18,8 +19,21 @@ from prometheus_client import CollectorRegistry, Counter
 from minilog._re2 import group_index
 from minilog.labels import is_valid_label_name
 from minilog.model import StreamBatch
-from minilog.process._core import Segment, StageError, compile_regex, finish
+from minilog.process._core import (
+    Segment,
+    StageError,
+    compile_regex,
+    finish,
+    go_string,
+)
 from minilog.process._gotime import compile_format
+from minilog.process._metrics import (
+    MetricSpec,
+    MetricsStage,
+    SeriesCollector,
+    is_valid_metric_name,
+    register_collector,
+)
 from minilog.process._parsers import (
     compile_jmespath,
     compile_template,
@@ -35,6 +49,7 @@ from minilog.process._stages import (
     LabelDropStage,
     LabelKeepStage,
     LabelsStage,
+    LimitStage,
     LogfmtStage,
     MatchStage,
     MultilineStage,
@@ -42,9 +57,11 @@ from minilog.process._stages import (
     PackStage,
     RegexStage,
     ReplaceStage,
+    SamplingStage,
     Stage,
     StaticLabelsStage,
     StructuredMetadataStage,
+    TemplateStage,
     TimestampStage,
     earliest_deadline,
     flush_chain,
@@ -57,6 +74,12 @@ __all__ = ["STAGE_NAMES", "Pipeline", "StageSpec", "build_pipeline"]
 StageSpec = tuple[str, Mapping[str, Any]]
 
 _TENANT_LABEL: Final = "__tenant_id__"
+#: ``stage.metrics`` block names, with the actions each allows.
+_METRIC_ACTIONS: Final = {
+    "metric.counter": ("inc", "add"),
+    "metric.gauge": ("set", "inc", "dec", "add", "sub"),
+    "metric.histogram": (),
+}
 _NS: Final = 1_000_000_000
 
 
@@ -136,24 +159,30 @@ def _has_multiline(stages: Sequence[Stage]) -> bool:
     return False
 
 
-# One drop counter per registry, shared by all stages and pipelines using it (Alloy
+# One counter per name and registry, shared by all stages and pipelines using it (Alloy
 # reuses the registered collector the same way), without keeping registries alive.
-_DROP_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = (
+_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Counter]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _drop_counter(registry: CollectorRegistry) -> Counter:
-    counter = _DROP_COUNTERS.get(registry)
+def _counter(
+    registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...]
+) -> Counter:
+    known = _COUNTERS.setdefault(registry, {})
+    counter = known.get(name)
     if counter is None:
-        counter = Counter(
-            "loki_process_dropped_lines_total",
-            "A count of all log lines dropped as a result of a pipeline stage",
-            ["reason"],
-            registry=registry,
-        )
-        _DROP_COUNTERS[registry] = counter
+        counter = known[name] = Counter(name, doc, labels, registry=registry)
     return counter
+
+
+def _drop_counter(registry: CollectorRegistry) -> Counter:
+    return _counter(
+        registry,
+        "loki_process_dropped_lines_total",
+        "A count of all log lines dropped as a result of a pipeline stage",
+        ("reason",),
+    )
 
 
 def build_pipeline(
@@ -198,11 +227,22 @@ class _Args:
             if required:
                 raise self.error(f"{key!r} is required")
             return default
-        if not isinstance(value, str):
+        text = _as_string(value)
+        if text is None:
             raise self.error(f"{key!r} must be a string, got {type(value).__name__}")
-        if required and not value:
+        if required and not text:
             raise self.error(f"{key!r} must not be empty")
-        return value
+        return text
+
+    def number(self, key: str, default: float = 0.0, required: bool = False) -> float:
+        value = self._args.get(key)
+        if value is None:
+            if required:
+                raise self.error(f"{key!r} is required")
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(f"{key!r} must be a number")
+        return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._args.get(key)
@@ -216,13 +256,11 @@ class _Args:
         value = self._args.get(key)
         if value is None:
             return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or value != int(value)
-        ):
-            raise self.error(f"{key!r} must be a whole number")
-        return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise self.error(f"{key!r} must be a whole number")
 
     def string_map(self, key: str, required: bool = False) -> dict[str, str]:
         value = self._args.get(key)
@@ -234,9 +272,10 @@ class _Args:
             raise self.error(f"{key!r} must be a map of strings")
         out: dict[str, str] = {}
         for k, v in value.items():
-            if not isinstance(k, str) or not (v is None or isinstance(v, str)):
+            text = "" if v is None else _as_string(v)
+            if not isinstance(k, str) or text is None:
                 raise self.error(f"{key!r} must be a map of strings")
-            out[k] = v or ""
+            out[k] = text
         return out
 
     def string_list(self, key: str) -> list[str]:
@@ -245,9 +284,10 @@ class _Args:
             return []
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise self.error(f"{key!r} must be a list of strings")
-        if not all(isinstance(v, str) for v in value):
+        texts = [_as_string(v) for v in value]
+        if any(t is None for t in texts):
             raise self.error(f"{key!r} must be a list of strings")
-        return list(value)
+        return [t for t in texts if t is not None]
 
     def duration_ns(self, key: str, default_s: float) -> int:
         value = self._args.get(key)
@@ -275,6 +315,15 @@ class _Args:
             if size is not None:
                 return size
         raise self.error(f'{key!r}: invalid size {value!r} (for example "8KB")')
+
+
+def _as_string(value: Any) -> str | None:
+    """A string argument; numbers convert as Alloy converts them, bools do not."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return go_string(value)
+    return None
 
 
 _DURATION_UNITS: Final = {
@@ -391,10 +440,15 @@ class _Builder:
         return LogfmtStage(mapping, a.string("source") or None, regex)
 
     def regex(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"expression", "source"}))
+        a = _Args(name, raw, frozenset({"expression", "source", "labels_from_groups"}))
         pattern = a.string("expression", required=True)
         compiled = compile_regex(pattern, name)
-        return RegexStage(compiled, group_index(compiled), a.string("source") or None)
+        groups = group_index(compiled)
+        label_groups = None
+        if a.boolean("labels_from_groups", False):
+            label_groups = {k: v for k, v in groups.items() if is_valid_label_name(k)}
+        source = a.string("source") or None
+        return RegexStage(compiled, groups, source, label_groups)
 
     def _label_values(self, a: _Args, key: str = "values") -> dict[str, str]:
         values = a.string_map(key)
@@ -484,6 +538,19 @@ class _Builder:
         source = a.string("source") or None
         return ReplaceStage(compiled, group_index(compiled), source, template, fields)
 
+    def template(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"source", "template"}))
+        source = a.string("source", required=True)
+        if not a.has("template"):
+            raise a.error("'template' is required")
+        text = a.string("template")  # may be empty: the result deletes ``source``
+        try:
+            template = compile_template(text)
+            fields = template_fields(text)
+        except ValueError as exc:
+            raise a.error(f"template: {exc}") from None
+        return TemplateStage(source, template, fields)
+
     def pack(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = _Args(name, raw, frozenset({"labels", "ingest_timestamp"}))
         if not a.has("labels"):
@@ -493,6 +560,121 @@ class _Builder:
     def docker(self, name: str, raw: Mapping[str, Any]) -> Stage:
         _Args(name, raw, frozenset())
         return DockerStage(compile_format("RFC3339Nano", None))
+
+    def sampling(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset({"rate", "drop_counter_reason"}))
+        rate = a.number("rate", required=True)
+        if not 0.0 <= rate <= 1.0:
+            raise a.error(f"rate must be between 0.0 and 1.0, got {rate}")
+        reason = a.string("drop_counter_reason", "sampling_stage") or "sampling_stage"
+        dropped = _drop_counter(self._registry).labels(reason)
+        return SamplingStage(rate, dropped, random.Random())
+
+    def limit(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(
+            name,
+            raw,
+            frozenset(
+                {"rate", "burst", "drop", "by_label_name", "max_distinct_labels"}
+            ),
+        )
+        rate = a.number("rate", required=True)
+        burst = a.integer("burst", 0)
+        if rate <= 0 or burst <= 0:
+            raise a.error("limit stage failed to parse rate or burst")
+        by_label = a.string("by_label_name")
+        if not a.boolean("drop", False):
+            raise a.error(
+                "drop = false (wait for tokens, slowing the pipeline) is not supported "
+                "by minilog; set drop = true"
+            )
+        by_label_counter = None
+        if by_label:
+            by_label_counter = _counter(
+                self._registry,
+                "loki_process_dropped_lines_by_label_total",
+                "A count of all log lines dropped as a result of a pipeline stage",
+                ("label_name", "label_value"),
+            )
+        return LimitStage(
+            rate,
+            burst,
+            by_label,
+            # Alloy raises smaller values to this minimum.
+            max(a.integer("max_distinct_labels", 10_000), 10_000),
+            _drop_counter(self._registry).labels("ratelimit_drop_stage"),
+            by_label_counter,
+        )
+
+    def metrics(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = _Args(name, raw, frozenset(_METRIC_ACTIONS))
+        collectors: list[SeriesCollector] = []
+        for block_name in sorted(_METRIC_ACTIONS):
+            blocks = raw.get(block_name) or []
+            if isinstance(blocks, Mapping):
+                blocks = [blocks]
+            if not isinstance(blocks, Sequence) or isinstance(blocks, str):
+                raise a.error(f"{block_name!r} must be a list of blocks")
+            for args in blocks:
+                if not isinstance(args, Mapping):
+                    raise a.error(f"{block_name!r} must be a list of blocks")
+                kind = block_name.removeprefix("metric.")
+                spec = self._metric_spec(name, kind, args)
+                try:
+                    collectors.append(register_collector(self._registry, spec))
+                except ValueError as exc:
+                    raise a.error(f"metric {spec.name}: {exc}") from None
+        return MetricsStage(collectors, parse_go_duration)
+
+    def _metric_spec(self, stage: str, kind: str, raw: Mapping[str, Any]) -> MetricSpec:
+        allowed = {"name", "description", "source", "prefix", "max_idle_duration"}
+        allowed |= {"value"} if kind == "histogram" else {"value", "action"}
+        if kind == "counter":
+            allowed |= {"match_all", "count_entry_bytes"}
+        if kind == "histogram":
+            allowed |= {"buckets"}
+        a = _Args(f"{stage} metric.{kind}", raw, frozenset(allowed))
+        short = a.string("name", required=True)
+        full = (a.string("prefix") or "loki_process_custom_") + short
+        if not is_valid_metric_name(full):
+            raise a.error(f"invalid metric name {full!r}")
+        action = a.string("action")
+        actions = _METRIC_ACTIONS[f"metric.{kind}"]
+        if kind != "histogram" and action not in actions:
+            raise a.error(f"action must be one of {', '.join(actions)}")
+        match_all = a.boolean("match_all", False)
+        value = a.string("value")
+        count_bytes = a.boolean("count_entry_bytes", False)
+        if match_all and value:
+            raise a.error("match_all and value cannot both be set")
+        if count_bytes and not (match_all or action == "add"):
+            raise a.error("count_entry_bytes needs match_all = true or action = add")
+        buckets: tuple[float, ...] = ()
+        if kind == "histogram":
+            raw_buckets = raw.get("buckets")
+            if not isinstance(raw_buckets, Sequence) or not raw_buckets:
+                raise a.error("buckets must be a non-empty list of numbers")
+            if not all(
+                isinstance(b, int | float) and not isinstance(b, bool)
+                for b in raw_buckets
+            ):
+                raise a.error("buckets must be a non-empty list of numbers")
+            buckets = tuple(sorted(float(b) for b in raw_buckets))
+        max_idle_ns = a.duration_ns("max_idle_duration", 300.0)
+        if max_idle_ns < _NS:
+            raise a.error("max_idle_duration less than 1s not allowed")
+        return MetricSpec(
+            kind=kind,
+            name=full,
+            description=a.string("description") or full,
+            source=a.string("source") or short,
+            value=value,
+            action=action,
+            match_all=match_all,
+            count_entry_bytes=count_bytes,
+            buckets=buckets,
+            max_idle_ns=max_idle_ns,
+        )
 
     def decolorize(self, name: str, raw: Mapping[str, Any]) -> Stage:
         _Args(name, raw, frozenset())
@@ -610,15 +792,19 @@ _BUILDERS: Final = {
     "stage.label_drop": _Builder.label_drop,
     "stage.label_keep": _Builder.label_keep,
     "stage.labels": _Builder.labels,
+    "stage.limit": _Builder.limit,
     "stage.logfmt": _Builder.logfmt,
     "stage.match": _Builder.match,
+    "stage.metrics": _Builder.metrics,
     "stage.multiline": _Builder.multiline,
     "stage.output": _Builder.output,
     "stage.pack": _Builder.pack,
     "stage.regex": _Builder.regex,
     "stage.replace": _Builder.replace,
+    "stage.sampling": _Builder.sampling,
     "stage.static_labels": _Builder.static_labels,
     "stage.structured_metadata": _Builder.structured_metadata,
+    "stage.template": _Builder.template,
     "stage.tenant": _Builder.tenant,
     "stage.timestamp": _Builder.timestamp,
 }

@@ -1,9 +1,8 @@
 """Shared machinery of the ``loki.process`` stages: segments, values, deliveries.
 
 A *segment* is the unit every stage works on: entries that currently share one label
-set, with their per-entry extracted values. It owns this module's helpers for Alloy's
-value to string conversion, RE2 compilation and delivery-reference accounting. No I/O,
-no clock.
+set, with their per-entry extracted values. Also owns Alloy's value-to-string rules,
+RE2 compilation for stages, and the accounting of delivery references. No I/O, no clock.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ __all__ = [
     "StageError",
     "combine_deliveries",
     "compile_regex",
+    "extracted_value",
     "finish",
     "go_string",
     "hand_on",
@@ -58,7 +58,8 @@ class _Missing:
 
 #: A key absent from the extracted map. JSON ``null`` is stored as ``None``, which Alloy
 #: distinguishes: the key exists (``stage.drop`` with only ``source`` sees it) but has
-#: no string form (``stage.labels`` skips it).
+#: no string form (``stage.labels`` skips it). Stored in an entry's own dict, it marks a
+#: key deleted there (``stage.template``), hiding the seed's value.
 MISSING: Final = _Missing()
 
 Extracted = dict[str, Any]
@@ -74,12 +75,12 @@ class Segment:
     """Entries in flight that share one label set, with their extracted values.
 
     ``labels`` is never mutated: a stage that changes labels builds a new dict, so the
-    caller's batch labels can be shared without copying. ``entries`` may be the caller's
-    list too, and is likewise replaced, never mutated. ``extracted`` is either ``None``
-    (nothing extracted yet) or a list parallel to ``entries`` of per-entry dicts holding
-    what stages extracted; lookups fall back to ``seed``, the labels the pipeline
-    started with (Alloy seeds every entry's extracted map with them). Each segment owns
-    one reference to ``delivery``.
+    caller's batch labels can be shared without copying. ``entries`` may be the
+    caller's list too, so stages replace it rather than mutate it. ``extracted`` is
+    ``None`` (nothing extracted yet) or a list, parallel to ``entries``, of per-entry
+    dicts of what stages extracted; lookups fall back to ``seed``, the labels the
+    pipeline started with (Alloy seeds every entry's extracted map with them). Each
+    segment owns one reference to ``delivery``.
     """
 
     __slots__ = ("delivery", "entries", "extracted", "labels", "seed")
@@ -116,6 +117,13 @@ class Segment:
             self.seed,
             self.delivery,
         )
+
+
+def extracted_value(ov: Mapping[str, Any], seed: Mapping[str, str], key: str) -> Any:
+    """One extracted value: the entry's own, else the seed's; ``MISSING`` if neither."""
+    if key in ov:
+        return ov[key]
+    return seed.get(key, MISSING)
 
 
 def hand_on(delivery: Delivery | None, parts: int) -> None:
@@ -235,7 +243,7 @@ _GO_JSON_ESCAPES: Final = (
 
 
 def json_string(value: Any) -> str:
-    """A JSON object or array as Go's ``json.Marshal`` of a decoded value writes it."""
+    """A decoded JSON value (object, array, string) as Go's ``json.Marshal`` has it."""
     text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     for raw, escaped in _GO_JSON_ESCAPES:
         if raw in text:

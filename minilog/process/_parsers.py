@@ -1,4 +1,4 @@
-"""Parsers the stages need: a JMESPath subset, logfmt, Go strings, LogQL selectors.
+"""Parsers the stages need: JMESPath and Go-template subsets, logfmt, Go strings, LogQL.
 
 Owns the grammar of each; the stages own what is done with the results. Errors in
 configuration text raise ``ValueError`` with a message (the builder names the stage);
@@ -352,30 +352,38 @@ def parse_selector(text: str) -> Selector:
 
 # ---------------------------------------------------------------------------- templates
 
-#: A compiled template: the data (extracted values as strings, plus ``Value``) to text.
-Template = Callable[[Mapping[str, str]], str]
+#: A compiled template: the data (extracted values as strings, plus ``Value``) to text,
+#: or None where Go's template execution fails.
+Template = Callable[[Mapping[str, str]], "str | None"]
 
 _ACTION: Final = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _FIELD: Final = r"\.([A-Za-z_][A-Za-z0-9_]*)"
+_FUNCS: Final = "(ToUpper|ToLower|TrimSpace)"
 _FORMS: Final = (
     (re.compile(rf"\s*{_FIELD}\s*"), None),
-    (re.compile(rf"\s*{_FIELD}\s*\|\s*(ToUpper|ToLower)\s*"), "pipe"),
-    (re.compile(rf"\s*(ToUpper|ToLower)\s+{_FIELD}\s*"), "call"),
+    (re.compile(rf"\s*{_FIELD}\s*\|\s*{_FUNCS}\s*"), "pipe"),
+    (re.compile(rf"\s*{_FUNCS}\s+{_FIELD}\s*"), "call"),
 )
+_APPLY: Final[dict[str | None, Callable[[str], str]]] = {
+    None: str,
+    "ToUpper": str.upper,
+    "ToLower": str.lower,
+    "TrimSpace": str.strip,
+}
 
 
 def compile_template(text: str) -> Template:
-    """Compile the Go ``text/template`` subset minilog supports for ``stage.replace``.
+    """Compile the Go ``text/template`` subset of ``stage.replace``/``stage.template``.
 
     Literal text and ``{{ .Field }}``, ``{{ .Field | ToUpper }}`` or
-    ``{{ ToLower .Field }}`` actions; a missing field renders ``<no value>`` as in Go.
-    Anything else raises ``ValueError`` naming the action.
+    ``{{ ToLower .Field }}`` actions (``ToUpper``, ``ToLower``, ``TrimSpace``); a
+    missing field prints ``<no value>`` as in Go. Anything else raises ``ValueError``.
     """
-    parts: list[tuple[str, str | None, str | None]] = []  # (literal, field, function)
+    parts: list[tuple[str, str, Callable[[str], str]]] = []  # literal, field, function
     pos = 0
     for m in _ACTION.finditer(text):
         field, func = _template_action(m.group(1))
-        parts.append((text[pos : m.start()], field, func))
+        parts.append((text[pos : m.start()], field, _APPLY[func]))
         pos = m.end()
     if "{{" in text[pos:] or "}}" in text[pos:]:
         raise ValueError(f"unbalanced template delimiters in {text!r}")
@@ -383,16 +391,17 @@ def compile_template(text: str) -> Template:
     if not parts:
         return lambda _data: tail
 
-    def render(data: Mapping[str, str]) -> str:
+    def render(data: Mapping[str, str]) -> str | None:
         out: list[str] = []
         for literal, field, func in parts:
             out.append(literal)
-            value = data.get(field, "<no value>") if field is not None else ""
-            if func == "ToUpper":
-                value = value.upper()
-            elif func == "ToLower":
-                value = value.lower()
-            out.append(value)
+            value = data.get(field)
+            if value is not None:
+                out.append(func(value))
+            elif func is str:
+                out.append("<no value>")  # how Go prints a missing map key
+            else:
+                return None  # Go fails: a missing key is not a string argument
         out.append(tail)
         return "".join(out)
 
@@ -411,7 +420,8 @@ def _template_action(action: str) -> tuple[str, str | None]:
         return m.group(2), m.group(1)
     raise ValueError(
         f"unsupported template action {{{{{action}}}}}: minilog supports "
-        "{{ .Field }}, {{ .Field | ToUpper }} and {{ ToLower .Field }}"
+        "{{ .Field }}, {{ .Field | F }} and {{ F .Field }} with F one of ToUpper, "
+        "ToLower, TrimSpace"
     )
 
 

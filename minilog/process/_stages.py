@@ -8,6 +8,7 @@ Pure: the time comes in as ``now_ns``.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
@@ -20,6 +21,7 @@ from minilog.process._core import (
     MISSING,
     Segment,
     combine_deliveries,
+    extracted_value,
     go_string,
     hand_on,
     json_string,
@@ -45,6 +47,7 @@ __all__ = [
     "LabelDropStage",
     "LabelKeepStage",
     "LabelsStage",
+    "LimitStage",
     "LogfmtStage",
     "MatchStage",
     "MultilineStage",
@@ -52,9 +55,11 @@ __all__ = [
     "PackStage",
     "RegexStage",
     "ReplaceStage",
+    "SamplingStage",
     "Stage",
     "StaticLabelsStage",
     "StructuredMetadataStage",
+    "TemplateStage",
     "TimestampStage",
     "earliest_deadline",
     "flush_chain",
@@ -234,16 +239,26 @@ class LogfmtStage(Stage):
 
 
 class RegexStage(Stage):
-    """``stage.regex``: named groups of an RE2 expression into the extracted map."""
+    """``stage.regex``: named groups of an RE2 expression into the extracted map.
+
+    With ``labels_from_groups`` the groups whose names are valid label names also set
+    labels (a line that does not match keeps its labels).
+    """
 
     name = "stage.regex"
 
     def __init__(
-        self, regex: re.Pattern[str], groups: dict[str, int], source: str | None
+        self,
+        regex: re.Pattern[str],
+        groups: dict[str, int],
+        source: str | None,
+        label_groups: dict[str, int] | None = None,
     ) -> None:
         self._regex = regex
         self._groups = tuple(groups.items())
         self._source = source
+        self._label_names = tuple(label_groups or ())
+        self._label_indexes = tuple((label_groups or {}).values())
 
     def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
         ovs = seg.overlays()
@@ -251,20 +266,27 @@ class RegexStage(Stage):
         seed_value = MISSING if source is None else seg.seed.get(source, MISSING)
         search = self._regex.search
         groups = self._groups
+        label_indexes = self._label_indexes
+        unmatched: tuple[str | None, ...] = (None,) * len(label_indexes)
+        keys: list[tuple[str | None, ...]] = []
         for i, entry in enumerate(seg.entries):
             ov = ovs[i]
             text = (
                 entry.line if source is None else _source_text(ov, source, seed_value)
             )
-            if text is None:
-                continue
-            m = search(text)
+            m = None if text is None else search(text)
             if m is None:
+                keys.append(unmatched)
                 continue
             for name, index in groups:
                 # Go reports a group that did not take part in the match as "".
                 ov[name] = m.group(index) or ""
-        out.append(seg)
+            if label_indexes:
+                keys.append(tuple([m.group(j) or "" for j in label_indexes]))
+        if label_indexes:
+            _emit_grouped(seg, keys, self._label_names, out)
+        else:
+            out.append(seg)
 
 
 # ------------------------------------------------------------------------------ labels
@@ -489,19 +511,14 @@ class StructuredMetadataStage(Stage):
     ) -> Metadata:
         pairs: list[tuple[str, str]] = []
         for name, src in self._items:
-            value = ov.get(src, MISSING)
-            if value is MISSING:
-                value = seed.get(src, MISSING)
-            if value is not MISSING:
-                text = go_string(value)
-                if text is not None:
-                    pairs.append((name, text))
+            text = go_string(extracted_value(ov, seed, src))
+            if text is not None:
+                pairs.append((name, text))
         if self._regex is not None:
             search = self._regex.search
-            for key in {**seed, **ov}:
+            for key, value in {**seed, **ov}.items():
                 if search(key) is not None:
-                    value = ov.get(key, MISSING)
-                    text = go_string(seed.get(key) if value is MISSING else value)
+                    text = go_string(value)
                     if text is not None:
                         pairs.append((key, text))
         if label_pairs:
@@ -673,7 +690,10 @@ class ReplaceStage(Stage):
             if not matches:
                 continue
             data: dict[str, str] = self._data(ov, seed) if self._needs_data else {}
-            result, captured = self._replace(text, matches, data)
+            replaced = self._replace(text, matches, data)
+            if replaced is None:
+                continue  # the template failed, as a Go template can: no change
+            result, captured = replaced
             if source is not None:
                 ov[source] = result
             elif result != text:
@@ -693,7 +713,7 @@ class ReplaceStage(Stage):
 
     def _replace(
         self, text: str, matches: list[re.Match[str]], data: dict[str, str]
-    ) -> tuple[str, dict[str, str]]:
+    ) -> tuple[str, dict[str, str]] | None:
         parts: list[str] = []
         captured: dict[str, str] = {}
         previous_end = 0
@@ -706,6 +726,8 @@ class ReplaceStage(Stage):
                 value = text[start:end]
                 data["Value"] = value
                 replaced = render(data)
+                if replaced is None:
+                    return None
                 # Alloy's condition: a group nested in one already replaced is skipped.
                 if previous_end == 0 or previous_end <= start:
                     parts.append(text[previous_end:start])
@@ -723,6 +745,45 @@ class ReplaceStage(Stage):
             if text is not None:
                 data[key] = text
         return data
+
+
+class TemplateStage(Stage):
+    """``stage.template``: set an extracted value from a template (minilog's subset).
+
+    The data are the extracted values as strings, ``Value`` (the ``source`` value) and
+    ``Entry`` (the line); an empty result deletes ``source``, as in Alloy.
+    """
+
+    name = "stage.template"
+
+    def __init__(self, source: str, template: Template, fields: frozenset[str]) -> None:
+        self._source = source
+        self._template = template
+        # Only the fields the template names are converted, not the whole map.
+        self._fields = tuple(fields - {"Value", "Entry"})
+
+    def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        source = self._source
+        fields = self._fields
+        render = self._template
+        seed = seg.seed
+        ovs = seg.overlays()
+        for i, entry in enumerate(seg.entries):
+            ov = ovs[i]
+            data: dict[str, str] = {"Entry": entry.line}
+            for field in fields:
+                text = go_string(extracted_value(ov, seed, field))
+                if text is not None:
+                    data[field] = text
+            value = go_string(extracted_value(ov, seed, source))
+            if value is not None:
+                data["Value"] = value
+            result = render(data)
+            if result is None:
+                continue  # the template failed: Alloy leaves the value as it was
+            # An empty result deletes the key; MISSING also hides a seeded label.
+            ov[source] = result if result else MISSING
+        out.append(seg)
 
 
 class PackStage(Stage):
@@ -749,12 +810,7 @@ class PackStage(Stage):
             ov = ex[i] if ex is not None else {}
             fields: list[str] = []
             for name in names:
-                value = ov.get(name, MISSING)
-                if value is MISSING:
-                    value = seed.get(name, MISSING)
-                    if value is MISSING:
-                        continue
-                text = go_string(value)
+                text = go_string(extracted_value(ov, seed, name))
                 if text is not None:
                     fields.append(keys[name] + ":" + json_string(text))
             fields.append('"_entry":' + json_string(entry.line))
@@ -875,14 +931,12 @@ class DropStage(Stage):
         seed = seg.seed
         if self._regex is None and self._value is None:
             # Only a source: drop when every named key exists (even with a null value).
-            return all(src in ov or src in seed for src in sources)
+            return all(extracted_value(ov, seed, s) is not MISSING for s in sources)
         parts: list[str] = []
         for src in sources:
-            value = ov.get(src, MISSING)
+            value = extracted_value(ov, seed, src)
             if value is MISSING:
-                value = seed.get(src, MISSING)
-                if value is MISSING:
-                    continue
+                continue
             text = go_string(value)
             if text is None:
                 return False
@@ -892,6 +946,109 @@ class DropStage(Stage):
             return joined == self._value
         assert self._regex is not None
         return self._regex.search(joined) is not None
+
+
+class SamplingStage(Stage):
+    """``stage.sampling``: keep each entry with probability ``rate``; count the rest."""
+
+    name = "stage.sampling"
+
+    def __init__(self, rate: float, dropped: Counter, rng: random.Random) -> None:
+        self._rate = rate
+        self._dropped = dropped
+        self._random = rng.random
+
+    def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        rate, rnd = self._rate, self._random
+        dropped = [i for i in range(len(seg.entries)) if rnd() >= rate]
+        if dropped:
+            self._dropped.inc(len(dropped))
+        _emit_without(seg, dropped, out)
+
+
+class _TokenBucket:
+    """``golang.org/x/time/rate.Limiter``'s ``Allow``, for a batch arriving at once."""
+
+    __slots__ = ("_burst", "_last_ns", "_per_ns", "_tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._per_ns = rate / 1e9
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last_ns: int | None = None
+
+    def take(self, wanted: int, now_ns: int) -> int:
+        """How many of ``wanted`` entries arriving at ``now_ns`` may pass."""
+        if self._last_ns is not None and now_ns > self._last_ns:
+            elapsed = now_ns - self._last_ns
+            self._tokens = min(self._burst, self._tokens + elapsed * self._per_ns)
+        if self._last_ns is None or now_ns > self._last_ns:
+            self._last_ns = now_ns
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted
+
+
+class LimitStage(Stage):
+    """``stage.limit`` with ``drop = true``: a token bucket (``rate``/s, ``burst``).
+
+    With ``by_label_name``, one bucket per value of that label (at most
+    ``max_distinct_labels`` remembered); entries without the label are not limited.
+    Alloy's ``drop = false`` blocks the pipeline instead, which a pure stage cannot do.
+    """
+
+    name = "stage.limit"
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        by_label: str,
+        max_distinct: int,
+        dropped: Counter,
+        dropped_by_label: Counter | None,
+    ) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._by_label = by_label
+        self._max_distinct = max_distinct
+        self._dropped = dropped
+        self._dropped_by_label = dropped_by_label
+        self._bucket = _TokenBucket(rate, burst)
+        # Loki's generational map: at max size the new generation becomes the old one.
+        self._new: dict[str, _TokenBucket] = {}
+        self._old: dict[str, _TokenBucket] = {}
+
+    def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        bucket = self._bucket
+        value = ""
+        if self._by_label:
+            found = seg.labels.get(self._by_label)
+            if found is None:
+                out.append(seg)
+                return
+            value = found
+            bucket = self._bucket_for(value)
+        n = len(seg.entries)
+        granted = bucket.take(n, now_ns)
+        if granted == n:
+            out.append(seg)
+            return
+        self._dropped.inc(n - granted)
+        if self._dropped_by_label is not None:
+            self._dropped_by_label.labels(self._by_label, value).inc(n - granted)
+        _emit_without(seg, list(range(granted, n)), out)
+
+    def _bucket_for(self, value: str) -> _TokenBucket:
+        bucket = self._new.get(value)
+        if bucket is None:
+            bucket = self._old.get(value) or _TokenBucket(self._rate, self._burst)
+            self._new[value] = bucket
+            if len(self._new) >= self._max_distinct:
+                self._old, self._new = self._new, {}
+                if self._dropped_by_label is not None:
+                    self._dropped_by_label.clear()
+        return bucket
 
 
 class MatchStage(Stage):

@@ -15,17 +15,43 @@ from prometheus_client import CollectorRegistry
 
 from minilog.config import Block, Scope
 from minilog.config.ast import Stmt
-from minilog.config.schema import Attr, Schema, decode_block
+from minilog.config.schema import Attr, BlockSpec, Schema, decode_block
 from minilog.errors import ConfigError, Diagnostic
 from minilog.process._build import STAGE_NAMES, StageSpec, build_pipeline
 from minilog.process._core import StageError
 
-__all__ = ["STAGE_SCHEMAS", "decode_stages"]
+__all__ = ["STAGE_BLOCKS", "STAGE_GROUP", "STAGE_SCHEMAS", "decode_stages"]
 
 _MATCH: Final = "stage.match"
 
-#: Each supported stage's attributes. ``stage.match`` nests further ``stage.*`` blocks,
-#: which its schema leaves out: their order matters, so ``decode_stages`` walks them.
+#: The key under which the decoder gathers ``stage.*`` blocks, in order, as
+#: ``[(name, args), ...]``: ``build_pipeline`` input, nested the same way in a match.
+STAGE_GROUP: Final = "stages"
+
+
+def _metric_schema(kind: str) -> Schema:
+    attrs = [
+        Attr("name", "string", required=True),
+        Attr("description", "string", default=""),
+        Attr("source", "string", default=""),
+        Attr("prefix", "string", default="loki_process_custom_"),
+        Attr("value", "string", default=""),
+        Attr("max_idle_duration", "duration", default=300.0),
+    ]
+    if kind != "histogram":
+        attrs.append(Attr("action", "string", required=True))
+    if kind == "counter":
+        attrs.append(Attr("match_all", "bool", default=False))
+        attrs.append(Attr("count_entry_bytes", "bool", default=False))
+    if kind == "histogram":
+        attrs.append(Attr("buckets", "list(number)", required=True))
+    return Schema(attrs=attrs)
+
+
+# Filled below: stage.match nests every stage, itself included.
+_BLOCKS: list[BlockSpec] = []
+
+#: Each supported stage's arguments; ``stage.match`` also takes the stage blocks.
 STAGE_SCHEMAS: Final[dict[str, Schema]] = {
     "stage.decolorize": Schema(attrs=[]),
     "stage.docker": Schema(attrs=[]),
@@ -55,6 +81,15 @@ STAGE_SCHEMAS: Final[dict[str, Schema]] = {
             Attr("source_type", "string", default="extracted"),
         ]
     ),
+    "stage.limit": Schema(
+        attrs=[
+            Attr("rate", "number", required=True),
+            Attr("burst", "int", required=True),
+            Attr("drop", "bool", default=False),
+            Attr("by_label_name", "string", default=""),
+            Attr("max_distinct_labels", "int", default=10_000),
+        ]
+    ),
     "stage.logfmt": Schema(
         attrs=[
             Attr("mapping", "map(string)", default={}),
@@ -68,7 +103,16 @@ STAGE_SCHEMAS: Final[dict[str, Schema]] = {
             Attr("action", "string", default="keep"),
             Attr("pipeline_name", "string", default=""),
             Attr("drop_counter_reason", "string", default="match_stage"),
-        ]
+        ],
+        blocks=_BLOCKS,
+    ),
+    "stage.metrics": Schema(
+        attrs=[],
+        blocks=[
+            BlockSpec("metric.counter", _metric_schema("counter"), repeated=True),
+            BlockSpec("metric.gauge", _metric_schema("gauge"), repeated=True),
+            BlockSpec("metric.histogram", _metric_schema("histogram"), repeated=True),
+        ],
     ),
     "stage.multiline": Schema(
         attrs=[
@@ -88,6 +132,7 @@ STAGE_SCHEMAS: Final[dict[str, Schema]] = {
         attrs=[
             Attr("expression", "string", required=True),
             Attr("source", "string"),
+            Attr("labels_from_groups", "bool", default=False),
         ]
     ),
     "stage.replace": Schema(
@@ -97,11 +142,23 @@ STAGE_SCHEMAS: Final[dict[str, Schema]] = {
             Attr("replace", "string", default=""),
         ]
     ),
+    "stage.sampling": Schema(
+        attrs=[
+            Attr("rate", "number", required=True),
+            Attr("drop_counter_reason", "string", default="sampling_stage"),
+        ]
+    ),
     "stage.static_labels": Schema(attrs=[Attr("values", "map(string)", default={})]),
     "stage.structured_metadata": Schema(
         attrs=[
             Attr("values", "map(string)", default={}),
             Attr("regex", "string", default=""),
+        ]
+    ),
+    "stage.template": Schema(
+        attrs=[
+            Attr("source", "string", required=True),
+            Attr("template", "string", required=True),
         ]
     ),
     "stage.tenant": Schema(
@@ -123,6 +180,16 @@ STAGE_SCHEMAS: Final[dict[str, Schema]] = {
 }
 
 assert set(STAGE_SCHEMAS) == STAGE_NAMES, "every stage needs a schema"
+
+_BLOCKS.extend(
+    BlockSpec(name, schema, repeated=True, group=STAGE_GROUP)
+    for name, schema in sorted(STAGE_SCHEMAS.items())
+)
+
+#: Every stage as a block of the ``STAGE_GROUP`` group: put them in a component schema
+#: and ``decode_block`` returns ``args["stages"]`` ready for ``build_pipeline``. Errors
+#: only building finds (a bad regex) then have no position; ``decode_stages`` has one.
+STAGE_BLOCKS: Final[tuple[BlockSpec, ...]] = tuple(_BLOCKS)
 
 
 def decode_stages(body: Sequence[Stmt], scope: Scope) -> list[StageSpec]:
@@ -181,7 +248,7 @@ def _decode(
         if len(diagnostics) > before:
             continue  # a nested stage failed: building the match would only add noise
         if name == _MATCH:
-            args["stages"] = nested
+            args[STAGE_GROUP] = nested
         try:
             # Build it alone so that an invalid argument is reported at its block.
             build_pipeline([(name, args)], registry=CollectorRegistry())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from minilog.config import ConfigError, format_source, parse
+from minilog.config._parser import parse_file
 from minilog.config.ast import dump
 
 MESSY = """\
@@ -145,3 +148,113 @@ def test_invalid_input_is_refused_with_diagnostics() -> None:
     with pytest.raises(ConfigError) as info:
         format_source("a = [1\n2]\n", "bad.alloy")
     assert str(info.value.diagnostics[0]).startswith("bad.alloy:1:")
+
+
+def test_comments_inside_a_header_are_kept_and_an_empty_label_dropped() -> None:
+    src = 'foo /* c */ "l" {\n  a /* e */ = /* f */ 1\n}\nbar "" {\n}\n'
+    assert format_source(src) == (
+        'foo "l" /* c */ {\n\ta = /* e */ /* f */ 1\n}\n\nbar { }\n'
+    )
+
+
+_IDENTS = ["a", "b_c", "long_name", "x1", "héllo"]
+_STRINGS = ['"s"', '"with \\"q\\""', "`raw\nline`", '"\\u00e9"', '""']
+_OPS = ["+", "-", "*", "/", "%", "^", "==", "!=", "<", ">=", "&&", "||"]
+
+
+class _RandomConfig:
+    """Random valid configs with newlines and comments wherever Alloy allows them."""
+
+    def __init__(self, seed: int) -> None:
+        self.r = random.Random(seed)
+
+    def gap(self) -> str:
+        return self.r.choice([" ", " ", "\n  ", " // note\n  ", " /* b */ ", "\n\n  "])
+
+    def expr(self, depth: int = 0) -> str:
+        r = self.r
+        kind = r.randrange(10 if depth < 3 else 3)
+        if kind == 0:
+            return r.choice(["1", "2.5", "010", "true", "null", "1e3"])
+        if kind == 1:
+            return r.choice(_STRINGS)
+        if kind == 2:
+            return ".".join(r.choice(_IDENTS) for _ in range(r.randint(1, 4)))
+        if kind == 3:
+            return self.seq(
+                "[", "]", [self.expr(depth + 1) for _ in range(r.randint(0, 3))]
+            )
+        if kind == 4:
+            keys = [r.choice([*_IDENTS, '"q k"']) for _ in range(r.randint(0, 3))]
+            return self.seq("{", "}", [f"{k} = {self.expr(depth + 1)}" for k in keys])
+        if kind == 5:
+            args = [self.expr(depth + 1) for _ in range(r.randint(0, 3))]
+            return r.choice(["f", "string.format", "a.b"]) + self.seq("(", ")", args)
+        if kind == 6:
+            op = r.choice(_OPS)
+            return f"{self.expr(depth + 1)} {op}{self.gap()}{self.expr(depth + 1)}"
+        if kind == 7:
+            return r.choice(["-", "!"]) + self.expr(depth + 1)
+        if kind == 8:
+            return f"({self.expr(depth + 1)})"
+        return f"{self.expr(depth + 1)}[{self.expr(depth + 1)}]"
+
+    def seq(self, opener: str, closer: str, items: list[str]) -> str:
+        if not items:
+            return opener + closer
+        out = opener + (self.gap() if self.r.random() < 0.5 else "")
+        for n, item in enumerate(items):
+            out += item
+            if n < len(items) - 1:
+                out += "," + (self.gap() if self.r.random() < 0.5 else " ")
+            elif self.r.random() < 0.5:
+                out += "," + self.gap()  # a trailing comma, maybe before a newline
+        return out + closer
+
+    def body(self, depth: int = 0) -> str:
+        r = self.r
+        lines = []
+        for _ in range(r.randint(0, 4)):
+            if r.random() < 0.6 or depth > 2:
+                stmt = f"{r.choice(_IDENTS)} = {self.expr()}"
+            else:
+                name = ".".join(r.choice(_IDENTS) for _ in range(r.randint(1, 3)))
+                label = f' "{r.choice(_IDENTS[:4])}"' if r.random() < 0.5 else ""
+                stmt = f"{name}{label} {{\n{self.body(depth + 1)}\n}}"
+            if r.random() < 0.2:
+                stmt += " // trailing"
+            lines.append(stmt)
+            lines.extend(["// own line"] if r.random() < 0.2 else [])
+            lines.extend([""] if r.random() < 0.2 else [])
+        return "\n".join(lines)
+
+
+@pytest.mark.parametrize("seed", range(0, 400, 20), ids=lambda s: f"seed{s}")
+def test_random_configs_format_idempotently_and_keep_their_ast(seed: int) -> None:
+    for offset in range(20):
+        src = "root {\n" + _RandomConfig(seed + offset).body() + "\n}\n"
+        once = format_source(src)
+        assert format_source(once) == once, src
+        assert dump(parse(once)) == dump(parse(src)), src
+
+
+@pytest.mark.parametrize("seed", range(0, 200, 20), ids=lambda s: f"seed{s}")
+def test_mutated_configs_never_crash_and_format_to_valid_configs(seed: int) -> None:
+    """Random edits of valid configs: diagnostics are positioned, nothing else raises,
+    and whatever still parses formats to something that parses to the same tree."""
+    r = random.Random(seed)
+    junk = list("{}[](),.=\"`\n #/*!-+'\\|&0e")
+    for offset in range(20):
+        text = list("root {\n" + _RandomConfig(seed + offset).body() + "\n}\n")
+        for _ in range(r.randint(1, 3)):
+            at = r.randrange(len(text))
+            if r.random() < 0.5:
+                del text[at]
+            else:
+                text.insert(at, r.choice(junk))
+        src = "".join(text)
+        file, diags = parse_file(src, "m.alloy")
+        assert all(d.line >= 1 and d.column >= 1 for d in diags), diags
+        if not diags:
+            once = format_source(src)
+            assert dump(parse(once)) == dump(file), src

@@ -59,17 +59,22 @@ def test_end_of_file_after_value_inserts_terminator() -> None:
     assert [(t.kind, t.text) for t in toks] == [(IDENT, "x"), (TERM, ""), (EOF, "")]
 
 
-def test_line_comment_keeps_terminator_and_block_comment_with_newline_ends_line() -> (
-    None
-):
-    assert kinds("a // c\nb") == [IDENT, COMMENT, TERM, IDENT, TERM, EOF]
-    assert kinds("a /* x\n y */ b") == [IDENT, COMMENT, TERM, IDENT, TERM, EOF]
+def test_terminator_comes_before_a_comment_that_ends_the_line() -> None:
+    assert kinds("a // c\nb") == [IDENT, TERM, COMMENT, IDENT, TERM, EOF]
+    assert kinds("a /* x\n y */ b") == [IDENT, TERM, COMMENT, IDENT, TERM, EOF]
+    assert kinds("a /* x */ /* y */\nb") == [
+        IDENT, TERM, COMMENT, COMMENT, IDENT, TERM, EOF,
+    ]  # fmt: skip
     assert kinds("a /* x */ b") == [IDENT, COMMENT, IDENT, TERM, EOF]
+    toks, _ = tokenize("ab // c\n")
+    assert (toks[1].kind, toks[1].pos.col) == (TERM, 4)
 
 
 def test_leading_zero_is_octal_and_big_integers_become_floats() -> None:
     assert value_of("010") == 8
     assert value_of("0") == 0
+    # Not octal: Go's ParseInt fails and Alloy falls back to ParseFloat.
+    assert value_of("09") == 9.0 and isinstance(value_of("09"), float)
     assert value_of("18446744073709551615") == 2**64 - 1
     assert isinstance(value_of("18446744073709551616"), float)
 
@@ -88,15 +93,22 @@ def test_go_escapes_decode_exactly() -> None:
     assert value_of(r'"\101\x41\u00e9\U0001F600"') == "AAé\U0001f600"
 
 
-def test_bad_escapes_are_reported_at_the_backslash() -> None:
-    _, diags = tokenize(r'x = "ab\qc"')
+def test_bad_escapes_are_reported_after_the_backslash_as_alloy_does() -> None:
+    toks, diags = tokenize(r'x = "ab\qc"')
     assert [(d.line, d.column, d.message) for d in diags] == [
-        (1, 8, r"unknown escape sequence \q")
+        (1, 9, r"unknown escape sequence \q")
     ]
+    assert toks[2].value == "abqc"  # scanning resumes at the offending character
     assert messages(r'"\'"') == [r"unknown escape sequence \'"]
-    assert messages(r'"\777"') == ["octal escape value 511 > 255"]
-    assert messages(r'"\x4"') == [r"invalid escape \x: want 2 hex digits"]
-    assert "invalid Unicode code point" in messages(r'"\UFFFFFFFF"')[0]
+    assert messages(r'"\777"') == ["escape sequence is invalid Unicode code point"]
+    assert messages(r'"\xG1"') == ["illegal character U+0047 'G' in escape sequence"]
+    assert messages(r'"\UFFFFFFFF"') == [
+        "escape sequence is invalid Unicode code point"
+    ]
+    assert messages('"\\') == [
+        "escape sequence not terminated",
+        "string literal not terminated",
+    ]
 
 
 def test_raw_strings_span_lines_without_escapes_and_drop_carriage_returns() -> None:
@@ -107,16 +119,27 @@ def test_raw_strings_span_lines_without_escapes_and_drop_carriage_returns() -> N
 
 
 def test_lexical_errors_are_all_reported() -> None:
-    assert messages("# c\n") == ["illegal character '#': comments start with // or /*"]
+    assert messages("# c\n") == [
+        "illegal character U+0023 '#'; comments start with // or /*"
+    ]
     assert messages("'x'") == ["illegal single-quoted string; use double quotes"]
     assert messages('"abc') == ["string literal not terminated"]
     assert messages("`abc") == ["raw string literal not terminated"]
-    assert messages("/* abc") == ["comment not terminated"]
-    assert messages("a @ b \x00") == [
-        "illegal character '@' (U+0040)",
-        "illegal character NUL",
+    assert messages("/* abc") == ["block comment not terminated"]
+    assert messages("a @ b \x01") == [
+        "illegal character U+0040 '@'",
+        "illegal character U+0001",
     ]
-    assert messages("a | b") == ["illegal character '|': did you mean '||'?"]
+    assert messages("a | b") == ["missing second | in ||"]
+    assert [t.kind for t in tokenize("a & b")[0]] == [IDENT, "&&", IDENT, TERM, EOF]
+
+
+def test_nul_and_undecodable_bytes_are_errors_even_inside_strings() -> None:
+    _, diags = tokenize('a = "x\x00y"\n// \udcff\n')
+    assert [(d.line, d.column, d.message) for d in diags] == [
+        (1, 7, "illegal character NUL"),
+        (2, 4, "illegal UTF-8 encoding"),
+    ]
 
 
 def test_bom_allowed_only_at_start() -> None:

@@ -113,6 +113,10 @@ def test_expected_messages_name_what_was_expected_and_found() -> None:
         "f.alloy:1:7: expected field name (identifier or string), found number 1"
     ]
     assert errors("x =\n") == ["f.alloy:2:1: expected expression, found end of file"]
+    assert errors('x "l" = 1\n') == ["f.alloy:1:3: attribute names may not have labels"]
+    assert errors('x "l" 1\n') == [
+        "f.alloy:1:7: expected '{' after block label \"l\", found number 1"
+    ]
 
 
 def test_all_errors_of_a_file_are_reported_together() -> None:
@@ -189,7 +193,7 @@ def test_load_reports_read_and_encoding_errors(tmp_path: Path) -> None:
         load(bad)
     d = info.value.diagnostics[0]
     assert (d.line, d.column) == (2, 6)
-    assert "invalid UTF-8" in d.message
+    assert d.message == "illegal UTF-8 encoding"
     (root / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"no \*\.alloy files"):
         load(root / "empty")

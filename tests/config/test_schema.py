@@ -200,11 +200,11 @@ def test_all_problems_are_collected_and_positioned() -> None:
         '2:2: unrecognized attribute name "bogus"; supported attributes: '
         "external_labels, forward_to, targets, enabled, ratio, anything",
         '3:12: attribute "enabled": expected bool, got number',
-        '4:2: attribute "enabled" already set at 3:2',
-        '5:2: "endpoint" is a block, not an attribute: write endpoint { ... }',
-        '6:2: "forward_to" is an attribute, not a block: write forward_to = ...',
-        '10:2: block "rule" may only be given once (first at 8:2)',
-        '12:2: block "endpoint" does not take a label',
+        '4:2: attribute "enabled" may only be provided once (first at 3:2)',
+        '5:2: "endpoint" must be a block, but is used as an attribute',
+        '6:2: "forward_to" must be an attribute, but is used as a block',
+        '10:2: block "rule" may only be specified once (first at 8:2)',
+        '12:2: block "endpoint" does not support specifying labels',
         '12:2: missing required attribute "url"',
         '13:16: attribute "batch_wait": invalid duration "soon"',
         '15:10: component "nothing.here" does not exist or is out of scope',
@@ -219,6 +219,32 @@ def test_missing_required_block_and_unknown_nested_block() -> None:
     assert errors("b {\n\tx {\n\t}\n}\n", Schema([])) == [
         '2:2: unrecognized block name "x"; this block takes no blocks'
     ]
+
+
+def test_grouped_blocks_keep_source_order_across_names() -> None:
+    stage = Schema([Attr("source", "string")])
+    process = Schema(
+        [Attr("forward_to", "list(capsule)")],
+        [
+            BlockSpec("stage.json", stage, group="stages"),
+            BlockSpec("stage.labels", stage, group="stages"),
+            BlockSpec("stage.drop", stage, group="stages"),
+        ],
+    )
+    src = (
+        'loki.process "p" {\n'
+        '\tstage.labels {\n\t\tsource = "a"\n\t}\n'
+        '\tstage.json {\n\t\tsource = "b"\n\t}\n'
+        '\tstage.labels {\n\t\tsource = "c"\n\t}\n'
+        "}\n"
+    )
+    got = decode(src, process)
+    assert got["stages"] == [
+        ("stage.labels", {"source": "a"}),
+        ("stage.json", {"source": "b"}),
+        ("stage.labels", {"source": "c"}),
+    ]
+    assert decode('loki.process "p" {\n}\n', process)["stages"] == []
 
 
 def test_schema_declarations_are_checked() -> None:
@@ -281,3 +307,84 @@ def test_parse_bytes_base2(text: str, size: int) -> None:
 def test_parse_bytes_rejects_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError, match="byte size"):
         parse_bytes(text)
+
+
+def test_seed_config_end_to_end() -> None:
+    """Parse the seed config, order its components by references, decode each one."""
+    from pathlib import Path
+
+    from minilog.config import STDLIB_NAMES, load, references, toposort
+
+    rule = Schema(
+        [
+            Attr("source_labels", "list(string)", default=[]),
+            Attr("regex", "string", default="(.*)"),
+            Attr("target_label", "string"),
+            Attr("action", "string", default="replace"),
+        ]
+    )
+    schemas = {
+        "discovery.docker": Schema(
+            [
+                Attr("host", "string", required=True),
+                Attr("refresh_interval", "duration", default=60.0),
+            ]
+        ),
+        "discovery.relabel": Schema(
+            [Attr("targets", "list(map(string))", required=True)],
+            [BlockSpec("rule", rule, repeated=True)],
+        ),
+        "loki.source.docker": Schema(
+            [
+                Attr("host", "string", required=True),
+                Attr("targets", "list(map(string))", required=True),
+                Attr("forward_to", "list(capsule)", required=True),
+            ]
+        ),
+        "loki.write": Schema(
+            [], [BlockSpec("endpoint", Schema([Attr("url", "string")]), repeated=True)]
+        ),
+    }
+    file = load(Path(__file__).parent / "data" / "valid" / "seed-config.alloy")
+    blocks = {b.id: b for b in file.body if isinstance(b, A.Block)}
+    graph = {
+        cid: [r for r in references(b) if r.path[0] not in STDLIB_NAMES]
+        for cid, b in blocks.items()
+    }
+    order = toposort(graph)
+    assert order == [
+        "discovery.docker.containers",
+        "discovery.relabel.logs",
+        "loki.write.endpoint",
+        "loki.source.docker.app_logs",
+    ]
+
+    class Receiver:
+        pass
+
+    fake_exports = {
+        "discovery.docker.containers": {
+            "targets": [{"__meta_docker_container_name": "/web-gateway"}]
+        },
+        "discovery.relabel.logs": {"output": [{"service": "web-gateway"}]},
+        "loki.write.endpoint": {"receiver": Receiver()},
+    }
+    scope = Scope()
+    decoded = {}
+    for cid in order:
+        block = blocks[cid]
+        decoded[cid] = decode_block(block, schemas[block.full_name], scope)
+        if cid in fake_exports:
+            scope.set_component(cid, fake_exports[cid])
+    assert decoded["discovery.relabel.logs"]["rule"][1] == {
+        "source_labels": ["service"],
+        "regex": "(web-gateway|order-api|fulfillment-worker)",
+        "target_label": None,
+        "action": "keep",
+    }
+    source = decoded["loki.source.docker.app_logs"]
+    assert source["targets"] == [{"service": "web-gateway"}]
+    assert source["forward_to"] == [fake_exports["loki.write.endpoint"]["receiver"]]
+    assert decoded["loki.write.endpoint"]["endpoint"] == [
+        {"url": "http://loki:3100/loki/api/v1/push"}
+    ]

@@ -1,0 +1,243 @@
+"""``stage.metrics``: counters, gauges and histograms from log entries, per label set.
+
+Owns the custom metric collectors (one series per entry label set, dropped after
+``max_idle_duration`` without updates, as Alloy's) and the stage that updates them once
+per segment where it can. Collectors register on the injected registry only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from minilog.process._core import (
+    MISSING,
+    Segment,
+    extracted_value,
+    go_string,
+    labels_key,
+)
+from minilog.process._stages import Stage
+
+__all__ = ["MetricSpec", "MetricsStage", "SeriesCollector", "go_float"]
+
+_NS: Final = 1_000_000_000
+_METRIC_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_GO_FLOAT: Final = re.compile(
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)\Z",
+    re.IGNORECASE,
+)
+
+Key = tuple[tuple[str, str], ...]
+#: Go ``time.ParseDuration`` to nanoseconds, or None.
+DurationParser = Callable[[str], "int | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One ``metric.counter``/``metric.gauge``/``metric.histogram`` block, validated."""
+
+    kind: str  # "counter", "gauge" or "histogram"
+    name: str  # with its prefix
+    description: str
+    source: str
+    value: str
+    action: str
+    match_all: bool
+    count_entry_bytes: bool
+    buckets: tuple[float, ...]
+    max_idle_ns: int
+
+
+def go_float(value: Any, parse_duration: DurationParser) -> float | None:
+    """Alloy's ``getFloat``: numbers, bools as 1/0, numeric or duration strings."""
+    if value is True:
+        return 1.0
+    if value is False:
+        return 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        if _GO_FLOAT.match(value):
+            return float(value)
+        ns = parse_duration(value)
+        return None if ns is None else ns / _NS
+    return None
+
+
+class SeriesCollector:
+    """A metric whose series are keyed by whole label sets (Alloy's ``metric`` package).
+
+    A ``prometheus_client`` collector: ``collect`` reports every live series.
+    """
+
+    def __init__(self, spec: MetricSpec) -> None:
+        self.spec = spec
+        # The text format adds "_total" to a counter family's name: keep it out of it.
+        family = spec.name
+        if spec.kind == "counter" and family.endswith("_total"):
+            family = family[: -len("_total")]
+        self._family = family
+        self._values: dict[Key, float] = {}
+        self._histograms: dict[Key, list[float]] = {}  # bucket counts, then sum, count
+        self._updated: dict[Key, int] = {}
+
+    def add(self, key: Key, amount: float, now_ns: int) -> None:
+        self._values[key] = self._values.get(key, 0.0) + amount
+        self._updated[key] = now_ns
+
+    def set(self, key: Key, value: float, now_ns: int) -> None:
+        self._values[key] = value
+        self._updated[key] = now_ns
+
+    def observe(self, key: Key, values: Iterable[float], now_ns: int) -> None:
+        buckets = self.spec.buckets
+        state = self._histograms.get(key)
+        if state is None:
+            state = self._histograms[key] = [0.0] * (len(buckets) + 2)
+        for value in values:
+            for i, bound in enumerate(buckets):
+                if value <= bound:
+                    state[i] += 1
+            state[-2] += value
+            state[-1] += 1
+        self._updated[key] = now_ns
+
+    def expire(self, now_ns: int) -> None:
+        """Forget series not updated for ``max_idle_duration``."""
+        limit = now_ns - self.spec.max_idle_ns
+        stale = [key for key, at in self._updated.items() if at < limit]
+        for key in stale:
+            del self._updated[key]
+            self._values.pop(key, None)
+            self._histograms.pop(key, None)
+
+    def describe(self) -> list[Metric]:
+        return [Metric(self._family, self.spec.description, self.spec.kind)]
+
+    def collect(self) -> list[Metric]:
+        spec = self.spec
+        metric = Metric(self._family, spec.description, spec.kind)
+        if spec.kind == "histogram":
+            for key, state in self._histograms.items():
+                labels = dict(key)
+                for bound, count in zip(spec.buckets, state, strict=False):
+                    le = {**labels, "le": _float_text(bound)}
+                    metric.add_sample(spec.name + "_bucket", le, count)
+                total = {**labels, "le": "+Inf"}
+                metric.add_sample(spec.name + "_bucket", total, state[-1])
+                metric.add_sample(spec.name + "_sum", labels, state[-2])
+                metric.add_sample(spec.name + "_count", labels, state[-1])
+            return [metric]
+        suffix = "_total" if spec.kind == "counter" else ""
+        for key, value in self._values.items():
+            metric.add_sample(metric.name + suffix, dict(key), value)
+        return [metric]
+
+
+def _float_text(value: float) -> str:
+    return "+Inf" if value == math.inf else repr(float(value))
+
+
+def register_collector(
+    registry: CollectorRegistry, spec: MetricSpec
+) -> SeriesCollector:
+    """A collector for ``spec`` registered on ``registry`` (``ValueError`` if taken)."""
+    collector = SeriesCollector(spec)
+    registry.register(collector)
+    return collector
+
+
+class MetricsStage(Stage):
+    """``stage.metrics``: updates its metrics from each entry; entries pass unchanged.
+
+    A series is keyed by the entry's labels at this stage (internal ``__`` labels
+    left out). ``match_all`` counters add a whole segment at once.
+    """
+
+    name = "stage.metrics"
+    #: How often idle series are looked for.
+    SWEEP_NS: ClassVar[int] = _NS
+
+    def __init__(
+        self, collectors: Sequence[SeriesCollector], parse_duration: DurationParser
+    ) -> None:
+        self._collectors = tuple(collectors)
+        self._parse_duration = parse_duration
+        self._swept_ns = 0
+
+    def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        key = labels_key(
+            {k: v for k, v in seg.labels.items() if not k.startswith("__")}
+        )
+        for collector in self._collectors:
+            self._update(collector, seg, key, now_ns)
+        if now_ns - self._swept_ns >= self.SWEEP_NS:
+            self._swept_ns = now_ns
+            for collector in self._collectors:
+                collector.expire(now_ns)
+        out.append(seg)
+
+    def _update(
+        self, collector: SeriesCollector, seg: Segment, key: Key, now_ns: int
+    ) -> None:
+        spec = collector.spec
+        if spec.match_all:
+            if spec.count_entry_bytes:
+                size = sum(len(e.line.encode()) for e in seg.entries)
+                collector.add(key, float(size), now_ns)
+            else:
+                collector.add(key, float(len(seg.entries)), now_ns)
+            return
+        values = list(self._matching(spec, seg))
+        if not values:
+            return
+        to_float = self._float
+        if spec.kind == "histogram":
+            floats = [f for f in map(to_float, values) if f is not None]
+            if floats:
+                collector.observe(key, floats, now_ns)
+            return
+        action = spec.action
+        if action == "inc":
+            collector.add(key, float(len(values)), now_ns)
+        elif action == "dec":
+            collector.add(key, -float(len(values)), now_ns)
+        elif action == "set":
+            for value in values:
+                f = to_float(value)
+                if f is not None:
+                    collector.set(key, f, now_ns)
+        else:
+            total = 0.0
+            for value in values:
+                f = to_float(value)
+                # A counter only grows: Alloy skips what Prometheus would refuse.
+                if f is not None and not (spec.kind == "counter" and f < 0):
+                    total += f
+            collector.add(key, -total if action == "sub" else total, now_ns)
+
+    def _matching(self, spec: MetricSpec, seg: Segment) -> Iterable[Any]:
+        """The source values of the entries that update ``spec``."""
+        seed: Mapping[str, str] = seg.seed
+        ex = seg.extracted
+        for i in range(len(seg.entries)):
+            value = extracted_value(ex[i] if ex is not None else {}, seed, spec.source)
+            if value is MISSING:
+                continue
+            if spec.value and go_string(value) != spec.value:
+                continue
+            yield value
+
+    def _float(self, value: Any) -> float | None:
+        return go_float(value, self._parse_duration)
+
+
+def is_valid_metric_name(name: str) -> bool:
+    return _METRIC_NAME.match(name) is not None
