@@ -698,6 +698,7 @@ class DockerSource:
         inspect_interval_s: how often a stopped container is checked (Alloy: 5 s).
         tail_window: resume with ``since`` plus ``tail`` of this many records when a
             probe shows that is exact (see ``ContainerTailer._resume_window``); 0: off.
+        flush_interval_s: how often changed positions are written to disk.
         clock: wall clock in Unix seconds (lag metric, stream end times).
 
     Call ``update_targets`` whenever discovery changes, ``poke(id)`` when it sees a
