@@ -30,7 +30,6 @@ from minilog.shipper import Shipper, SyncShipper
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
     "ClientRequestError",
     "ClosedError",
     "ConfigError",
@@ -50,4 +49,5 @@ __all__ = [
     "StreamBatch",
     "SyncShipper",
     "WouldBlockError",
+    "__version__",
 ]

@@ -310,7 +310,7 @@ class _Endpoint:
         )
 
     def _compaction_behind(self) -> bool:
-        """Whether more ready batches wait uncompressed than the compactor keeps up with.
+        """Whether more ready batches wait uncompressed than the compactor handles.
 
         A producer faster than the encoder would otherwise fill the whole queue with
         entries as Python objects; the allocator keeps that high-water mark after they
