@@ -17,6 +17,7 @@ from typing import Final
 
 from minilog._re2 import Re2Error, compile_re2, group_index
 from minilog.errors import ConfigError
+from minilog.labels import go_quote
 
 __all__ = [
     "DEFAULT_REGEX",
@@ -86,7 +87,7 @@ def parse_action(text: str) -> Action:
         return Action(text)
     except ValueError:
         raise RuleError(
-            f"unrecognized action type {_go_quote(text)}", "action"
+            f"unrecognized action type {go_quote(text)}", "action"
         ) from None
 
 
@@ -114,37 +115,6 @@ def is_utf8_label_name(name: str) -> bool:
     except UnicodeEncodeError:  # lone surrogates have no UTF-8 form
         return False
     return True
-
-
-def _go_quote(text: str) -> str:
-    """Go ``%q`` for error messages: printable runes kept, the others escaped."""
-    out = ['"']
-    for ch in text:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x80:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) <= 0xFFFF:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    out.append('"')
-    return "".join(out)
-
-
-_GO_ESCAPES: Final = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +164,7 @@ class Rule:
         if action == "":
             raise RuleError("relabel action cannot be empty", "action")
         if not isinstance(action, Action):
-            raise RuleError(f"unrecognized action type {_go_quote(action)}", "action")
+            raise RuleError(f"unrecognized action type {go_quote(action)}", "action")
         target = self.target_label
         if action is Action.HASHMOD and self.modulus == 0:
             raise RuleError(
@@ -232,7 +202,7 @@ class Rule:
             and _TEMPLATE_NAME.fullmatch(self.replacement) is None
         ):
             raise RuleError(
-                f"{_go_quote(self.replacement)} is invalid 'replacement' "
+                f"{go_quote(self.replacement)} is invalid 'replacement' "
                 f"for {action} action",
                 "replacement",
             )
@@ -266,7 +236,7 @@ class Rule:
 
 def _invalid_target(target: str, action: Action) -> RuleError:
     return RuleError(
-        f"{_go_quote(target)} is invalid 'target_label' for {action} action",
+        f"{go_quote(target)} is invalid 'target_label' for {action} action",
         "target_label",
     )
 
@@ -506,7 +476,7 @@ def _compile_step(rule: Rule, legacy_names: bool) -> _Step:
             return True
 
         return label_filter
-    raise RuleError(f"unrecognized action type {_go_quote(str(action))}", "action")
+    raise RuleError(f"unrecognized action type {go_quote(str(action))}", "action")
 
 
 def _replace_step(

@@ -584,10 +584,13 @@ VALIDATION_ERRORS = [
      "dropequal action requires only 'source_labels' and 'target_label', "
      "and no other fields", "modulus"),
     ("lowercase-target-not-utf8", {"action": "lowercase", "target_label": "\ud800"},
-     "\"\\ud800\" is invalid 'target_label' for lowercase action", "target_label"),
+     # Go strings hold bytes: a lone surrogate shows as its (invalid) UTF-8 bytes
+     "\"\\xed\\xa0\\x80\" is invalid 'target_label' for lowercase action",
+     "target_label"),
     ("hashmod-target-not-utf8",
      {"action": "hashmod", "target_label": "\udfff", "modulus": 2},
-     "\"\\udfff\" is invalid 'target_label' for hashmod action", "target_label"),
+     "\"\\xed\\xbf\\xbf\" is invalid 'target_label' for hashmod action",
+     "target_label"),
     ("unknown-action-quoted-like-go", {"action": 'a"b\\\n\x01é\u200b\U000e0001'},
      'unrecognized action type "a\\"b\\\\\\n\\x01é\\u200b\\U000e0001"', "action"),
     ("negative-modulus", {"action": "hashmod", "target_label": "x", "modulus": -1},

@@ -14,8 +14,8 @@ from typing import Final
 
 from minilog.config._lexer import COMMENT, EOF, IDENT, STRING, TERM, Token, tokenize
 from minilog.config._parser import BINARY_PRECEDENCE, parse_file
-from minilog.config.stdlib import go_quote
 from minilog.errors import ConfigError
+from minilog.labels import go_quote
 
 __all__ = ["format_source"]
 

@@ -23,13 +23,14 @@ from decimal import Decimal
 from importlib import metadata
 from typing import Any, Final
 
+from minilog.labels import go_quote
+
 __all__ = [
     "STDLIB_NAMES",
     "Namespace",
     "Secret",
     "build_stdlib",
     "go_format",
-    "go_quote",
     "type_name",
 ]
 
@@ -303,38 +304,6 @@ def _path_join(*parts: str) -> str:
     return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
 
 
-def go_quote(text: str) -> str:
-    """Go's ``strconv.Quote``."""
-    out = ['"']
-    for ch in text:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch in _QUOTE_ESCAPES:
-            out.append(_QUOTE_ESCAPES[ch])
-        elif ch == " " or (ch.isprintable() and code != 0x7F):
-            out.append(ch)
-        elif code < 0x80:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-_QUOTE_ESCAPES: Final = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-}
 _VERB: Final = re.compile(r"%([-+# 0]*)(\d*)(?:\.(\d*))?(.|$)", re.DOTALL)
 
 

@@ -1,0 +1,397 @@
+"""Durability of the whole agent against real Docker: kill -9, Loki outages, container
+stop/start, short-lived containers and churn.
+
+Docker's own log of each container is the ground truth: what reaches the fake Loki is
+compared with it record for record. The agent runs as ``python -m minilog run`` where
+its process dies or restarts, in-process where tasks and fds are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_helpers import (
+    SOURCE_ID,
+    AgentProcess,
+    docker_config,
+    docker_lines,
+    metric_sum,
+    paced_script,
+    read_positions,
+    resume_index,
+    start_agent_process,
+    wait_until,
+)
+from docker_helpers import ContainerStarter
+from prometheus_client import generate_latest
+
+from minilog.pipeline import Agent
+from minilog.testing import FakeLoki
+
+__all__: list[str] = []
+
+pytestmark = pytest.mark.docker
+
+StartAgent = Callable[[Path], Any]
+
+
+@pytest.fixture
+async def loki() -> AsyncIterator[FakeLoki]:
+    async with FakeLoki() as server:
+        yield server
+
+
+@pytest.fixture
+def name() -> str:
+    """A container name unique to this test, also the keep-rule of its config."""
+    return f"minilog-dur-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def agents(tmp_path: Path) -> AsyncIterator[StartAgent]:
+    """Start agent processes on one storage path; kills leftovers at teardown."""
+    started: list[AgentProcess] = []
+    storage = tmp_path / "data"
+
+    async def start(config: Path) -> AgentProcess:
+        agent = await start_agent_process(config, storage)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        await agent.kill()
+
+
+def write_config(tmp_path: Path, name_regex: str, loki: FakeLoki, **kw: Any) -> Path:
+    path = tmp_path / "agent.alloy"
+    path.write_text(docker_config(name_regex, loki.push_url, **kw))
+    return path
+
+
+def only_stream(loki: FakeLoki, name: str) -> list[tuple[int, str]]:
+    """Every recorded entry, checked to belong to the one stream of ``name``."""
+    out = []
+    for labels, entry in loki.entries:
+        assert labels == {"container": name}, labels
+        out.append((entry.timestamp_ns, entry.line))
+    return out
+
+
+# ------------------------------------------------------------------ 1. kill -9 / TERM
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+async def test_agent_death_loses_nothing_and_resends_only_past_the_saved_position(
+    tmp_path: Path,
+    loki: FakeLoki,
+    agents: StartAgent,
+    docker_containers: ContainerStarter,
+    name: str,
+    sig: signal.Signals,
+) -> None:
+    total = 3000
+    storage = tmp_path / "data"
+    config = write_config(tmp_path, name, loki)
+    first = await agents(config)
+    container = docker_containers(
+        paced_script("seq", total, every=25, pause="0.05"), name=name
+    )
+    await loki.wait_for_entries(600, timeout=40)
+    # A position must be on disk, or a kill would only test "start from scratch".
+    await wait_until(
+        lambda: container.id in read_positions(storage), 10, "a saved position"
+    )
+    first.proc.send_signal(sig)
+    rc = await first.wait()
+    assert rc == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+    before = only_stream(loki, name)
+    saved = read_positions(storage)[container.id]
+    records = docker_lines(container)
+    assert len(records) < total, "the container finished before the agent died"
+    # Lines came in Docker's order, none twice.
+    assert before == records[: len(before)]
+    resume_at = resume_index(records, saved)
+    # Durability: the saved position never runs ahead of what Loki accepted.
+    assert resume_at <= len(before)
+    if sig == signal.SIGTERM:
+        # Graceful: everything read was flushed and its position saved.
+        assert resume_at == len(before)
+
+    await agents(config)
+    await loki.wait_for_entries(len(before) + total - resume_at, timeout=60)
+    after = only_stream(loki, name)[len(before) :]
+    records = docker_lines(container)
+    assert len(records) == total
+    # The new agent resumes exactly at the saved position and ships the rest once.
+    assert after == records[resume_at:]
+    got = {int(line.split()[1]) for _, line in before + after}
+    assert got == set(range(1, total + 1))
+    duplicates = records[resume_at : len(before)]
+    if sig == signal.SIGTERM:
+        assert duplicates == []
+    else:
+        # Only what was accepted after the last save (saved every second) comes twice.
+        newest_before = before[-1][0]
+        assert all(ts >= saved[0] for ts, _ in duplicates)
+        assert all(newest_before - ts < 3_000_000_000 for ts, _ in duplicates)
+
+
+# ------------------------------------------------------------------ 2. Loki outage
+
+
+@pytest.mark.timeout(120)
+async def test_loki_outage_backs_off_then_delivers_everything_once_in_order(
+    tmp_path: Path,
+    loki: FakeLoki,
+    agents: StartAgent,
+    docker_containers: ContainerStarter,
+    name: str,
+) -> None:
+    total = 1500
+    agent = await agents(write_config(tmp_path, name, loki))
+    container = docker_containers(
+        paced_script("seq", total, every=15, pause="0.05"), name=name
+    )
+    await loki.wait_for_entries(100, timeout=40)
+    retries = "loki_write_batch_retries_total"
+    assert await agent.metric(retries) == 0
+
+    # Down: connections refused.
+    await loki.aclose()
+    down_at = len(docker_lines(container))
+    await wait_until(
+        lambda: len(docker_lines(container)) > down_at + 150,
+        20,
+        "the container to keep logging while Loki is down",
+    )
+    retried_down = await _wait_for_metric_above(agent, retries, 2)
+    assert (await agent.get("/-/ready"))[0] == 200
+
+    # Up again but answering 503 (set before it listens, so no push slips through).
+    loki.faults.respond(503)
+    await loki.start()
+    seen = loki.requests.count
+    await loki.wait_for_requests(seen + 3, timeout=20)
+    assert loki.requests.statuses[503] >= 3
+    assert await agent.metric(retries) >= retried_down + 3
+    assert (await agent.get("/-/ready"))[0] == 200
+    assert loki.entry_count < total
+
+    loki.faults.clear()
+    await loki.wait_for_entries(total, timeout=60)
+    # Exactly what Docker holds, once each, in its order: nothing lost or repeated.
+    assert only_stream(loki, name) == docker_lines(container)
+    assert await agent.metric("loki_write_dropped_entries_total") == 0
+
+
+async def _wait_for_metric_above(
+    agent: AgentProcess, metric: str, above: float, timeout_s: float = 20
+) -> float:
+    value = 0.0
+
+    async def check() -> bool:
+        nonlocal value
+        value = await agent.metric(metric)
+        return value > above
+
+    await wait_until(check, timeout_s, f"{metric} > {above}", interval_s=0.2)
+    return value
+
+
+@pytest.mark.timeout(120)
+async def test_a_400_is_dropped_once_counted_and_never_read_again(
+    tmp_path: Path,
+    loki: FakeLoki,
+    agents: StartAgent,
+    docker_containers: ContainerStarter,
+    name: str,
+) -> None:
+    storage = tmp_path / "data"
+    config = write_config(tmp_path, name, loki)
+    agent = await agents(config)
+    loki.faults.respond(400, "entry out of order")
+    # The "good" lines wait for a file the test creates with docker exec.
+    container = docker_containers(
+        "for i in 1 2 3 4 5; do echo bad $i; done; "
+        "while [ ! -e /go ]; do sleep 0.05; done; "
+        "for i in 1 2 3 4 5; do echo good $i; done; exec sleep 600",
+        name=name,
+    )
+    dropped = await _wait_for_metric_above(agent, "loki_write_dropped_entries_total", 4)
+    assert dropped == 5
+    assert (
+        await agent.metric("loki_write_dropped_entries_total", reason="ingester_error")
+        == 5
+    )
+    pushes = loki.requests.count
+    assert pushes == loki.requests.statuses[400] >= 1
+    assert await agent.metric("loki_write_batch_retries_total") == 0
+    assert agent.log_count("dropping batch") == pushes
+    # Settled by the drop: the position moves past the bad lines.
+    last_bad = docker_lines(container)[-1]
+    assert last_bad[1] == "bad 5"
+    await wait_until(
+        lambda: read_positions(storage).get(container.id, (0, 0)) >= (last_bad[0], 1),
+        10,
+        "the position to pass the dropped lines",
+    )
+    loki.faults.clear()
+    agent.proc.send_signal(signal.SIGTERM)
+    assert await agent.wait() == 0
+
+    # A new agent, now facing a healthy Loki, does not read the dropped lines again.
+    again = await agents(config)
+    container.exec_run(["sh", "-c", ": > /go"])
+    await loki.wait_for_entries(5, timeout=30)
+    again.proc.send_signal(signal.SIGTERM)
+    assert await again.wait() == 0
+    assert [line for _, line in only_stream(loki, name)] == [
+        f"good {i}" for i in range(1, 6)
+    ]
+    assert loki.requests.statuses[400] == pushes
+
+
+# ------------------------------------------------------------------ 3-5. in-process
+
+
+@pytest.fixture
+async def run_agent(
+    tmp_path: Path, loki: FakeLoki
+) -> AsyncIterator[Callable[[str], Any]]:
+    """An in-process ``Agent`` on ``docker_config(name_regex, ...)``; closed after."""
+    started: list[Agent] = []
+
+    async def start(name_regex: str) -> Agent:
+        config = write_config(tmp_path, name_regex, loki)
+        agent = Agent(config, storage_path=tmp_path / "data")
+        started.append(agent)
+        await agent.start()
+        return agent
+
+    yield start
+    for agent in started:
+        await agent.aclose()
+
+
+@pytest.mark.timeout(90)
+async def test_stopped_then_restarted_container_resumes_where_it_stopped(
+    loki: FakeLoki,
+    run_agent: Callable[[str], Any],
+    docker_containers: ContainerStarter,
+    name: str,
+) -> None:
+    await run_agent(name)
+    # Each run prints its own lines: a marker file tells the second run from the first.
+    container = docker_containers(
+        "if [ -e /ran ]; then p=after; else p=before; : > /ran; fi; "
+        'for i in 1 2 3 4 5; do echo "$p $i"; done; exec sleep 600',
+        name=name,
+    )
+    await loki.wait_for_entries(5, timeout=30)
+    container.stop(timeout=0)
+    container.start()
+    await loki.wait_for_entries(10, timeout=30)
+    assert only_stream(loki, name) == docker_lines(container)
+    assert [line for _, line in only_stream(loki, name)] == [
+        *(f"before {i}" for i in range(1, 6)),
+        *(f"after {i}" for i in range(1, 6)),
+    ]
+
+
+@pytest.mark.timeout(90)
+async def test_short_lived_containers_have_every_line_shipped(
+    loki: FakeLoki,
+    run_agent: Callable[[str], Any],
+    docker_containers: ContainerStarter,
+    name: str,
+) -> None:
+    await run_agent(f"{name}-.*")
+    containers = [
+        docker_containers(
+            f"for i in 1 2 3 4 5; do echo {k} $i; done", name=f"{name}-{k}"
+        )
+        for k in range(4)
+    ]
+    for container in containers:
+        assert container.wait(timeout=10)["StatusCode"] == 0
+    await loki.wait_for_entries(20, timeout=30)
+    streams = loki.streams()
+    for k, container in enumerate(containers):
+        got = streams[f'{{container="{name}-{k}"}}']
+        assert [(e.timestamp_ns, e.line) for e in got] == docker_lines(container)
+        assert [e.line for e in got] == [f"{k} {i}" for i in range(1, 6)]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(180)
+async def test_container_churn_leaves_no_tasks_fds_or_positions(
+    tmp_path: Path,
+    loki: FakeLoki,
+    run_agent: Callable[[str], Any],
+    docker_client: Any,
+    name: str,
+) -> None:
+    batches, per_batch = 10, 20
+    agent = await run_agent(f"{name}-.*")
+    source = agent.component(SOURCE_ID)
+    # The baseline is taken once discovery has listed containers (its idle state).
+    await wait_until(
+        lambda: (
+            metric_sum(
+                generate_latest(agent.registry).decode(),
+                "prometheus_sd_refresh_duration_seconds_count",
+            )
+            > 0
+        ),
+        20,
+        "the first discovery refresh",
+    )
+    base_tasks, base_fds = len(asyncio.all_tasks()), open_fds()
+    starter = ContainerStarter(docker_client)
+    removed: list[str] = []
+    try:
+        for b in range(batches):
+            names = [f"{name}-{b}-{k}" for k in range(per_batch)]
+            containers = await asyncio.gather(
+                *(asyncio.to_thread(starter, f"echo hello {n}", name=n) for n in names)
+            )
+            await loki.wait_for_entries((b + 1) * per_batch, timeout=60)
+            await asyncio.gather(
+                *(asyncio.to_thread(c.remove, force=True) for c in containers)
+            )
+            removed.extend(c.id for c in containers)
+    finally:
+        starter.remove_all()
+
+    lines = sorted(loki.lines())
+    assert lines == sorted(
+        f"hello {name}-{b}-{k}" for b in range(batches) for k in range(per_batch)
+    )
+    await wait_until(
+        lambda: not source.debug_info()["targets_info"], 60, "every tailer to end"
+    )
+    await wait_until(
+        lambda: not set(removed) & set(read_positions(tmp_path / "data")),
+        15,
+        "positions of removed containers to leave the file",
+    )
+    # Tasks and fds come back to the idle baseline (a connection or two of slack).
+    await wait_until(
+        lambda: len(asyncio.all_tasks()) <= base_tasks + 2, 15, "tasks to end"
+    )
+    await wait_until(lambda: open_fds() <= base_fds + 4, 15, "fds to close")
+    metrics = generate_latest(agent.registry).decode()
+    assert metric_sum(metrics, "minilog_source_docker_tailers_active") == 0
+    assert metric_sum(metrics, "minilog_source_docker_tailer_crashes_total") == 0
