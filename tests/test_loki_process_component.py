@@ -1,4 +1,4 @@
-"""The ``loki.process`` component: config decoding, stages end to end, timer, metrics."""
+"""The ``loki.process`` component: decoding, stages end to end, flush timer, metrics."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from minilog._logging_setup import component_logger
-from minilog.components import COMPONENT_TYPES
+from minilog.components import COMPONENT_TYPES, ComponentOptions
 from minilog.components.loki_process import LokiProcess
 from minilog.config import Scope, parse
 from minilog.config.ast import Block
 from minilog.errors import ConfigError
 from minilog.model import Delivery, LogEntry, StreamBatch
+from minilog.pipeline import Agent
 
 _T0 = 1_764_216_000_000_000_000  # 2025-11-27T04:00:00Z
 
@@ -33,9 +34,9 @@ class Recorder:
         self.batches.append(batch)
         self.got.set()
 
-    async def next(self, timeout: float = 5.0) -> StreamBatch:
-        """The next batch to arrive after the ones already taken."""
-        async with asyncio.timeout(timeout):
+    async def next(self) -> StreamBatch:
+        """The next batch to arrive after the ones already taken (5 s at most)."""
+        async with asyncio.timeout(5.0):
             while not self.batches:
                 self.got.clear()
                 await self.got.wait()
@@ -80,8 +81,6 @@ def build(
     opts_registry = (
         registry if registry is not None else CollectorRegistry(auto_describe=True)
     )
-    from minilog.components import ComponentOptions
-
     opts = ComponentOptions(
         id="loki.process.p",
         data_path=Path("/nonexistent"),
@@ -192,9 +191,7 @@ async def test_json_labels_timestamp_multiline_metrics_end_to_end() -> None:
         await stop(task)
     assert waited_ns >= 50_000_000
     assert second.labels == {"service": "api", "level": "error"}
-    assert second.entries == [
-        LogEntry(_ts("01.25"), ERROR_HEAD + "\n" + ERROR_TAIL)
-    ]
+    assert second.entries == [LogEntry(_ts("01.25"), ERROR_HEAD + "\n" + ERROR_TAIL)]
     # One delivery reference per forwarded batch: settled when both are.
     first.settle()
     assert outcomes == []
@@ -247,7 +244,9 @@ async def test_timer_waits_on_the_injected_clock() -> None:
         got = await sink.next()
     finally:
         await stop(task)
-    assert got.labels == {"s": "x", "level": "error"}
+    # The head alone is not valid JSON: no fields extracted, no level label.
+    assert got.labels == {"s": "x"}
+    assert got.entries[0].line == ERROR_HEAD
 
 
 async def test_shutdown_flushes_held_blocks() -> None:
@@ -286,7 +285,9 @@ async def test_fan_out_retains_the_delivery_per_receiver() -> None:
     )
     comp = build(text, {"a.a": {"receiver": a}, "b.b": {"receiver": b}})
     outcomes: list[bool] = []
-    await comp.send(batch({"s": "x"}, "keep", "debug me", delivery=Delivery(outcomes.append)))
+    await comp.send(
+        batch({"s": "x"}, "keep", "debug me", delivery=Delivery(outcomes.append))
+    )
     (ga,) = a.batches
     (gb,) = b.batches
     assert [e.line for e in ga.entries] == [e.line for e in gb.entries] == ["keep"]
@@ -355,9 +356,12 @@ async def test_update_rebuilds_stages_and_flushes_what_the_old_ones_held() -> No
     labels = {"s": "x", "level": "error"}
     # The old pipeline's series went with it; the new one counts from zero.
     assert reg.get_sample_value("loki_process_custom_lines_total", labels) is None
-    await comp.send(batch({"s": "x"}, INFO))
+    # The next start line completes INFO's block: the new stages count it.
+    await comp.send(batch({"s": "x"}, INFO, ERROR_HEAD))
+    info = {"s": "x", "level": "info"}
+    assert reg.get_sample_value("loki_process_custom_lines_total", info) == 1
     await comp.update(prepare(FULL_CONFIG % {"wait": "3h"}, exports))
-    assert len(sink.batches) == 2
+    assert [b.entries[0].line for b in sink.batches] == [ERROR_HEAD, INFO, ERROR_HEAD]
 
 
 async def test_update_with_unchanged_stages_keeps_the_pipeline() -> None:
@@ -390,7 +394,7 @@ def test_bad_stage_arguments_are_positioned_diagnostics() -> None:
   stage.metrics {
     metric.counter {
       name   = "c"
-      action = "explode"
+      action = "inc"
     }
     metric.gauge {
       action = "set"
@@ -411,7 +415,6 @@ def test_bad_stage_arguments_are_positioned_diagnostics() -> None:
     where = {(d.line, d.column) for d in diags}
     assert (4, 19) in where  # expressions: the wrong type, at its value
     assert (6, 3) in where  # the bad firstline regex, at its stage block
-    assert (9, 3) in where  # the counter's unknown action, at stage.metrics
     assert (18, 3) in where  # action_on_failure, at stage.timestamp
     assert (23, 3) in where  # the unknown stage
     by_line = {d.line: d.message for d in diags}
@@ -423,12 +426,32 @@ def test_bad_stage_arguments_are_positioned_diagnostics() -> None:
 
 
 def test_nested_metric_blocks_decode_in_order() -> None:
-    args = prepare(FULL_CONFIG % {"wait": "3s"})
+    args = prepare(FULL_CONFIG % {"wait": "3s"}, {"sink.s": {"receiver": Recorder()}})
     (metrics,) = [a for n, a in args["stages"] if n == "stage.metrics"]
     assert [m["name"] for m in metrics["metric.counter"]] == ["lines", "errors"]
     assert metrics["metric.histogram"][0]["buckets"] == [1, 10]
     (multiline,) = [a for n, a in args["stages"] if n == "stage.multiline"]
     assert multiline["max_wait_time"] == pytest.approx(3.0)
+
+
+def test_a_bad_metric_action_is_reported_at_its_metrics_stage() -> None:
+    text = """loki.process "p" {
+  forward_to = []
+  stage.static_labels {
+    values = {a = "b"}
+  }
+  stage.metrics {
+    metric.counter {
+      name   = "c"
+      action = "set"
+    }
+  }
+}"""
+    with pytest.raises(ConfigError) as info:
+        prepare(text)
+    (diag,) = info.value.diagnostics
+    assert str(diag).startswith("test.alloy:6:3: stage.metrics")
+    assert "inc, add" in diag.message
 
 
 def test_one_metric_name_in_two_metrics_stages_is_a_positioned_error() -> None:
@@ -459,3 +482,23 @@ def test_forward_to_is_required() -> None:
         prepare('loki.process "p" {\n  stage.decolorize {}\n}')
     (diag,) = info.value.diagnostics
     assert diag.line == 1 and "forward_to" in diag.message
+
+
+async def test_agent_runs_two_components_defining_the_same_metric(
+    tmp_path: Path,
+) -> None:
+    config = METRICS_ONLY + "\n" + METRICS_ONLY.replace('"p"', '"q"')
+    agent = Agent(config_text=config, storage_path=tmp_path)
+    await agent.start()
+    try:
+        await agent.component("loki.process.p").send(batch({"c": "x"}, "a", "b"))
+        await agent.component("loki.process.q").send(batch({"c": "x"}, "a"))
+        text = generate_latest(agent.registry).decode()
+    finally:
+        await agent.aclose()
+    for cid, count in (("loki.process.p", "2.0"), ("loki.process.q", "1.0")):
+        sample = (
+            f'loki_process_custom_seen_total{{c="x",component_id="{cid}",'
+            f'component_path="/"}} {count}'
+        )
+        assert sample in text

@@ -150,14 +150,14 @@ class LokiProcess(Component):
 
     @property
     def pipeline(self) -> Pipeline:
+        """The compiled stages currently in use (replaced by ``update``)."""
         return self._pipeline
 
     def exports(self) -> Mapping[str, Any]:
         return self._exports
 
     async def send(self, batch: StreamBatch) -> None:
-        pipeline = self._pipeline
-        outs = pipeline.process(batch, self._clock())
+        outs = self._pipeline.process(batch, self._clock())
         if self._holds and self._wake is not None:
             self._wake.set()
         for out in outs:
