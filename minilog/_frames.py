@@ -1,10 +1,8 @@
 """Docker log streams to ``LogEntry`` lists: bytes in, entries out (pure, no I/O).
 
-Owns the 8-byte multiplexed framing (``FrameDecoder``), raw TTY streams
-(``RawLineSplitter``), the 16 KiB partial-line rejoin of alloy-spec §3.4, RFC 3339 nano
-timestamps as integer nanoseconds, and the resume position (newest timestamp read, lines
-read at it). It does not know about labels, deliveries or sockets: ``tail.py`` feeds it
-the chunks it reads.
+Owns the 8-byte multiplexed framing, raw TTY streams, the 16 KiB partial-line rejoin
+(alloy-spec §3.4), RFC 3339 nano timestamps as integer ns, and the resume position.
+It knows nothing of labels, deliveries or sockets: ``tail.py`` feeds it what it reads.
 """
 
 from __future__ import annotations

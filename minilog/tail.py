@@ -1,10 +1,9 @@
 """``loki.source.docker``: tailers per container, supervisor, delivery-gated positions.
 
-Owns target dedupe (alloy-spec §3.2), the per-container lifecycle (§3.3, with positions
-kept across stops), per-stream labels (§3.5), fan-out to ``forward_to`` with
-backpressure, and moving the positions only past entries whose ``Delivery`` settled.
-Bytes-to-entries decoding is ``_frames.py``; the file is ``positions.py``; HTTP is
-``_docker.py``.
+Owns target dedupe (alloy-spec §3.2), the container lifecycle (§3.3, positions kept
+across stops), per-stream labels (§3.5), fan-out with backpressure, and positions that
+move only past settled deliveries. Decoding is ``_frames.py``, the file
+``positions.py``, HTTP ``_docker.py``.
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ _FNV_PRIME: Final = 1099511628211
 _MASK64: Final = (1 << 64) - 1
 
 _STALE_CHECK_S: Final = 600.0
+_UNREADABLE_RETRY_S: Final = 60.0
 # A resume probe larger than this is not worth it: follow with since alone.
 _PROBE_MAX_BYTES: Final = 4 << 20
 
@@ -112,16 +112,19 @@ def dedupe_targets(
     the lowest fingerprint, as Alloy does; targets without
     ``__meta_docker_container_id`` are skipped.
     """
-    merged = [{**t, **(labels or {})} for t in targets]
-    merged.sort(key=fingerprint)
-    out: dict[str, dict[str, str]] = {}
-    for target in merged:
-        cid = target.get(LABEL_CONTAINER_ID)
+    groups: dict[str, list[dict[str, str]]] = {}
+    for target in targets:
+        merged = {**target, **(labels or {})}
+        cid = merged.get(LABEL_CONTAINER_ID)
         if not cid:
             _log.debug("target without %s skipped: %s", LABEL_CONTAINER_ID, target)
             continue
-        out.setdefault(cid, target)
-    return out
+        groups.setdefault(cid, []).append(merged)
+    # Fingerprints (a pure-Python hash) only where there is a choice to make.
+    return {
+        cid: group[0] if len(group) == 1 else min(group, key=fingerprint)
+        for cid, group in groups.items()
+    }
 
 
 def _since_arg(ts_ns: int) -> str | None:
@@ -311,7 +314,9 @@ class ContainerTailer:
         self.gone = False
         self._detached = False
         self._wake = asyncio.Event()
-        self._drained_at_ns = 0
+        # FinishedAt of the stopped run whose logs were last read to the end: a stopped
+        # container is read once per run (Docker's clock only; no clock skew matters).
+        self._read_finished_at: int | None = None
         self._reading = False
         self._interrupt = False
         self.task: asyncio.Task[None] | None = None
@@ -414,14 +419,17 @@ class ContainerTailer:
                 continue
             state = info.get("State") or {}
             running = bool(state.get("Running"))
+            finished = _finished_ns(state.get("FinishedAt"))
             if self._detached and running:
                 return
-            if running or _finished_ns(state.get("FinishedAt")) >= self._drained_at_ns:
+            # A stopped container is read once more per run (alloy #3408): lines written
+            # just before it stopped, or while nothing followed it, are not lost.
+            if running or (finished >= 0 and finished != self._read_finished_at):
                 if running and restream_s:
                     # The last stream of a running container ended at once: do not spin.
                     await self._wait(restream_s)
                 tty = bool((info.get("Config") or {}).get("Tty"))
-                started = self._ctx.clock()
+                started = time.monotonic()
                 try:
                     complete = await self._stream(tty)
                 except DockerError as exc:
@@ -433,13 +441,16 @@ class ContainerTailer:
                             "log stream of container %s failed: %s", self._short, exc
                         )
                     self.last_error = str(exc)
-                    await self._wait(retry_s)
+                    # 501: the container's logging driver cannot be read (none, syslog,
+                    # ...); that will not change soon, so ask far less often.
+                    cap = _UNREADABLE_RETRY_S if exc.status == 501 else None
+                    await self._wait(cap or retry_s)
                     retry_s = min(retry_s * 2, self._ctx.inspect_interval_s)
                     continue
                 retry_s = 0.5
-                if complete:
-                    self._drained_at_ns = int(self._ctx.clock() * 1e9)
-                long_stream = self._ctx.clock() - started > 1.0
+                if complete and not running:
+                    self._read_finished_at = finished
+                long_stream = time.monotonic() - started > 1.0
                 restream_s = 0.0 if long_stream else min(max(restream_s * 2, 0.5), 5.0)
                 idle_s = 0.1
                 continue
@@ -699,7 +710,7 @@ class DockerSource:
         tail_window: resume with ``since`` plus ``tail`` of this many records when a
             probe shows that is exact (see ``ContainerTailer._resume_window``); 0: off.
         flush_interval_s: how often changed positions are written to disk.
-        clock: wall clock in Unix seconds (lag metric, stream end times).
+        clock: wall clock in Unix seconds, for the lag metric.
 
     Call ``update_targets`` whenever discovery changes, ``poke(id)`` when it sees a
     container start, ``run()`` in a task and ``aclose()`` to stop. Unlike Alloy, a

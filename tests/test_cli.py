@@ -43,6 +43,29 @@ def test_validate_prints_every_diagnostic_and_exits_1(
     assert lines[2].startswith(f"{bad}:7:1: ") and "foo.bar" in lines[2]
 
 
+@pytest.mark.parametrize(
+    ("regex", "column"),
+    [
+        pytest.param('"/(?=x)(.*)"', 22, id="at-the-lookahead"),
+        pytest.param("`a\\1`", 22, id="raw-string-backreference"),
+        # An escape before the fault: the source no longer maps 1:1, so the literal.
+        pytest.param('"\\\\d(?!x)"', 20, id="after-an-escape-the-literal"),
+    ],
+)
+def test_a_bad_relabel_regex_points_into_the_string(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], regex: str, column: int
+) -> None:
+    bad = tmp_path / "re.alloy"
+    bad.write_text(
+        'discovery.relabel "r" {\n  targets = []\n  rule {\n'
+        f"    regex        = {regex}\n"
+        '    target_label = "x"\n  }\n}\n'
+    )
+    assert main(["validate", str(bad)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{bad}:4:{column}: "), line
+
+
 def test_fmt_prints_and_writes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -91,7 +90,11 @@ def only_stream(loki: FakeLoki, name: str) -> list[tuple[int, str]]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+@pytest.mark.parametrize(
+    ("sig", "tty"),
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
+    ids=["kill", "term", "kill-tty"],
+)
 async def test_agent_death_loses_nothing_and_resends_only_past_the_saved_position(
     tmp_path: Path,
     loki: FakeLoki,
@@ -99,13 +102,15 @@ async def test_agent_death_loses_nothing_and_resends_only_past_the_saved_positio
     docker_containers: ContainerStarter,
     name: str,
     sig: signal.Signals,
+    tty: bool,
 ) -> None:
+    # A TTY container's log is raw text, not frames: it resumes with ``since`` alone.
     total = 3000
     storage = tmp_path / "data"
     config = write_config(tmp_path, name, loki)
     first = await agents(config)
     container = docker_containers(
-        paced_script("seq", total, every=25, pause="0.05"), name=name
+        paced_script("seq", total, every=20, pause="0.05"), name=name, tty=tty
     )
     await loki.wait_for_entries(600, timeout=40)
     # A position must be on disk, or a kill would only test "start from scratch".
@@ -118,7 +123,7 @@ async def test_agent_death_loses_nothing_and_resends_only_past_the_saved_positio
     before = only_stream(loki, name)
     saved = read_positions(storage)[container.id]
     records = docker_lines(container)
-    assert len(records) < total, "the container finished before the agent died"
+    assert len(before) < total, "everything was shipped before the agent died"
     # Lines came in Docker's order, none twice.
     assert before == records[: len(before)]
     resume_at = resume_index(records, saved)
@@ -145,6 +150,39 @@ async def test_agent_death_loses_nothing_and_resends_only_past_the_saved_positio
         newest_before = before[-1][0]
         assert all(ts >= saved[0] for ts, _ in duplicates)
         assert all(newest_before - ts < 3_000_000_000 for ts, _ in duplicates)
+
+
+@pytest.mark.timeout(120)
+async def test_kill_while_loki_fails_loses_nothing_read_but_unacknowledged(
+    tmp_path: Path,
+    loki: FakeLoki,
+    agents: StartAgent,
+    docker_containers: ContainerStarter,
+    name: str,
+) -> None:
+    total = 1500
+    storage = tmp_path / "data"
+    config = write_config(tmp_path, name, loki)
+    first = await agents(config)
+    container = docker_containers(
+        paced_script("seq", total, every=20, pause="0.05"), name=name
+    )
+    await loki.wait_for_entries(100, timeout=40)
+    loki.faults.respond(503)
+    # Lines read but unacknowledged for over a second: the positions flusher (every
+    # second) has run meanwhile, and must not have saved them as done.
+    await _wait_for_metric_above(first, "minilog_source_docker_lag_seconds", 1.5)
+    await first.kill()
+    before = only_stream(loki, name)
+    records = docker_lines(container)
+    assert len(records) > len(before) + 20, "the agent had nothing unacknowledged"
+    resume_at = resume_index(records, read_positions(storage)[container.id])
+    assert resume_at <= len(before)
+
+    loki.faults.clear()
+    await agents(config)
+    await loki.wait_for_entries(len(before) + total - resume_at, timeout=60)
+    assert only_stream(loki, name)[len(before) :] == docker_lines(container)[resume_at:]
 
 
 # ------------------------------------------------------------------ 2. Loki outage
@@ -252,7 +290,7 @@ async def test_a_400_is_dropped_once_counted_and_never_read_again(
 
     # A new agent, now facing a healthy Loki, does not read the dropped lines again.
     again = await agents(config)
-    container.exec_run(["sh", "-c", ": > /go"])
+    await asyncio.to_thread(container.exec_run, ["sh", "-c", ": > /go"])
     await loki.wait_for_entries(5, timeout=30)
     again.proc.send_signal(signal.SIGTERM)
     assert await again.wait() == 0
@@ -299,8 +337,9 @@ async def test_stopped_then_restarted_container_resumes_where_it_stopped(
         name=name,
     )
     await loki.wait_for_entries(5, timeout=30)
-    container.stop(timeout=0)
-    container.start()
+    # In threads: the agent shares this event loop and must run meanwhile.
+    await asyncio.to_thread(container.stop, timeout=0)
+    await asyncio.to_thread(container.start)
     await loki.wait_for_entries(10, timeout=30)
     assert only_stream(loki, name) == docker_lines(container)
     assert [line for _, line in only_stream(loki, name)] == [
@@ -324,7 +363,8 @@ async def test_short_lived_containers_have_every_line_shipped(
         for k in range(4)
     ]
     for container in containers:
-        assert container.wait(timeout=10)["StatusCode"] == 0
+        status = await asyncio.to_thread(container.wait, timeout=10)
+        assert status["StatusCode"] == 0
     await loki.wait_for_entries(20, timeout=30)
     streams = loki.streams()
     for k, container in enumerate(containers):
@@ -341,6 +381,25 @@ def open_fds() -> dict[str, str]:
             out[fd] = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue  # closed between the listing and the readlink
+    return out
+
+
+def describe_sockets(targets: list[str]) -> list[str]:
+    """``socket:[inode]`` with the unix path or TCP ports it belongs to, when known."""
+    known: dict[str, str] = {}
+    for table in ("unix", "tcp", "tcp6"):
+        with open(f"/proc/net/{table}") as f:
+            next(f)
+            for row in f:
+                cols = row.split()
+                if table == "unix":
+                    known[cols[6]] = f"unix {cols[7] if len(cols) > 7 else '?'}"
+                else:
+                    known[cols[9]] = f"{table} {cols[1]}->{cols[2]} st={cols[3]}"
+    out = []
+    for target in targets:
+        inode = target.removeprefix("socket:[").removesuffix("]")
+        out.append(f"{target} {known.get(inode, '')}".strip())
     return out
 
 
@@ -373,23 +432,26 @@ async def test_container_churn_leaves_no_tasks_fds_or_positions(
     client = docker.from_env()
     starter = ContainerStarter(client)
     removed: list[str] = []
+    first_ids: set[str] = set()
     try:
         for b in range(batches):
-            t0 = time.monotonic()
             names = [f"{name}-{b}-{k}" for k in range(per_batch)]
             containers = await asyncio.gather(
                 *(asyncio.to_thread(starter, f"echo hello {n}", name=n) for n in names)
             )
-            t1 = time.monotonic()
             await loki.wait_for_entries((b + 1) * per_batch, timeout=60)
-            t2 = time.monotonic()
+            if b == 0:
+                # Positions were saved: their removal below is then a real check.
+                first_ids.update(c.id for c in containers)
+                await wait_until(
+                    lambda: first_ids <= set(read_positions(tmp_path / "data")),
+                    10,
+                    "positions of the first batch",
+                )
             await asyncio.gather(
                 *(asyncio.to_thread(c.remove, force=True) for c in containers)
             )
             removed.extend(c.id for c in containers)
-            print(
-                f"batch {b}: start {t1 - t0:.2f} ship {t2 - t1:.2f} rm {time.monotonic() - t2:.2f}"
-            )
     finally:
         starter.remove_all()
         client.close()
@@ -406,16 +468,20 @@ async def test_container_churn_leaves_no_tasks_fds_or_positions(
         15,
         "positions of removed containers to leave the file",
     )
-    # Tasks and fds come back to the idle baseline (a connection or two of slack).
+    # Tasks come back to the idle baseline (slack for a refresh in progress).
     await wait_until(
         lambda: len(asyncio.all_tasks()) <= base_tasks + 2, 15, "tasks to end"
     )
+    # A leak grows with the containers; the Docker client's keep-alive pool is bounded
+    # by the tailers that ran at once and empties after aiohttp's 15 s idle timeout.
+    # (Two fds of slack: the writer's connection to FakeLoki, both ends.)
+    assert len(open_fds()) <= len(base_fds) + 2 * per_batch + 4
     try:
-        await wait_until(lambda: len(open_fds()) <= len(base_fds) + 4, 15, "fds")
+        await wait_until(lambda: len(open_fds()) <= len(base_fds) + 4, 45, "fds")
     except AssertionError:
         now = open_fds()
         new = sorted(v for k, v in now.items() if base_fds.get(k) != v)
-        raise AssertionError(f"fds left open: {new}") from None
+        raise AssertionError(f"fds left open: {describe_sockets(new)}") from None
     metrics = generate_latest(agent.registry).decode()
     assert metric_sum(metrics, "minilog_source_docker_tailers_active") == 0
     assert metric_sum(metrics, "minilog_source_docker_tailer_crashes_total") == 0

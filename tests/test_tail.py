@@ -133,8 +133,10 @@ class FakeDocker:
         self.fail_inspect: DockerError | None = None
         self.known = {CID}
         self.raised: list[BaseException] = []
+        self.inspects = 0
 
     async def inspect(self, container_id: str) -> dict[str, Any]:
+        self.inspects += 1
         if self.fail_inspect is not None:
             raise self.fail_inspect
         if self.state is None or container_id not in self.known:
@@ -179,8 +181,8 @@ class FakeDocker:
             yield chunk
             if self.on_yield is not None:
                 self.on_yield(follow)
-        if follow:
-            await self.end.wait()
+        if follow and self.state is not None and self.state["Running"]:
+            await self.end.wait()  # a stopped container's stream ends at once
 
 
 def target(cid: str = CID, **extra: str) -> dict[str, str]:
@@ -328,7 +330,12 @@ async def test_fan_out_settles_only_when_every_receiver_settled(tmp_path: Path) 
 
 
 async def test_dropped_label_sets_are_not_sent_but_acknowledged(tmp_path: Path) -> None:
-    fake = FakeDocker([line(T0 + 1, "out") + line(T0 + 2, "err", stream=2)])
+    fake = FakeDocker(
+        [
+            line(T0 + 1, "out") + line(T0 + 2, "err", stream=2),
+            line(T0 + 3, "err only", stream=2),  # a chunk with nothing to send
+        ]
+    )
     rec = Recorder()
     registry = CollectorRegistry()
     positions = Positions(tmp_path / "positions.json")
@@ -342,13 +349,16 @@ async def test_dropped_label_sets_are_not_sent_but_acknowledged(tmp_path: Path) 
     )
     source.update_targets([target(drop="stderr", job="j")])
     async with running(source):
-        await rec.wait_for(lambda: positions.get(CID) is not None)
+        await eventually(
+            lambda: (
+                positions.get(CID) is not None and positions.get(CID).ts_ns == T0 + 3
+            )  # type: ignore[union-attr]
+        )
     assert rec.lines() == ["out"]
-    assert positions.get(CID).ts_ns == T0 + 2  # type: ignore[union-attr]
     dropped = registry.get_sample_value(
         "minilog_source_docker_dropped_entries_total", {"reason": "relabel_dropped"}
     )
-    assert dropped == 1
+    assert dropped == 2
 
 
 async def test_label_change_updates_labels_without_restarting(tmp_path: Path) -> None:
@@ -471,7 +481,9 @@ async def test_backpressure_stops_reading_while_send_waits(tmp_path: Path) -> No
 
 async def test_metrics_and_lag(tmp_path: Path) -> None:
     now = [T0 / 1e9 + 10]
-    fake = FakeDocker([line(T0 + 1, "a"), line(T0 + 2, "b")])
+    fake = FakeDocker(
+        [line(T0 + 1, "a"), line(T0 + 2, "b"), frame(1, b"no-timestamp\n")]
+    )
     rec = Recorder(settle=False)
     registry = CollectorRegistry()
     source = make_source(fake, [rec], tmp_path, registry=registry, clock=lambda: now[0])
@@ -479,6 +491,8 @@ async def test_metrics_and_lag(tmp_path: Path) -> None:
     async with running(source):
         await rec.wait_for(lambda: len(rec.batches) == 2)
         assert registry.get_sample_value("minilog_source_docker_targets") == 1
+        errors = "loki_source_docker_target_parsing_errors_total"
+        await eventually(lambda: registry.get_sample_value(errors) == 1)
         assert registry.get_sample_value("minilog_source_docker_tailers_active") == 1
         # nothing acknowledged yet: lag counts from the oldest chunk in flight
         lag = registry.get_sample_value("minilog_source_docker_lag_seconds")
@@ -554,6 +568,64 @@ async def test_running_container_leaving_discovery_stops_its_tailer(
         await rec.wait_for(lambda: "b" in rec.lines())
     assert rec.lines() == ["a", "b"]
     assert positions.get(CID).ts_ns == T0 + 2  # type: ignore[union-attr]
+
+
+async def test_aclose_waits_for_deliveries_and_saves_their_positions(
+    tmp_path: Path,
+) -> None:
+    fake = FakeDocker([line(T0 + 1, "a")])
+    rec = Recorder(settle=False)
+    source = make_source(fake, [rec], tmp_path)
+    source.update_targets([target()])
+    task = asyncio.create_task(source.run())
+    await rec.wait_for(lambda: len(rec.batches) == 1)
+    closing = asyncio.create_task(source.aclose(drain_timeout_s=10))
+    await eventually(task.done)  # tailers stopped; the delivery is still in flight
+    assert not closing.done()
+    rec.batches[0].settle()  # the writer drains it
+    await closing
+    assert Positions(tmp_path / "positions.json").get(CID).ts_ns == T0 + 1  # type: ignore[union-attr]
+
+
+async def test_returning_target_reuses_the_tailer_with_deliveries_in_flight(
+    tmp_path: Path,
+) -> None:
+    fake = FakeDocker([line(T0 + 1, "a")])
+    rec = Recorder(settle=False)
+    positions = Positions(tmp_path / "positions.json")
+    source = make_source(fake, [rec], tmp_path, positions=positions)
+    source.update_targets([target()])
+    async with running(source):
+        await rec.wait_for(lambda: len(rec.batches) == 1)
+        source.update_targets([])
+        await eventually(lambda: not source.targets_info())
+        fake.chunks.append(line(T0 + 2, "b"))
+        source.update_targets([target()])
+        await rec.wait_for(lambda: len(rec.batches) == 2)
+        # "a" was not read again: the tailer came back with its read position ...
+        assert rec.lines() == ["a", "b"]
+        rec.batches[1].settle()
+        assert positions.get(CID) is None  # ... and its in-flight order: "a" first
+        rec.batches[0].settle()
+        assert positions.get(CID).ts_ns == T0 + 2  # type: ignore[union-attr]
+
+
+async def test_stopped_container_is_read_once_per_run(tmp_path: Path) -> None:
+    fake = FakeDocker([line(T0 + 1, "a")], running=False)
+    assert fake.state is not None
+    fake.state["FinishedAt"] = "2026-11-27T04:20:30.5Z"
+    rec = Recorder()
+    source = make_source(fake, [rec], tmp_path, inspect_interval_s=0.01)
+    source.update_targets([target()])
+    async with running(source):
+        await rec.wait_for(lambda: rec.lines() == ["a"])
+        await eventually(lambda: fake.inspects >= 10)
+        assert len(fake.log_calls) == 1  # the same stopped run is not read again
+        fake.chunks.append(line(T0 + 2, "b"))
+        fake.state["FinishedAt"] = "2026-11-27T04:21:00Z"  # it ran and stopped again
+        await rec.wait_for(lambda: "b" in rec.lines())
+    assert rec.lines() == ["a", "b"]
+    assert len(fake.log_calls) == 2
 
 
 async def test_resume_without_tail_when_the_window_is_too_small(tmp_path: Path) -> None:
@@ -795,6 +867,35 @@ async def test_stopped_container_leaving_discovery_is_read_once_then_dropped(
             await eventually(lambda: not source.targets_info())
         assert rec.lines() == ["last1", "last2"]
         assert Positions(tmp_path / "positions.json").get(container.id) is not None
+    finally:
+        await to_thread(container.remove, force=True)
+
+
+@pytest.mark.docker
+async def test_unreadable_logging_driver_is_reported_not_retried_hot(
+    client: Any, docker_client: Any, tmp_path: Path
+) -> None:
+    from docker_helpers import TEST_IMAGE, TEST_LABEL
+
+    container = await to_thread(
+        docker_client.containers.run,
+        TEST_IMAGE,
+        ["sh", "-c", "echo invisible; sleep 60"],
+        labels={TEST_LABEL: "1"},
+        network_mode="none",
+        log_config={"type": "none"},
+        detach=True,
+    )
+    try:
+        source = make_source(client, [Recorder()], tmp_path)
+        source.update_targets([real_target(container)])
+        async with running(source):
+            await eventually(
+                lambda: (
+                    "does not support reading" in source.targets_info()[0].last_error
+                )
+            )
+            assert not source.targets_info()[0].is_running
     finally:
         await to_thread(container.remove, force=True)
 

@@ -21,7 +21,8 @@ from typing import Any, ClassVar, Literal
 from prometheus_client import CollectorRegistry
 
 from minilog.config import Scope
-from minilog.config.ast import Attribute, Block
+from minilog.config.ast import Attribute, Block, Pos
+from minilog.config.ast import Literal as LiteralNode
 from minilog.config.schema import Attr, BlockSpec, Schema, decode_block
 from minilog.errors import ClosedError, ConfigError, Diagnostic, MinilogError
 from minilog.model import LogsReceiver, StreamBatch
@@ -327,7 +328,7 @@ def compile_rule_args(
             # At the offending attribute when the rule names it (regex, action, ...).
             for stmt in where.body:
                 if isinstance(stmt, Attribute) and stmt.name == exc.field:
-                    pos = stmt.value.pos
+                    pos = _inside_literal(stmt.value, exc.offset) or stmt.value.pos
             diagnostics.append(
                 Diagnostic(pos.file, pos.line, pos.col, f"rule: {exc.message}")
             )
@@ -350,6 +351,19 @@ def compile_rule_args(
         raise ConfigError(
             Diagnostic(block.pos.file, block.pos.line, block.pos.col, str(exc))
         ) from exc
+
+
+def _inside_literal(value: object, offset: int | None) -> Pos | None:
+    """The position of character ``offset`` of a string literal's value, when its
+    source spells it character for character (one line, no escapes before it)."""
+    if offset is None or not isinstance(value, LiteralNode):
+        return None
+    body = value.raw[1 : offset + 2]
+    escapes = not value.raw.startswith("`") and "\\" in body
+    if escapes or "\n" in value.raw or not isinstance(value.value, str):
+        return None
+    pos = value.pos
+    return Pos(pos.line, pos.col + 1 + offset, pos.offset + 1 + offset, pos.file)
 
 
 def positioned(block: Block, message: str) -> ConfigError:
