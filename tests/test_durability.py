@@ -117,6 +117,8 @@ async def test_agent_death_loses_nothing_and_resends_only_past_the_saved_positio
     await wait_until(
         lambda: container.id in read_positions(storage), 10, "a saved position"
     )
+    # Some more lines, so the kill likely lands between two saves of the position.
+    await loki.wait_for_entries(loki.entry_count + 300, timeout=30)
     first.proc.send_signal(sig)
     rc = await first.wait()
     assert rc == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
@@ -404,11 +406,11 @@ def describe_sockets(targets: list[str]) -> list[str]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.usefixtures("docker_client")  # for its skip without a Docker Engine
 async def test_container_churn_leaves_no_tasks_fds_or_positions(
     tmp_path: Path,
     loki: FakeLoki,
     run_agent: Callable[[str], Any],
-    docker_client: Any,
     name: str,
 ) -> None:
     batches, per_batch = 10, 20
