@@ -340,6 +340,11 @@ class _Endpoint:
         while not self.has_room():
             if self.closed:
                 raise ClosedError("loki.write is closed")
+            if self._inflight is None and not self.batcher.ready_count:
+                # Only open batches fill the queue (a capacity near batch_size): send
+                # them now rather than after batch_wait, or the producer idles.
+                self.batcher.cut_all()
+                self._wakeup.set()
             await self._space.wait()
         self.put_nowait(batch)
 

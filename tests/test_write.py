@@ -617,3 +617,22 @@ async def test_batches_waiting_out_an_outage_are_compacted_and_delivered(
     assert encoded == [10] * 5  # the next one at send time; none encoded twice
     got = [e.line for _, e in loki.entries]
     assert got == [f"{i}-{j:08d}".ljust(100, "a") for i in range(5) for j in range(10)]
+
+
+async def test_a_queue_full_of_open_batches_sends_them_without_waiting_batch_wait(
+    loki: StubLoki,
+) -> None:
+    """Capacity below batch_size: the open batch is what fills the queue; a waiting
+    producer gets it sent at once instead of idling until batch_wait."""
+    one = 100 + ENTRY_OVERHEAD_BYTES
+    writer = Writer(
+        [config(loki.url, batch_size=1 << 20, batch_wait=60.0, queue_capacity=2 * one)]
+    )
+    try:
+        async with asyncio.timeout(5):
+            for i in range(6):
+                await writer.send(batch({"a": "1"}, f"{i:0100d}"))
+            await loki.wait_for_entries(4)
+    finally:
+        await writer.aclose(drain_timeout=1)
+    assert [e.line for _, e in loki.entries] == [f"{i:0100d}" for i in range(6)]
