@@ -132,11 +132,11 @@ def encode_push_request(streams: Streams) -> bytes:
     omitted; seconds are ``floor(ns / 1e9)`` and negative ones are 10-byte varints.
     Strings are UTF-8, ``surrogateescape`` stand-ins written back as the original bytes.
     """
-    # Hot loop: no per-entry bytes objects but the encoded line. Every other piece is
-    # a cached constant appended to one list, and the list is joined once at the end.
-    pieces: list[bytes] = []
-    append = pieces.append
-    extend = pieces.extend
+    # Hot loop: every piece but the encoded line is a cached constant. Each entry is
+    # joined once and appended to its stream's buffer, so nothing per entry outlives
+    # the loop: a list of all pieces would peak at several times the body's size.
+    parts: list[bytes | bytearray] = []
+    join = b"".join
     v = _V
     cont = _CONT
     line_head = _LINE_HEAD
@@ -146,11 +146,7 @@ def encode_push_request(streams: Streams) -> bytes:
     secs_len = 0
     ts_heads: list[bytes] = []
     for labels, entries in streams:
-        header_at = len(pieces)
-        append(b"")  # stream head, filled in once the stream's length is known
-        head = _string_field(b"\x0a", labels)
-        append(head)
-        size = len(head)
+        buf = bytearray(_string_field(b"\x0a", labels))
         for ts, line, metadata in entries:
             nanos = ts - base
             if not 0 <= nanos < _NS:
@@ -168,14 +164,12 @@ def encode_push_request(streams: Streams) -> bytes:
                 body = line.encode("utf-8", "surrogateescape")
             n = len(body)
             if metadata or not n or n > _FAST_MAX_LINE:
-                entry = _encode_entry(ts, line, metadata)
-                append(entry)
-                size += len(entry)
+                buf += _encode_entry(ts, line, metadata)
                 continue
             # inner = timestamp (2 + secs + nanos field) + line (1 + len varint + n)
             if nanos >= _NANOS_3:
                 inner = 10 + secs_len + (n > 127) + n
-                extend(
+                buf += join(
                     (
                         b"\x12",
                         v[inner],
@@ -189,7 +183,7 @@ def encode_push_request(streams: Streams) -> bytes:
                 )
             elif nanos >= _NANOS_2:
                 inner = 9 + secs_len + (n > 127) + n
-                extend(
+                buf += join(
                     (
                         b"\x12",
                         v[inner],
@@ -204,12 +198,12 @@ def encode_push_request(streams: Streams) -> bytes:
                 nanos_varint = _uvarint(nanos) if nanos else b""
                 k = len(nanos_varint) + 1 if nanos else 0
                 inner = 4 + secs_len + k + (n > 127) + n
-                extend(
+                buf += join(
                     (b"\x12", v[inner], ts_heads[k], nanos_varint, line_head[n], body)
                 )
-            size += inner + 2 + (inner > 127)
-        pieces[header_at] = b"\x0a" + _uvarint(size)
-    return b"".join(pieces)
+        parts.append(b"\x0a" + _uvarint(len(buf)))
+        parts.append(buf)
+    return join(parts)
 
 
 def encode_push_request_pb(streams: Streams) -> bytes:

@@ -302,6 +302,36 @@ async def test_a_400_is_dropped_once_counted_and_never_read_again(
     assert loki.requests.statuses[400] == pushes
 
 
+@pytest.mark.timeout(90)
+async def test_container_removed_while_the_agent_is_down_leaves_the_positions_file(
+    tmp_path: Path,
+    loki: FakeLoki,
+    agents: StartAgent,
+    docker_containers: ContainerStarter,
+    name: str,
+) -> None:
+    storage = tmp_path / "data"
+    config = write_config(tmp_path, f"{name}-.*", loki)
+    first = await agents(config)
+    gone = docker_containers("echo one; exec sleep 600", name=f"{name}-gone")
+    kept = docker_containers("echo two; exec sleep 600", name=f"{name}-kept")
+    await loki.wait_for_entries(2, timeout=30)
+    await wait_until(
+        lambda: {gone.id, kept.id} <= set(read_positions(storage)), 10, "positions"
+    )
+    first.proc.send_signal(signal.SIGTERM)
+    assert await first.wait() == 0
+    await asyncio.to_thread(gone.remove, force=True)
+
+    await agents(config)
+    # No tailer ever sees it go: the source's check at start must drop its position.
+    await wait_until(
+        lambda: gone.id not in read_positions(storage), 15, "the stale position"
+    )
+    assert kept.id in read_positions(storage)
+    assert sorted(loki.lines()) == ["one", "two"]
+
+
 # ------------------------------------------------------------------ 3-5. in-process
 
 
