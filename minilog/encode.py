@@ -115,8 +115,6 @@ def _encode_entry(ts: int, line: str, metadata: Metadata) -> bytes:
     return b"\x12" + _uvarint(len(body)) + body
 
 
-# Line-field heads (tag 0x12 + length) of every line length the fast path handles.
-_LINE_HEAD: tuple[bytes, ...] = tuple(b"\x12" + _V[n] for n in range(_SMALL))
 # Longest line the fast path takes: its entry length must stay below 2**14 too.
 _FAST_MAX_LINE = _SMALL - 64
 _NANOS_3 = 1 << 28  # nanos at or above this need a 5-byte varint
@@ -139,7 +137,6 @@ def encode_push_request(streams: Streams) -> bytes:
     join = b"".join
     v = _V
     cont = _CONT
-    line_head = _LINE_HEAD
     # Timestamps of one batch share their second; the seconds field and the timestamp
     # heads (one per nanos-field length) are rebuilt only when the second changes.
     base = -(1 << 80)  # makes the first entry rebuild them
@@ -177,7 +174,8 @@ def encode_push_request(streams: Streams) -> bytes:
                         cont[nanos & 0x3FFF],
                         cont[(nanos >> 14) & 0x3FFF],
                         v[nanos >> 28],
-                        line_head[n],
+                        b"\x12",
+                        v[n],
                         body,
                     )
                 )
@@ -190,7 +188,8 @@ def encode_push_request(streams: Streams) -> bytes:
                         ts_heads[5],
                         cont[nanos & 0x3FFF],
                         v[nanos >> 14],
-                        line_head[n],
+                        b"\x12",
+                        v[n],
                         body,
                     )
                 )
@@ -199,7 +198,7 @@ def encode_push_request(streams: Streams) -> bytes:
                 k = len(nanos_varint) + 1 if nanos else 0
                 inner = 4 + secs_len + k + (n > 127) + n
                 buf += join(
-                    (b"\x12", v[inner], ts_heads[k], nanos_varint, line_head[n], body)
+                    (b"\x12", v[inner], ts_heads[k], nanos_varint, b"\x12", v[n], body)
                 )
         parts.append(b"\x0a" + _uvarint(len(buf)))
         parts.append(buf)
