@@ -62,6 +62,7 @@ class Positions:
         self.path = Path(path)
         self._entries: dict[str, Position] = {}
         self._dirty = False
+        self._changed = asyncio.Event()
         self._save_lock = asyncio.Lock()
         self._load()
 
@@ -113,10 +114,12 @@ class Positions:
         if self._entries.get(container_id) != new:
             self._entries[container_id] = new
             self._dirty = True
+            self._changed.set()
 
     def remove(self, container_id: str) -> None:
         if self._entries.pop(container_id, None) is not None:
             self._dirty = True
+            self._changed.set()
 
     def _snapshot(self) -> bytes:
         return orjson.dumps(
@@ -153,15 +156,28 @@ class Positions:
                 self._dirty = True
                 raise
 
-    async def run_flusher(self, interval_s: float = 1.0) -> None:
-        """Save every ``interval_s`` while dirty, until cancelled; errors are logged."""
+    async def run_flusher(self, interval_s: float = 0.0) -> None:
+        """Save as soon as a position changes, until cancelled; errors are logged.
+
+        Changes that arrive while a save runs are coalesced into the next one, so a
+        burst of acknowledgements costs one write; ``interval_s`` is the least time
+        between two saves. Saving at once keeps what ``kill -9`` can make the agent
+        send again down to what was acknowledged while the last write was under way.
+        """
         while True:
-            await asyncio.sleep(interval_s)
+            await self._changed.wait()
+            self._changed.clear()
+            pause = interval_s
             if self._dirty:
                 try:
                     await self.asave()
                 except OSError as exc:
                     _log.warning("cannot save positions file %s: %s", self.path, exc)
+                    # Try again after a pause, whether or not anything changes.
+                    pause = max(interval_s, 1.0)
+                    self._changed.set()
+            if pause:
+                await asyncio.sleep(pause)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -703,13 +703,14 @@ class DockerSource:
         relabel_rules: applied once per stream (stdout/stderr) with
             ``__meta_docker_container_log_stream`` set; ``__``-prefixed names are then
             dropped.
-        positions: committed positions; saved every ``flush_interval_s`` and at close.
+        positions: committed positions; saved as soon as they move (at most once per
+            ``flush_interval_s``) and at close.
         registry: metrics registry (a private one when ``None``; never the global one).
         max_line_size: longer lines are truncated to it and counted (see ``_frames``).
         inspect_interval_s: how often a stopped container is checked (Alloy: 5 s).
         tail_window: resume with ``since`` plus ``tail`` of this many records when a
             probe shows that is exact (see ``ContainerTailer._resume_window``); 0: off.
-        flush_interval_s: how often changed positions are written to disk.
+        flush_interval_s: the least time between two writes of the positions file.
         clock: wall clock in Unix seconds, for the lag metric.
 
     Call ``update_targets`` whenever discovery changes, ``poke(id)`` when it sees a
@@ -731,7 +732,7 @@ class DockerSource:
         max_line_size: int = DEFAULT_MAX_LINE_SIZE,
         inspect_interval_s: float = 5.0,
         tail_window: int = 1000,
-        flush_interval_s: float = 1.0,
+        flush_interval_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._metrics = _metrics_for(
