@@ -106,6 +106,15 @@ class _LabelChecker:
                 if len(known) < 65536:
                     known.add(name)
 
+    def merge(
+        self, base: dict[str, str], labels: Mapping[str, str] | None
+    ) -> dict[str, str]:
+        """``labels`` checked and merged over ``base`` (``base`` itself when none)."""
+        if not labels:
+            return base
+        self.check(labels)
+        return {**base, **labels}
+
 
 class Shipper:
     """Ship log lines to Loki from asyncio code.
@@ -199,11 +208,7 @@ class Shipper:
         entries: list[LogEntry],
         on_delivery: OnDelivery | None,
     ) -> StreamBatch:
-        if labels:
-            self._checker.check(labels)
-            merged = {**self._labels, **labels}
-        else:
-            merged = self._labels
+        merged = self._checker.merge(self._labels, labels)
         return StreamBatch(merged, entries, _delivery(on_delivery))
 
     async def send(
@@ -442,11 +447,7 @@ class SyncShipper:
         entries: list[LogEntry],
         on_delivery: OnDelivery | None,
     ) -> _Item:
-        if labels:
-            self._checker.check(labels)
-            merged = {**self._labels, **labels}
-        else:
-            merged = self._labels
+        merged = self._checker.merge(self._labels, labels)
         size = (
             sum(len(e.line) for e in entries)
             if len(entries) != 1

@@ -21,17 +21,22 @@ from minilog.config.ast import Block
 from minilog.config.schema import Attr, BlockSpec, Schema
 from minilog.discovery import DockerDiscovery
 
-__all__ = ["DiscoveryDocker", "check_docker_host"]
+__all__ = ["DiscoveryDocker", "check_docker_args"]
 
 _HOST_SCHEMES = ("unix", "tcp", "http", "https")
 
 
-def check_docker_host(host: str, block: Block) -> None:
-    """Alloy's checks of the ``host`` attribute, plus the schemes minilog can reach.
+def check_docker_args(args: Mapping[str, Any], block: Block) -> None:
+    """Alloy's checks of ``host`` and ``refresh_interval``, shared by the Docker
+    components, plus the host schemes minilog can reach.
 
     Raises:
-        ConfigError: empty, unparsable, or a scheme minilog does not support (npipe).
+        ConfigError: an empty or unparsable host, a scheme minilog does not support
+            (npipe), or a refresh interval that is not positive.
     """
+    if float(args.get("refresh_interval", 60.0)) <= 0:
+        raise positioned(block, "refresh_interval must be greater than 0")
+    host = str(args.get("host") or "")
     if not host:
         raise positioned(block, "host attribute must not be empty")
     try:
@@ -85,9 +90,7 @@ class DiscoveryDocker(Component):
         *,
         stability_level: str = "generally-available",
     ) -> dict[str, Any]:
-        check_docker_host(str(args.get("host") or ""), block)
-        if float(args.get("refresh_interval", 60.0)) <= 0:
-            raise positioned(block, "refresh_interval must be greater than 0")
+        check_docker_args(args, block)
         return dict(args)
 
     @classmethod

@@ -24,7 +24,7 @@ from minilog.components.base import (
     positioned,
     register,
 )
-from minilog.components.discovery_docker import check_docker_host
+from minilog.components.discovery_docker import check_docker_args
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, Schema
 from minilog.errors import LabelError
@@ -75,9 +75,7 @@ class LokiSourceDocker(Component):
         *,
         stability_level: str = "generally-available",
     ) -> dict[str, Any]:
-        check_docker_host(str(args.get("host") or ""), block)
-        if float(args.get("refresh_interval", 60.0)) <= 0:
-            raise positioned(block, "refresh_interval must be greater than 0")
+        check_docker_args(args, block)
         rules = args.get("relabel_rules")
         if rules is not None and not isinstance(rules, RelabelRules):
             raise positioned(block, "relabel_rules must be a RelabelRules value")
