@@ -8,6 +8,7 @@ rules and the delivery references a batch carries. Encoding and sending belong t
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -80,7 +81,8 @@ class Batch:
     """
 
     tenant: str
-    created: float
+    #: Monotonic time at which the batch is due to be sent even if not full.
+    due: float
     streams: dict[str, list[LogEntry]] = field(default_factory=dict)
     size_bytes: int = 0
     entry_count: int = 0
@@ -118,6 +120,8 @@ class Batcher:
         tenant_id: tenant of entries without a ``__tenant_id__`` label.
         clock: monotonic seconds.
         on_drop: told of entries dropped here, as ``(tenant, reason, entries, bytes)``.
+        idle_linger: when set, a batch opened after ``batch_wait`` without any is due
+            after this many seconds instead (``batch_wait`` stays the bound).
     """
 
     def __init__(
@@ -129,9 +133,12 @@ class Batcher:
         tenant_id: str = "",
         clock: Callable[[], float] = time.monotonic,
         on_drop: DropCallback | None = None,
+        idle_linger: float | None = None,
     ) -> None:
         self.batch_size = batch_size
         self.batch_wait = batch_wait
+        self.idle_linger = idle_linger
+        self._last_opened = -math.inf
         self.max_streams = max_streams
         self.tenant_id = tenant_id
         self._clock = clock
@@ -286,7 +293,16 @@ class Batcher:
             delivery.release()
 
     def _new_batch(self, tenant: str) -> Batch:
-        batch = Batch(tenant=tenant, created=self._clock())
+        now = self._clock()
+        due = now + self.batch_wait
+        if self.idle_linger is not None and now - self._last_opened >= self.batch_wait:
+            # After a quiet spell there is nothing to batch with: the first lines of a
+            # new burst (a container that just started) go out after a short linger.
+            # Within a burst batches wait the full batch_wait, so this adds at most one
+            # request per quiet spell.
+            due = now + min(self.idle_linger, self.batch_wait)
+        self._last_opened = now
+        batch = Batch(tenant=tenant, due=due)
         self._open[tenant] = batch
         return batch
 
@@ -309,14 +325,14 @@ class Batcher:
         is open."""
         if not self._open:
             return None
-        return min(batch.created for batch in self._open.values()) + self.batch_wait
+        return min(batch.due for batch in self._open.values())
 
     def cut_expired(self) -> int:
         """Make every open batch older than ``batch_wait`` ready; returns how many."""
         if not self._open:
             return 0
-        limit = self._clock() - self.batch_wait
-        expired = [t for t, b in self._open.items() if b.created <= limit]
+        now = self._clock()
+        expired = [t for t, b in self._open.items() if b.due <= now]
         for tenant in expired:
             self._cut(tenant)
         return len(expired)

@@ -182,6 +182,25 @@ def test_age_makes_a_batch_ready() -> None:
     assert batcher.next_deadline() == 102.0  # the "late" tenant's batch
 
 
+def test_after_a_quiet_spell_the_first_batch_lingers_briefly() -> None:
+    clock = FakeClock()  # starts at 100.0
+    batcher = Batcher(batch_wait=1.0, idle_linger=0.05, clock=clock)
+    batcher.add(StreamBatch({"a": "1"}, entries("first line of a new container")))
+    assert batcher.next_deadline() == 100.05
+    clock.now = 100.06
+    assert batcher.cut_expired() == 1
+    # Within the burst: the next batch waits the whole batch_wait.
+    clock.now = 100.5
+    batcher.add(StreamBatch({"a": "1"}, entries("more")))
+    assert batcher.next_deadline() == 101.5
+    clock.now = 101.5
+    assert batcher.cut_expired() == 1
+    # batch_wait without a new batch: quiet again.
+    clock.now = 103.0
+    batcher.add(StreamBatch({"a": "1"}, entries("after a pause")))
+    assert batcher.next_deadline() == 103.05
+
+
 def test_empty_stream_batch_is_settled_and_holds_nothing() -> None:
     results: list[bool] = []
     batcher = Batcher(clock=FakeClock())
