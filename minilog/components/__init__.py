@@ -1,7 +1,8 @@
 """Alloy components minilog supports: one adapter module per component type.
 
-Importing this package registers every type in ``COMPONENT_TYPES`` (keyed by Alloy
-name); the runtime (``pipeline.py``) builds components from it.
+Importing this package registers every type in ``COMPONENT_TYPES``, keyed by Alloy
+name; the runtime (``pipeline.py``) builds components from it. The types the seed
+config does not use are imported when a config first names them.
 """
 
 from __future__ import annotations
@@ -9,10 +10,6 @@ from __future__ import annotations
 from minilog.components import (
     discovery_docker,
     discovery_relabel,
-    loki_echo,
-    loki_process,
-    loki_relabel,
-    loki_source_api,
     loki_source_docker,
     loki_write,
 )
@@ -20,26 +17,32 @@ from minilog.components.base import (
     COMPONENT_TYPES,
     Component,
     ComponentOptions,
+    ComponentRegistry,
     Fanout,
     Health,
     StableReceiver,
     component_type,
 )
 
+for _name, _module in (
+    ("loki.echo", "loki_echo"),
+    ("loki.process", "loki_process"),
+    ("loki.relabel", "loki_relabel"),
+    ("loki.source.api", "loki_source_api"),
+):
+    COMPONENT_TYPES.register_lazy(_name, f"minilog.components.{_module}")
+
 __all__ = [
     "COMPONENT_TYPES",
     "Component",
     "ComponentOptions",
+    "ComponentRegistry",
     "Fanout",
     "Health",
     "StableReceiver",
     "component_type",
     "discovery_docker",
     "discovery_relabel",
-    "loki_echo",
-    "loki_process",
-    "loki_relabel",
-    "loki_source_api",
     "loki_source_docker",
     "loki_write",
 ]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import importlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -214,12 +215,50 @@ class Component(abc.ABC):
         return self.opts.registry
 
 
-COMPONENT_TYPES: dict[str, type[Component]] = {}
+class ComponentRegistry(MutableMapping[str, "type[Component]"]):
+    """Component types by Alloy name; some are imported on first use.
+
+    A type registered lazily costs nothing until a config names it: ``loki.process``
+    brings a whole stage library, which an agent running the seed config never loads.
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[Component]] = {}
+        self._lazy: dict[str, str] = {}
+
+    def register_lazy(self, name: str, module: str) -> None:
+        """``name`` is defined (with ``@register``) by importing ``module``."""
+        self._lazy[name] = module
+
+    def __getitem__(self, name: str) -> type[Component]:
+        if name not in self._types and name in self._lazy:
+            importlib.import_module(self._lazy.pop(name))
+        return self._types[name]
+
+    def __setitem__(self, name: str, cls: type[Component]) -> None:
+        self._lazy.pop(name, None)
+        self._types[name] = cls
+
+    def __delitem__(self, name: str) -> None:
+        if self._lazy.pop(name, None) is None:
+            del self._types[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types or name in self._lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._types, *self._lazy])
+
+    def __len__(self) -> int:
+        return len(self._types) + len(self._lazy)
+
+
+COMPONENT_TYPES = ComponentRegistry()
 
 
 def register(cls: type[Component]) -> type[Component]:
     """Class decorator: make a component type known by its Alloy name."""
-    if cls.name in COMPONENT_TYPES:
+    if cls.name in COMPONENT_TYPES._types:
         raise ValueError(f"component type {cls.name!r} registered twice")
     COMPONENT_TYPES[cls.name] = cls
     return cls
@@ -229,7 +268,7 @@ def component_type(name: str) -> type[Component] | None:
     """The component type called ``name``, or None if minilog does not support it.
 
     The types register when ``minilog.components`` is imported (its ``__init__`` imports
-    every component module).
+    the component modules, or registers them to be imported on first use).
     """
     return COMPONENT_TYPES.get(name)
 
