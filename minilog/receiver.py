@@ -67,6 +67,8 @@ _RFC3339 = re.compile(
     re.IGNORECASE,
 )
 _LABEL_CACHE_MAX = 4096
+# A compressed body past this is decoded on a worker thread (~1 MiB: tens of ms).
+_INLINE_DECODE_MAX = 256 << 10
 _log = logging.getLogger(__name__)
 _GO_INT = re.compile(r"[+-]?[0-9]+\Z")  # strconv.ParseInt base 10: no spaces or "_"
 
@@ -324,14 +326,15 @@ def _json_legacy_streams(body: bytes) -> list[tuple[str, list[LogEntry]]]:
 
 
 def _raw_entries(body: bytes) -> list[LogEntry]:
-    """Alloy's ``/loki/api/v1/raw``: an entry per non-empty line, stamped on receipt."""
+    """Alloy's ``/loki/api/v1/raw``: an entry per non-empty line, stamped on receipt.
+
+    Each line gets its own nanosecond: Loki drops an entry whose timestamp and line
+    both equal another's, so equal lines sharing one stamp would be lost.
+    """
     now_ns = time.time_ns()
     text = body.decode("utf-8", "surrogateescape")
-    return [
-        LogEntry(now_ns, line)
-        for line in (raw.rstrip("\r") for raw in text.split("\n"))
-        if line
-    ]
+    lines = [line for line in (raw.rstrip("\r") for raw in text.split("\n")) if line]
+    return [LogEntry(now_ns + i, line) for i, line in enumerate(lines)]
 
 
 def _load_json(body: bytes) -> dict[str, Any]:
@@ -595,7 +598,7 @@ class PushReceiver:
         if tenant:
             _check_tenant(tenant)
 
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        encoding = request.headers.get("Content-Encoding", "").strip()
         if encoding in ("gzip", "deflate"):
             body = _inflate(body, encoding, max_size)
         elif encoding not in ("", "snappy"):
@@ -614,16 +617,25 @@ class PushReceiver:
         streams: list[tuple[str, list[LogEntry]]] | None = None
         counts: list[tuple[str, int]] | None = None
         try:
-            data = decompress(body, max_size)
-            if self._handler is None:
-                counts = scan_push_request(data)  # counting only: entries stay bytes
+            if len(body) > _INLINE_DECODE_MAX:
+                # Seconds of work for the largest bodies: off the loop, so tailing
+                # and pushing go on meanwhile.
+                streams, counts = await asyncio.to_thread(self._decode, body, max_size)
             else:
-                streams = decode_push_request(data)
+                streams, counts = self._decode(body, max_size)
         except BodyTooLargeError as exc:
             raise _HTTPError(413, f"request body too large: {exc}") from exc
         except DecodeError as exc:
             raise _HTTPError(400, str(exc)) from exc
         return await self._accept(streams, counts, tenant)
+
+    def _decode(
+        self, body: bytes, max_size: int
+    ) -> tuple[list[tuple[str, list[LogEntry]]] | None, list[tuple[str, int]] | None]:
+        data = decompress(body, max_size)
+        if self._handler is None:
+            return None, scan_push_request(data)  # counting only: entries stay bytes
+        return decode_push_request(data), None
 
     def _labels(self, text: str) -> tuple[list[tuple[str, str]], str]:
         """Parsed, sorted, non-empty label pairs and their canonical text (cached)."""

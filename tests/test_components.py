@@ -97,6 +97,22 @@ async def test_fanout_gives_each_receiver_its_own_copy_and_one_delivery_referenc
     assert outcomes == [True]
 
 
+async def test_fanout_abandons_the_references_of_receivers_it_never_reached() -> None:
+    class Closed:
+        async def send(self, batch: StreamBatch) -> None:
+            batch.settle(abandoned=True)  # as a closed writer does
+            raise ClosedError("closed")
+
+    outcomes: list[bool] = []
+    later = Recorder()
+    with pytest.raises(ClosedError):
+        await Fanout([Closed(), later, Recorder()]).send(
+            batch({"x": "1"}, "l", delivery=Delivery(outcomes.append))
+        )
+    assert later.batches == []
+    assert outcomes == [False]  # settled, as abandoned: the source reads it again
+
+
 async def test_fanout_without_receivers_settles_the_batch() -> None:
     outcomes: list[bool] = []
     await Fanout().send(batch({"x": "1"}, "l", delivery=Delivery(outcomes.append)))
@@ -356,6 +372,35 @@ async def test_loki_source_api_applies_labels_relabel_rules_and_receive_time() -
     assert got.entries[0].timestamp_ns != 1000  # replaced by the receive time
 
 
+async def test_loki_source_api_receive_time_never_repeats() -> None:
+    """Equal lines stamped with one receive time would be one line to Loki."""
+    sink = Recorder()
+    text = (
+        'loki.source.api "in" {\n'
+        '  http {\n    listen_address = "127.0.0.1"\n    listen_port = 0\n  }\n'
+        "  forward_to = [sink.s.receiver]\n"
+        "}"
+    )
+    comp = build(text, {"sink.s": {"receiver": sink}})
+    await comp.start()
+    task = asyncio.create_task(comp.run())
+    values = [["1000", "retry"], ["1000", "retry"], ["1000", "retry"]]
+    body = {"streams": [{"stream": {"job": "j"}, "values": values}]}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.post(
+                    comp.url + "/loki/api/v1/push", json=body
+                ) as resp:
+                    assert resp.status == 204
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    stamps = [e.timestamp_ns for b in sink.batches for e in b.entries]
+    assert len(stamps) == 6
+    assert stamps == sorted(set(stamps))  # strictly increasing, across requests too
+
+
 # ------------------------------------------------------------------ loki.process
 
 
@@ -398,3 +443,38 @@ def test_loki_process_stage_errors_are_positioned() -> None:
     lines = sorted(d.line for d in info.value.diagnostics)
     assert lines[0] in (6, 7) and lines[-1] == 9
     assert any("stage.nonsense" in d.message for d in info.value.diagnostics)
+
+
+async def test_loki_write_shutdown_deadline_caps_but_never_extends_the_drain() -> None:
+    """Alloy's --feature.component-shutdown-deadline (10m by default) bounds a stop;
+    the endpoint's own drain_timeout (15 s) still applies below it."""
+    async with FakeLoki() as loki:
+        loki.faults.hang()
+        block = block_of(
+            f'loki.write "w" {{\n  endpoint {{\n    url = "{loki.push_url}"\n  }}\n}}'
+        )
+        cls = COMPONENT_TYPES[block.full_name]
+        args = cls.prepare(cls.decode(block, Scope()), block)
+        own = args["endpoint_configs"][0].drain_timeout
+        assert own == 15.0
+
+        def opts(deadline: float) -> ComponentOptions:
+            return ComponentOptions(
+                id=block.id,
+                data_path=Path("/nonexistent"),
+                registry=CollectorRegistry(auto_describe=True),
+                logger=component_logger(block.id),
+                drain_timeout=deadline,
+            )
+
+        assert cls(opts(600.0), args)._drain_timeout() == own
+        assert cls(opts(0.2), args)._drain_timeout() == 0.2
+        comp = cls(opts(0.2), args)
+        await comp.start()
+        task = asyncio.create_task(comp.run())
+        await comp.exports()["receiver"].send(batch({"a": "1"}, "stuck"))
+        await loki.wait_for_requests(1)
+        task.cancel()
+        async with asyncio.timeout(5):  # 0.2 s, not the endpoint's 15 s
+            await asyncio.gather(task, return_exceptions=True)
+        loki.faults.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -205,6 +206,12 @@ async def test_legacy_prom_push_takes_the_old_json_shape(
             b"x",
             400,
             'Content-Encoding "br" not supported',
+        ),
+        (  # Loki compares the encoding exactly
+            {**PROTOBUF, "Content-Encoding": "GZIP"},
+            b"x",
+            400,
+            'Content-Encoding "GZIP" not supported',
         ),
         (PROTOBUF, b"\x05garbage", 400, "snappy: corrupt input"),
         (
@@ -599,10 +606,27 @@ async def test_json_timestamps_must_be_go_integers(
 async def test_raw_endpoint_takes_one_entry_per_line(
     loki: FakeLoki, http: aiohttp.ClientSession
 ) -> None:
-    body = b'{"msg":"one"}\r\n\n{"msg":"two"}\nthree'
+    body = b'{"msg":"one"}\r\n\n{"msg":"two"}\nthree\nthree'
     before = time.time_ns()
     assert await post(http, loki.url + "/loki/api/v1/raw", body, {}) == (204, "")
-    assert loki.lines() == ['{"msg":"one"}', '{"msg":"two"}', "three"]
+    assert loki.lines() == ['{"msg":"one"}', '{"msg":"two"}', "three", "three"]
     labels, first = loki.entries[0]
     assert labels == {}
     assert before <= first.timestamp_ns <= time.time_ns()
+    # Each line its own nanosecond: Loki would keep only one of two equal entries.
+    stamps = [e.timestamp_ns for _, e in loki.entries]
+    assert stamps == sorted(set(stamps))
+
+
+async def test_a_large_body_is_decoded_off_the_loop_and_whole(
+    loki: FakeLoki, http: aiohttp.ClientSession
+) -> None:
+    # Random lines do not compress: the body is well past the inline-decode size.
+    lines = [os.urandom(60).hex() for _ in range(6000)]
+    entries = [
+        LogEntry(1_700_000_000_000_000_000 + i, line) for i, line in enumerate(lines)
+    ]
+    body = compress(encode_push_request([('{job="big"}', entries)]))
+    assert len(body) > 256 << 10
+    assert await post(http, loki.push_url, body, PROTOBUF) == (204, "")
+    assert loki.lines() == lines

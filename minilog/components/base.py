@@ -112,8 +112,8 @@ class ComponentOptions:
         on_exports: call after ``exports()`` changed; the runtime re-evaluates
             dependents.
         stability_level: the ``--stability.level`` in force.
-        drain_timeout: how long a writer may flush when it stops (``None``: the
-            writer's own setting).
+        drain_timeout: the most a writer may take to flush when it stops; below it,
+            the writer's own ``drain_timeout`` applies (``None``: that alone).
     """
 
     id: str
@@ -300,18 +300,28 @@ class Fanout:
         if batch.delivery is not None:
             batch.delivery.retain(len(receivers) - 1)
         last = len(receivers) - 1
-        for i, receiver in enumerate(receivers):
-            # Each receiver gets its own label dict and entry list: a stage downstream
-            # may change them, and that must not leak into the copy another receiver
-            # holds.
-            copy = (
-                batch
-                if i == last
-                else StreamBatch(
-                    dict(batch.labels), list(batch.entries), batch.delivery
+        handed = 0
+        try:
+            for i, receiver in enumerate(receivers):
+                # Each receiver gets its own label dict and entry list: a stage
+                # downstream may change them, and that must not leak into the copy
+                # another receiver holds.
+                copy = (
+                    batch
+                    if i == last
+                    else StreamBatch(
+                        dict(batch.labels), list(batch.entries), batch.delivery
+                    )
                 )
-            )
-            await receiver.send(copy)
+                handed += 1  # send() owns the reference, even if it raises
+                await receiver.send(copy)
+        except BaseException:
+            # The references of the receivers never reached are released, so the
+            # delivery can settle (abandoned: the source must read them again).
+            if batch.delivery is not None:
+                for _ in range(len(receivers) - handed):
+                    batch.delivery.release(abandoned=True)
+            raise
 
 
 class StableReceiver:

@@ -86,6 +86,7 @@ class LokiSourceAPI(Component):
         self._fanout = Fanout(args.get("forward_to") or [])
         self._registry = opts.registry
         self._server = self._build(args, self._registry)
+        self._last_stamp_ns = 0
 
     def _build(
         self, args: Mapping[str, Any], registry: CollectorRegistry
@@ -127,20 +128,36 @@ class LokiSourceAPI(Component):
         await self._server.aclose()
 
     async def update(self, args: Mapping[str, Any]) -> None:
-        old, self.args = self.args, args
         self._fanout.set(args.get("forward_to") or [])
-        if args["http"] != old["http"]:
+        if args["http"] != self.args["http"]:
             registry = CollectorRegistry(auto_describe=True)
             server = self._build(args, registry)
             await self._server.aclose()
-            await server.start()
+            try:
+                await server.start()
+            except BaseException:
+                # Keep serving on the old address (the receiver restarts in place);
+                # the arguments stay the old ones, so a later reload tries again.
+                await self._server.start()
+                raise
             self._server, self._registry = server, registry
+        self.args = args
+
+    def _stamp(self, entries: list[LogEntry]) -> list[LogEntry]:
+        """Receive-time stamps, one nanosecond apart and never repeating: Loki drops
+        an entry whose timestamp and line equal another's in the stream."""
+        start = max(time.time_ns(), self._last_stamp_ns + 1)
+        self._last_stamp_ns = start + len(entries) - 1
+        return [
+            LogEntry(start + i, e.line, e.structured_metadata)
+            for i, e in enumerate(entries)
+        ]
 
     async def _handle(self, batches: list[StreamBatch]) -> None:
         args = self.args
         static: dict[str, str] = args.get("labels") or {}
         rules: RelabelRules | None = args.get("legacy_rules")
-        now_ns = None if args.get("use_incoming_timestamp") else time.time_ns()
+        stamp = not args.get("use_incoming_timestamp")
         for batch in batches:
             labels = {**batch.labels, **static} if static else batch.labels
             if rules is not None:
@@ -155,13 +172,8 @@ class LokiSourceAPI(Component):
                     for k, v in relabelled.items()
                     if not k.startswith("__") or k == "__tenant_id__"
                 }
-            entries = batch.entries
-            if now_ns is not None:
-                # Alloy stamps pushed entries with the receive time unless told
-                # otherwise.
-                entries = [
-                    LogEntry(now_ns, e.line, e.structured_metadata) for e in entries
-                ]
+            # Alloy stamps pushed entries with the receive time unless told otherwise.
+            entries = self._stamp(batch.entries) if stamp else batch.entries
             await self._fanout.send(StreamBatch(labels, entries, batch.delivery))
 
     def debug_info(self) -> Any:

@@ -235,9 +235,19 @@ class LokiWrite(Component):
             await asyncio.Event().wait()
         finally:
             self._receiver.target = None
-            await self._writer.aclose(self.opts.drain_timeout)
+            await self._writer.aclose(self._drain_timeout())
             if self._retiring:
                 await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    def _drain_timeout(self) -> float | None:
+        """The endpoints' own ``drain_timeout``, capped by the agent's shutdown deadline
+        (Alloy's ``--feature.component-shutdown-deadline`` bounds, never extends)."""
+        deadline = self.opts.drain_timeout
+        if deadline is None:
+            return None
+        configs: list[EndpointConfig] = self.args["endpoint_configs"]
+        own = max(c.drain_timeout for c in configs)
+        return min(own, deadline)
 
     async def stop_unstarted(self) -> None:
         self._receiver.target = None
@@ -259,7 +269,7 @@ class LokiWrite(Component):
         self._registry = registry
         self._receiver.target = writer
         # The old writer drains in the background, owned here and awaited at shutdown.
-        task = asyncio.create_task(old.aclose(self.opts.drain_timeout))
+        task = asyncio.create_task(old.aclose(self._drain_timeout()))
         self._retiring.add(task)
         task.add_done_callback(self._retired)
 
