@@ -244,6 +244,7 @@ async def test_legacy_prom_push_takes_the_old_json_shape(
         "no-type",
         "bad-param",
         "br",
+        "encoding-case",
         "corrupt-snappy",
         "wire-type",
         "no-streams-json",
