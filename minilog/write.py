@@ -654,6 +654,7 @@ class Writer:
         external_labels: Mapping[str, str] | None = None,
         max_streams: int = 0,
         registry: CollectorRegistry | None = None,
+        metrics: WriteMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = random.random,
     ) -> None:
@@ -667,7 +668,7 @@ class Writer:
         if max_streams < 0:
             raise ConfigError("max_streams must be >= 0")
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = WriteMetrics(self.registry)
+        self.metrics = metrics if metrics is not None else WriteMetrics(self.registry)
         self._external = dict(external_labels or {})
         self._endpoints = [
             _Endpoint(

@@ -478,3 +478,35 @@ async def test_loki_write_shutdown_deadline_caps_but_never_extends_the_drain() -
         async with asyncio.timeout(5):  # 0.2 s, not the endpoint's 15 s
             await asyncio.gather(task, return_exceptions=True)
         loki.faults.clear()
+
+
+async def test_loki_write_metrics_survive_an_update() -> None:
+    """A reload that rebuilds the writer keeps counting into the same series."""
+    async with FakeLoki() as loki:
+
+        def text(wait: str) -> str:
+            return (
+                f'loki.write "w" {{\n  endpoint {{\n    url = "{loki.push_url}"\n'
+                f'    batch_wait = "{wait}"\n  }}\n}}'
+            )
+
+        comp = build(text("10ms"))
+        registry = comp.opts.registry
+        await comp.start()
+        task = asyncio.create_task(comp.run())
+        try:
+            receiver = comp.exports()["receiver"]
+            await receiver.send(batch({"a": "1"}, "before"))
+            await loki.wait_for_entries(1)
+            _, args, _ = prepare(text("20ms"))
+            await comp.update(args)
+            await receiver.send(batch({"a": "1"}, "after"))
+            await loki.wait_for_entries(2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        sent = registry.get_sample_value(
+            "loki_write_sent_entries_total",
+            {"host": f"127.0.0.1:{loki.port}", "tenant": ""},
+        )
+        assert sent == 2

@@ -13,8 +13,6 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from minilog.components.base import (
     BASIC_AUTH_SCHEMA,
     TLS_CONFIG_SCHEMA,
@@ -28,7 +26,7 @@ from minilog.config.ast import Block
 from minilog.config.schema import Attr, BlockSpec, Schema
 from minilog.errors import ConfigError, Diagnostic
 from minilog.push import BasicAuth, TLSConfig
-from minilog.write import EndpointConfig, Writer
+from minilog.write import EndpointConfig, WriteMetrics, Writer
 
 __all__ = ["LokiWrite", "endpoint_configs"]
 
@@ -207,25 +205,25 @@ class LokiWrite(Component):
 
     def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
         super().__init__(opts, args)
-        self._registry = opts.registry
-        self._writer = self._build(args, opts.registry)
+        # One set of loki_write_* series for the component's life: a writer rebuilt
+        # by a reload (and the old one draining) count into it, as in Alloy.
+        self._metrics = WriteMetrics(opts.registry)
+        self._writer = self._build(args)
         self._receiver = StableReceiver(opts.id, self._writer)
         self._exports = {"receiver": self._receiver}
         self._retiring: set[asyncio.Task[None]] = set()
 
-    def _build(self, args: Mapping[str, Any], registry: CollectorRegistry) -> Writer:
+    def _build(self, args: Mapping[str, Any]) -> Writer:
         return Writer(
             args["endpoint_configs"],
             external_labels=dict(args.get("external_labels") or {}),
             max_streams=int(args.get("max_streams") or 0),
-            registry=registry,
+            registry=self.opts.registry,
+            metrics=self._metrics,
         )
 
     def exports(self) -> Mapping[str, Any]:
         return self._exports
-
-    def metrics_registry(self) -> CollectorRegistry:
-        return self._registry
 
     async def start(self) -> None:
         await self._writer.start()
@@ -261,12 +259,9 @@ class LokiWrite(Component):
             and args.get("max_streams") == old_args.get("max_streams")
         ):
             return
-        # A fresh registry per writer: its metric families are registered by name.
-        registry = CollectorRegistry(auto_describe=True)
-        writer = self._build(args, registry)
+        writer = self._build(args)
         await writer.start()
         old, self._writer = self._writer, writer
-        self._registry = registry
         self._receiver.target = writer
         # The old writer drains in the background, owned here and awaited at shutdown.
         task = asyncio.create_task(old.aclose(self._drain_timeout()))
