@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import prometheus_client
+
 from minilog._logging_setup import configure_logging
 from minilog.errors import ConfigError, MinilogError
 
@@ -427,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     _pin_mmap_threshold()
+    # Alloy (Go) exposes no *_created series; dashboards built on it expect none.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
         return asyncio.run(_serve(args))
     except MinilogError as exc:
