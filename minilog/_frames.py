@@ -192,18 +192,21 @@ class _LineDecoder:
                 except ValueError:
                     res.parsing_errors += 1
                     continue
-            if ts >= pos:
-                if ts > pos:
-                    pos = ts
-                    cnt = 1
-                    skip = 0
-                elif skip:
+            # Resuming: what precedes the saved position was delivered, and so were
+            # the first ``count`` lines at it. Judged against the saved position
+            # alone: the stdout lines of a chunk are decoded before its stderr lines,
+            # so a newer stdout line must not end the skipping of older stderr ones.
+            if ts <= floor:
+                if ts < floor:
+                    continue
+                if skip:
                     skip -= 1
                     continue
-                else:
-                    cnt += 1
-            elif ts < floor:
-                continue
+            if ts > pos:
+                pos = ts
+                cnt = 1
+            elif ts == pos:
+                cnt += 1
             end = len(line)
             if end and line[end - 1] == _NEWLINE:
                 end -= 1

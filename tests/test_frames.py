@@ -302,3 +302,18 @@ def test_second_cache_gives_exact_values_across_seconds() -> None:
     data = b"".join(frame(1, t.encode() + b" l\n") for t in texts)
     res = FrameDecoder().feed(data)
     assert [e.timestamp_ns for e in res.stdout] == [ns(t) for t in texts]
+
+
+def test_resume_skips_the_delivered_line_of_the_other_stream() -> None:
+    """Delivered up to stderr's line at T; the resumed reply interleaves a newer
+    stdout line before it. stdout lines are decoded first: that must not make the
+    already delivered stderr line look new."""
+    t = "2026-11-27T10:00:00.000000115Z"
+    t1 = "2026-11-27T10:00:00.000000116Z"
+    reply = frame(2, f"{t} e115\n".encode()) + frame(1, f"{t1} l116\n".encode())
+    reply += frame(2, f"{t1} e116\n".encode())
+    decoder = FrameDecoder(position_ns=ns(t), count_at_position=1)
+    out = decoder.feed(reply)
+    assert [e.line for e in out.stdout] == ["l116"]
+    assert [e.line for e in out.stderr] == ["e116"]
+    assert (out.position_ns, out.count_at_position) == (ns(t1), 2)
