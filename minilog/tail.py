@@ -428,10 +428,12 @@ class ContainerTailer:
                 if running and restream_s:
                     # The last stream of a running container ended at once: do not spin.
                     await self._wait(restream_s)
+                    if self._detached:
+                        continue
                 tty = bool((info.get("Config") or {}).get("Tty"))
                 started = time.monotonic()
                 try:
-                    complete = await self._stream(tty)
+                    complete = await self._stream(tty, running)
                 except DockerError as exc:
                     if exc.status == 404:
                         self._mark_gone()
@@ -474,8 +476,12 @@ class ContainerTailer:
                 await self._wake.wait()
         self._wake.clear()
 
-    async def _stream(self, tty: bool) -> bool:
-        """Read one log stream to its end; False when a detach interrupted it."""
+    async def _stream(self, tty: bool, running: bool) -> bool:
+        """Read one log stream to its end; False when a detach interrupted it.
+
+        ``running``: the container ran when the stream opened; a detach then ends the
+        stream, while a stopped container's last read goes on to its end.
+        """
         pos, count = self._read
         decoder: FrameDecoder | RawLineSplitter
         kind = RawLineSplitter if tty else FrameDecoder
@@ -490,7 +496,7 @@ class ContainerTailer:
         self._ctx.metrics.active.inc()
         try:
             while True:
-                done = await self._read_stream(decoder, pos, window)
+                done = await self._read_stream(decoder, pos, window, running)
                 if done is not None:
                     return done
                 # The tail window moved before the follow request: resume the slow way.
@@ -505,6 +511,7 @@ class ContainerTailer:
         decoder: FrameDecoder | RawLineSplitter,
         pos: int,
         window: _Window | None,
+        running: bool,
     ) -> bool | None:
         """Follow the log into ``decoder``; None when ``window`` failed its check."""
         if window is None:
@@ -549,6 +556,9 @@ class ContainerTailer:
                     self._ctx.metrics.resumes.labels("window").inc()
                     chunk, head, expect = head, b"", b""
                 await self._forward(decoder.feed(chunk))
+                if self._detached and running:
+                    # Detached while a send waited (only reads are interrupted).
+                    return False
             if expect:
                 return None
             await self._forward(decoder.finish())

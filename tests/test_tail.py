@@ -570,6 +570,22 @@ async def test_running_container_leaving_discovery_stops_its_tailer(
     assert positions.get(CID).ts_ns == T0 + 2  # type: ignore[union-attr]
 
 
+async def test_leaving_discovery_while_a_send_waits_stops_the_tailer(
+    tmp_path: Path,
+) -> None:
+    """Only reads are interrupted; a tailer held in send() must still stop after it."""
+    fake = FakeDocker([line(T0 + i, f"l{i}") for i in range(1, 4)])
+    blocking = Blocking()
+    source = make_source(fake, [blocking], tmp_path)
+    source.update_targets([target()])
+    async with running(source):
+        await blocking.entered.wait()  # the first chunk's send waits
+        source.update_targets([])
+        blocking.release.set()
+        await eventually(lambda: not source.targets_info())
+    assert blocking.lines() == ["l1"]  # the send under way, nothing after it
+
+
 async def test_aclose_waits_for_deliveries_and_saves_their_positions(
     tmp_path: Path,
 ) -> None:
