@@ -256,7 +256,7 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
                 "Time taken by one service discovery refresh.",
                 ["mechanism"],
                 registry=registry,
-                buckets=(0.01, 0.1, 0.5, 1, 5, 10, 20, 30, 60),
+                buckets=(0.01, 0.1, 1, 10),  # Prometheus discovery/refresh metrics
             ).labels(mechanism="docker"),
         )
         _METRICS[registry] = found
@@ -296,7 +296,8 @@ class DockerDiscovery:
     on the first refresh at least ``exited_grace_s`` after it died (its ``die`` event,
     or, when that event was missed, the first refresh that saw it not running). So a
     container that printed a line and exited before the list call is still published,
-    for long enough that its remaining logs can be read once.
+    for long enough that its remaining logs can be read once. With a ``status`` filter
+    nothing is pinned: the user chose the states, and Docker's list alone decides.
 
     Failures: a failed refresh keeps the previous targets, counts
     ``prometheus_sd_refresh_failures_total{mechanism="docker"}`` and is retried with
@@ -463,7 +464,9 @@ class DockerDiscovery:
         if event.get("Type") == "container":
             action = str(event.get("Action") or event.get("status") or "")
             cid = str((event.get("Actor") or {}).get("ID") or event.get("id") or "")
-            if cid:
+            # A status filter says which states the user wants listed: Docker's list
+            # alone decides then, exactly as in Alloy.
+            if cid and not self._list_all:
                 if action == "start":
                     self._pinned[cid] = None
                 elif action == "die":

@@ -523,19 +523,24 @@ async def fake_refreshed(fake: FakeDocker) -> None:
         await fake.listed.wait()
 
 
-async def test_pins_keep_user_filters_but_not_status() -> None:
+async def test_a_status_filter_is_not_widened_by_pins() -> None:
+    """status=running: an exited container stays out even though its start was seen
+    (Docker's list alone decides, as in Alloy)."""
     fake = FakeDocker()
     publish = Published()
     discovery = DockerDiscovery(
-        fake,
-        filters=[("label", ["team=a"]), ("status", ["running"])],
-        refresh_interval=3600,
+        fake, filters=[("status", ["running"])], refresh_interval=3600
     )
     task = await running(discovery, publish)
+    fake.add(none_container("r" * 64, "r"))
     fake.add(none_container("p" * 64, "p", state="exited"), running=False)
+    fake.emit("start", "r" * 64)
     fake.emit("start", "p" * 64)
-    await publish.wait_for(lambda t: ids_of(t) == {"p" * 64})
-    assert (True, {"label": ["team=a"], "id": ["p" * 64]}) in fake.calls
+    await publish.wait_for(lambda t: ids_of(t) == {"r" * 64})
+    fake.emit("rename", "x")  # one more refresh: still not pinned back in
+    await fake_refreshed(fake)
+    assert publish.ids() == {"r" * 64}
+    assert all("id" not in filters for _, filters in fake.calls)
     await stop(task)
 
 
