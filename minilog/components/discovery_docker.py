@@ -168,8 +168,8 @@ class DiscoveryDocker(Component):
         if dict(args) == dict(self.args):
             return
         self.args = args
-        # The new discoverer registers the same metric families: give it a new registry.
-        self._registry = CollectorRegistry(auto_describe=True)
+        # Same registry: the refresh metrics are kept per registry, so the counters go
+        # on across the rebuild, as Alloy's do.
         self._discovery = self._build(args, self._registry)
         self._restart.set()
 

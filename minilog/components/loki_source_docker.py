@@ -136,8 +136,8 @@ class LokiSourceDocker(Component):
                     await client.aclose()
                 self._old_clients.clear()
                 # Built only now: its tailers read their start positions when created,
-                # and the old source has just recorded the final ones.
-                self._registry = CollectorRegistry(auto_describe=True)
+                # and the old source has just recorded the final ones. Same registry:
+                # the counters go on across the reload, as Alloy's do.
                 self._source = self._build(self.args, self._registry)
         finally:
             self.set_health("exited", "stopped")
