@@ -314,7 +314,28 @@ class FrameDecoder(_LineDecoder):
             self._decode(lines[1], res.stdout, res)
         if lines[2]:
             self._decode(lines[2], res.stderr, res)
+        if partials[1] is not None or partials[2] is not None:
+            self._hold_position(res)
         return res
+
+    def _hold_position(self, res: Decoded) -> None:
+        """Keep the reported position before a line still being rejoined.
+
+        The other stream's lines go on moving the position; were it committed past the
+        first part of a split line and the stream then broke, a resume would start
+        after that part and the line would be lost. Held back, the resume reads it again
+        (and may send a few lines of the other stream twice: at-least-once).
+        """
+        for pending in (self._partials[1], self._partials[2]):
+            if pending is None:
+                continue
+            head = pending[0][0]
+            try:
+                first = parse_timestamp(head[: head.find(b" ")])
+            except ValueError:
+                continue
+            if res.position_ns >= first:
+                res.position_ns, res.count_at_position = first - 1, 0
 
     def _continue_partial(self, stream: int, payload: bytes, out: list[bytes]) -> None:
         parts, total = self._partials[stream] or ([], 0)

@@ -317,3 +317,18 @@ def test_resume_skips_the_delivered_line_of_the_other_stream() -> None:
     assert [e.line for e in out.stdout] == ["l116"]
     assert [e.line for e in out.stderr] == ["e116"]
     assert (out.position_ns, out.count_at_position) == (ns(t1), 2)
+
+
+def test_position_stays_before_a_line_still_being_rejoined() -> None:
+    """A stream broken mid-rejoin must resume before the split line's first part."""
+    t = "2026-11-27T10:00:00.000000100Z"
+    t_other = "2026-11-27T10:00:00.000000200Z"
+    head = f"{t} ".encode()
+    first_part = head + b"x" * (PARTIAL_SIZE - len(head))  # no newline: split
+    decoder = FrameDecoder()
+    out = decoder.feed(frame(1, first_part) + frame(2, f"{t_other} err\n".encode()))
+    assert [e.line for e in out.stderr] == ["err"]
+    assert out.position_ns == ns(t) - 1  # held before the pending first part
+    done = decoder.feed(frame(1, f"{t} tail\n".encode()))
+    assert [len(e.line) for e in done.stdout] == [PARTIAL_SIZE - len(head) + 4]
+    assert done.position_ns == ns(t_other)  # released once the line is whole
