@@ -238,10 +238,18 @@ class AgentProcess:
             self.proc.kill()
         await self.wait()
 
+    async def stop(self, timeout_s: float = 30) -> int:
+        """SIGTERM (a graceful shutdown) and the exit code."""
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        return await self.wait(timeout_s)
 
-async def start_agent_process(config: Path, storage: Path) -> AgentProcess:
-    """Start the agent on ``config`` with ``--storage.path=storage``; returns once it
-    serves HTTP."""
+
+async def start_agent_process(
+    config: Path | None, storage: Path, *extra: str
+) -> AgentProcess:
+    """Start the agent on ``config`` (``None``: its embedded default) with
+    ``--storage.path=storage`` and ``extra`` flags; returns once it serves HTTP."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -251,7 +259,8 @@ async def start_agent_process(config: Path, storage: Path) -> AgentProcess:
         f"--server.http.listen-addr=127.0.0.1:{port}",
         f"--storage.path={storage}",
         "--disable-reporting",
-        str(config),
+        *extra,
+        *([] if config is None else [str(config)]),
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )

@@ -12,10 +12,7 @@ unless given). The first test ships to a ``FakeLoki``; the second to a real Loki
 from __future__ import annotations
 
 import asyncio
-import calendar
 import os
-import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,40 +22,16 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from agent_helpers import AgentProcess, docker_lines, start_agent_process
 from docker_helpers import TEST_LABEL
 
 from minilog.testing import FakeLoki
 
 pytestmark = pytest.mark.docker
 
-REPO = Path(__file__).resolve().parents[1]
 SEED = Path(__file__).parent / "data" / "alloy" / "seed-config.alloy"
 SHIPPED = ("web-gateway", "order-api", "fulfillment-worker")
 NOT_SHIPPED = "inventory-db"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rfc3339_ns(text: str) -> int:
-    """Docker's ``2026-01-02T03:04:05.123456789Z`` as Unix nanoseconds."""
-    whole, _, frac = text.rstrip("Z").partition(".")
-    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-    return seconds * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
-
-
-def docker_lines(container: Any) -> list[tuple[int, str]]:
-    """What Docker itself holds for a container: ``(timestamp_ns, line)``."""
-    out = []
-    for raw in (
-        container.logs(stdout=True, stderr=True, timestamps=True).decode().splitlines()
-    ):
-        ts, _, line = raw.partition(" ")
-        out.append((rfc3339_ns(ts), line))
-    return out
 
 
 @pytest.fixture
@@ -86,71 +59,22 @@ def app_containers(
     yield start
 
 
-class AgentProcess:
-    """``python -m minilog run`` on the seed config, with stderr collected."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
-        self.proc = proc
-        self.url = url
-        self.lines: list[str] = []
-        self._cond = asyncio.Condition()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            async with self._cond:
-                self.lines.append(raw.decode(errors="replace"))
-                self._cond.notify_all()
-
-    async def wait_for_log(self, text: str, timeout_s: float = 20) -> None:
-        try:
-            async with asyncio.timeout(timeout_s), self._cond:
-                await self._cond.wait_for(
-                    lambda: any(text in line for line in self.lines)
-                )
-        except TimeoutError:
-            raise AssertionError(
-                f"no {text!r} in agent log:\n{''.join(self.lines)}"
-            ) from None
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        async with asyncio.timeout(30):
-            rc = await self.proc.wait()
-            await self._reader
-        return rc
-
-
 @pytest.fixture
 async def run_seed(tmp_path: Path) -> AsyncIterator[Callable[[str], Any]]:
     procs: list[AgentProcess] = []
 
     async def start(loki_base: str) -> AgentProcess:
-        port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "minilog",
-            "run",
-            f"--server.http.listen-addr=127.0.0.1:{port}",
-            f"--storage.path={tmp_path / 'data'}",
+        agent = await start_agent_process(
+            SEED,
+            tmp_path / "data",
             f"--testing.url-override=http://loki:3100={loki_base}",
-            str(SEED),
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        agent = AgentProcess(proc, f"http://127.0.0.1:{port}")
         procs.append(agent)
-        await agent.wait_for_log("now listening")
         return agent
 
     yield start
     for agent in procs:
-        if agent.proc.returncode is None:
-            agent.proc.kill()
-            await agent.proc.wait()
+        await agent.kill()
 
 
 async def test_seed_config_ships_the_three_services_to_fake_loki(

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from agent_helpers import AgentProcess, free_port, start_agent_process
 
 from minilog.cli import DEFAULT_LOKI_URL, _normalize, default_config, main
 from minilog.config import parse
@@ -127,76 +127,18 @@ def test_default_config_is_the_seed_with_loki_url_from_the_environment() -> None
 # ------------------------------------------------------------------ real process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Agent:
-    """``python -m minilog run`` in a subprocess, its stderr collected line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._seen = asyncio.Condition()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            async with self._seen:
-                self.lines.append(raw.decode(errors="replace"))
-                self._seen.notify_all()
-
-    async def wait_for_log(self, text: str, timeout_s: float = 20) -> None:
-        try:
-            async with asyncio.timeout(timeout_s), self._seen:
-                await self._seen.wait_for(
-                    lambda: any(text in line for line in self.lines)
-                )
-        except TimeoutError:
-            raise AssertionError(
-                f"no {text!r} in the agent's log:\n{''.join(self.lines)}"
-            ) from None
-
-    async def wait(self, timeout_s: float = 30) -> int:
-        async with asyncio.timeout(timeout_s):
-            rc = await self.proc.wait()
-            await self._reader
-        return rc
-
-
 @pytest.fixture
 async def start_agent(tmp_path: Path) -> AsyncIterator[object]:
-    agents: list[Agent] = []
+    agents: list[AgentProcess] = []
 
-    async def start(config: Path, *extra: str) -> Agent:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "minilog",
-            "run",
-            f"--server.http.listen-addr=127.0.0.1:{free_port()}",
-            "--storage.path",
-            str(tmp_path / "data"),
-            "--disable-reporting",
-            *extra,
-            str(config),
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        agent = Agent(proc)
+    async def start(config: Path, *extra: str) -> AgentProcess:
+        agent = await start_agent_process(config, tmp_path / "data", *extra)
         agents.append(agent)
-        await agent.wait_for_log("now listening")
         return agent
 
     yield start
     for agent in agents:
-        if agent.proc.returncode is None:
-            agent.proc.kill()
-            await agent.proc.wait()
+        await agent.kill()
 
 
 def api_config(path: Path, loki: FakeLoki, port: int, stage: str) -> Path:
@@ -316,23 +258,12 @@ async def test_run_without_a_path_uses_the_embedded_seed_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LOKI_URL", "http://127.0.0.1:9/loki/api/v1/push")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "minilog",
-        "run",
-        f"--server.http.listen-addr=127.0.0.1:{port}",
-        f"--storage.path={tmp_path / 'data'}",
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    agent = Agent(proc)
+    agent = await start_agent_process(None, tmp_path / "data")
     try:
-        await agent.wait_for_log("now listening")
-        url = f"http://127.0.0.1:{port}/api/v0/web/components"
-        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(agent.url + "/api/v0/web/components") as resp,
+        ):
             components = {c["id"]: c for c in await resp.json()}
         assert set(components) == {
             "discovery.docker.containers",
@@ -340,19 +271,15 @@ async def test_run_without_a_path_uses_the_embedded_seed_config(
             "loki.source.docker.app_logs",
             "loki.write.endpoint",
         }
-        metrics_url = f"http://127.0.0.1:{port}/metrics"
-        async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
-            metrics = await resp.text()
+        status, metrics = await agent.get("/metrics")
+        assert status == 200
         assert "process_resident_memory_bytes" in metrics
         assert 'component_id="discovery.docker.containers"' in metrics
         endpoints = components["loki.write.endpoint"]["debug_info"]["endpoints"]
         assert [e["url"] for e in endpoints] == ["http://127.0.0.1:9/loki/api/v1/push"]
-        proc.send_signal(signal.SIGTERM)
-        assert await agent.wait() == 0
+        assert await agent.stop() == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await agent.kill()
 
 
 def test_logfmt_and_json_formats_like_alloy() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from agent_helpers import free_port
 from aiohttp import web
 
 import minilog
@@ -63,13 +63,6 @@ async def stub() -> AsyncIterator[Stub]:
     yield server
     server.release.set()
     await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_push_sends_body_and_protocol_headers(stub: Stub) -> None:

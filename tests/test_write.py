@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 from collections.abc import AsyncIterator
 
 import pytest
+from agent_helpers import free_port
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -85,13 +85,6 @@ async def loki() -> AsyncIterator[StubLoki]:
     await server.start()
     yield server
     await server.aclose()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def config(url: str, **options: object) -> EndpointConfig:
