@@ -464,6 +464,7 @@ class Agent:
         removed = [cid for cid in self._live if cid not in graph.nodes]
         diagnostics: list[Diagnostic] = []
         created: list[str] = []
+        creation_failed = False
         for cid in graph.order:
             node = graph.nodes[cid]
             live = self._live.get(cid)
@@ -490,9 +491,15 @@ class Agent:
                 diagnostics.extend(exc.diagnostics)
                 if live is not None:
                     live.component.set_health("unhealthy", str(exc))
+                else:
+                    creation_failed = True
         self._graph = graph
         self._relink()
-        await self._stop_all(removed)
+        if not creation_failed:
+            # A new component that could not start (say, a renamed listener whose port
+            # the old one still holds) leaves the removed ones running: the reload
+            # failed, so they keep serving until one succeeds.
+            await self._stop_all(removed)
         for cid in created:
             self._launch(self._live[cid])
         if diagnostics:

@@ -179,6 +179,30 @@ async def test_reload_with_a_bad_file_keeps_the_last_good_graph(
         await agent.aclose()
 
 
+async def test_a_reload_whose_new_component_cannot_start_keeps_the_removed_one(
+    tmp_path: Path, loki: FakeLoki
+) -> None:
+    """Renaming a listener on the same port: the new one cannot bind while the old one
+    holds the port; the reload fails and the old one keeps serving."""
+    config = write_config(tmp_path / "c.alloy", loki)
+    agent = Agent(config, storage_path=tmp_path / "data")
+    await agent.start()
+    try:
+        port = agent.component("loki.source.api.in").url.rsplit(":", 1)[1]  # type: ignore[attr-defined]
+        renamed = config.read_text().replace(
+            'loki.source.api "in"', 'loki.source.api "in2"'
+        )
+        config.write_text(
+            renamed.replace("listen_port    = 0", f"listen_port    = {port}")
+        )
+        with pytest.raises(ConfigError, match="cannot start"):
+            await agent.reload()
+        await push(agent, "still served")
+        await loki.wait_for_entries(1, timeout=5)
+    finally:
+        await agent.aclose()
+
+
 async def test_a_config_directory_forms_one_config(
     tmp_path: Path, loki: FakeLoki
 ) -> None:
