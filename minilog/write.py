@@ -70,6 +70,8 @@ ENTRY_OVERHEAD_BYTES = 200
 IDLE_LINGER_S = 0.05
 #: Ready batches allowed to wait uncompressed behind the next one before ``send`` waits.
 _MAX_UNCOMPACTED = 2
+#: A batch filled to at least this many line bytes is encoded as soon as it is full.
+_ENCODE_ON_FILL_MIN_BYTES = 32 << 10
 
 _ONE_CREDENTIAL = (
     "at most one of basic_auth, bearer_token & bearer_token_file must be configured"
@@ -329,17 +331,40 @@ class _Endpoint:
         if self.closed:
             raise ClosedError("loki.write is closed")
         was_open = self.batcher.open_count
+        was_ready = self.batcher.ready_count
         added_before = self.batcher.added_entries
         size = self.batcher.add(batch)
         added = self.batcher.added_entries - added_before
         self.queued_bytes += size + added * ENTRY_OVERHEAD_BYTES
+        ready = self.batcher.ready_count
+        if ready > was_ready:
+            self._encode_filled(ready - was_ready)
         # Wake the sender for a ready batch, or to arm the age timer of a new open
         # batch.
-        ready = self.batcher.ready_count
         if ready or self.batcher.open_count != was_open:
             self._wakeup.set()
             if ready > 1:
                 self._compact_wakeup.set()
+
+    def _encode_filled(self, count: int) -> None:
+        """Encode the ``count`` batches that filling just made ready, here and now.
+
+        A batch waits as its compressed body rather than as entries (a tenth of the
+        memory, or less): the work is the sender's anyway, done once, and the
+        producer that filled the batch pays for it, which also paces it. Small
+        batches (a small ``batch_size``) stay entries: there is little to save.
+        """
+        for batch in self.batcher.ready_batches()[-count:]:
+            if batch.body is not None or batch.size_bytes < _ENCODE_ON_FILL_MIN_BYTES:
+                continue
+            try:
+                body = _encode_body(batch.stream_items())
+            except Exception:  # noqa: BLE001 - the sender encodes it again and reports
+                continue
+            held = _held(batch)
+            batch.body = body
+            batch.streams = {}
+            self.queued_bytes -= held - _held(batch)
 
     async def put(self, batch: StreamBatch) -> None:
         while not self.has_room():

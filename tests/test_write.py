@@ -629,3 +629,25 @@ async def test_a_queue_full_of_open_batches_sends_them_without_waiting_batch_wai
     finally:
         await writer.aclose(drain_timeout=1)
     assert [e.line for _, e in loki.entries] == [f"{i:0100d}" for i in range(6)]
+
+
+async def test_a_filled_batch_waits_compressed(loki: StubLoki) -> None:
+    """A batch is encoded when filling makes it ready: it waits as its compressed
+    body, not as entries (what keeps the agent's memory low during a drain)."""
+    loki.open.clear()  # Loki hangs: everything waits in the queue
+    lines = [f"{i:04d}" + "a" * 996 for i in range(100)]  # 100 KB, compressible
+    writer = Writer([config(loki.url, batch_size=64 << 10, batch_wait=60.0)])
+    try:
+        await writer.send(batch({"a": "1"}, *lines))
+        as_entries = len(lines) * (1000 + ENTRY_OVERHEAD_BYTES)
+        # The full first batch (65 lines) is a few hundred bytes of snappy now;
+        # only the open rest (35 lines) is held as entries.
+        assert max(writer.queued_bytes().values()) < (
+            35 * (1000 + ENTRY_OVERHEAD_BYTES) + 8192
+        )
+        assert max(writer.queued_bytes().values()) < as_entries / 2
+        loki.open.set()
+        await writer.flush()
+    finally:
+        await writer.aclose()
+    assert [e.line for _, e in loki.entries] == lines
