@@ -67,6 +67,12 @@ def _metadata(metadata: MetadataArg) -> Metadata:
     return tuple(metadata)
 
 
+def _entry(line: str, timestamp_ns: int | None, metadata: MetadataArg) -> LogEntry:
+    """One entry as the ``send*`` calls take it: stamped now when no time is given."""
+    ts = time.time_ns() if timestamp_ns is None else timestamp_ns
+    return LogEntry(ts, line, _metadata(metadata))
+
+
 def _delivery(on_delivery: OnDelivery | None) -> Delivery | None:
     if on_delivery is None:
         return None
@@ -233,8 +239,7 @@ class Shipper:
             LabelError: an invalid label name (nothing was queued).
             ClosedError: the shipper is closed.
         """
-        ts = time.time_ns() if timestamp_ns is None else timestamp_ns
-        entry = LogEntry(ts, line, _metadata(metadata))
+        entry = _entry(line, timestamp_ns, metadata)
         await self._writer.send(self._stream(labels, [entry], on_delivery))
 
     def send_nowait(
@@ -250,8 +255,7 @@ class Shipper:
 
         When it raises, ``on_delivery`` is told ``False`` (abandoned), as ``send`` does.
         """
-        ts = time.time_ns() if timestamp_ns is None else timestamp_ns
-        entry = LogEntry(ts, line, _metadata(metadata))
+        entry = _entry(line, timestamp_ns, metadata)
         batch = self._stream(labels, [entry], on_delivery)
         try:
             self._writer.send_nowait(batch)
@@ -471,8 +475,7 @@ class SyncShipper:
             LabelError: an invalid label name. ClosedError: after ``close``.
             WouldBlockError: still full after ``timeout`` seconds.
         """
-        ts = time.time_ns() if timestamp_ns is None else timestamp_ns
-        entry = LogEntry(ts, line, _metadata(metadata))
+        entry = _entry(line, timestamp_ns, metadata)
         self._put(self._item(labels, [entry], on_delivery), True, timeout)
 
     def send_nowait(
@@ -485,8 +488,7 @@ class SyncShipper:
         on_delivery: OnDelivery | None = None,
     ) -> None:
         """Queue one line now, or raise ``WouldBlockError`` (counted: queue_is_full)."""
-        ts = time.time_ns() if timestamp_ns is None else timestamp_ns
-        entry = LogEntry(ts, line, _metadata(metadata))
+        entry = _entry(line, timestamp_ns, metadata)
         self._put(self._item(labels, [entry], on_delivery), False, None)
 
     def send_batch(
