@@ -2,8 +2,9 @@
 
 Owns the logfmt and JSON formatters (``ts=... level=info msg="..." component_id=...``),
 the mapping of Alloy level names onto the stdlib's, and installing one handler on the
-root logger. Only the CLI calls :func:`configure_logging`; the library never touches
-logging configuration.
+root logger (with ``redact.RedactingFilter``, so no configured secret is logged).
+Only the CLI calls :func:`configure_logging`; the library never touches logging
+configuration.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 from typing import Any, TextIO
 
 import orjson
+
+from minilog.redact import RedactingFilter
 
 __all__ = [
     "FORMATS",
@@ -125,6 +128,8 @@ def configure_logging(
         root.removeHandler(_installed)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(LogfmtFormatter() if format == "logfmt" else JsonFormatter())
+    # No configured secret (a URL's password, a token) may reach a log line.
+    handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
     _installed = handler

@@ -25,6 +25,7 @@ from minilog._docker import DockerClient
 from minilog.errors import ConfigError, DockerError, DockerUnavailableError
 
 __all__ = [
+    "SLOW_AFTER_S",
     "ClientSource",
     "DockerAPI",
     "DockerDiscovery",
@@ -70,6 +71,11 @@ _EVENT_FILTERS: Final[Mapping[str, Sequence[str]]] = {
 }
 
 _INVALID_LABEL_CHARS: Final = re.compile(r"[^a-zA-Z0-9_]")
+
+#: A Docker call still unanswered after this many seconds makes its component
+#: unhealthy (it goes on waiting: a slow daemon is not a dead one). A listing of even
+#: thousands of containers takes well under a second.
+SLOW_AFTER_S: Final = 5.0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -303,6 +309,13 @@ class DockerDiscovery:
     ``prometheus_sd_refresh_failures_total{mechanism="docker"}`` and is retried with
     backoff; an unreachable daemon is logged once (with what to do about it), and its
     return once. The events stream reconnects by itself and replays what it missed.
+    A refresh gives up after ``refresh_interval`` (Prometheus's HTTP timeout for this
+    discovery), so a daemon that accepts connections but never answers cannot stall
+    discovery for ever.
+
+    Health: ``on_status(message)`` is called whenever the state changes: with why
+    refreshing fails (unreachable, an error, or no answer for ``slow_after_s``), and
+    with ``None`` once a refresh succeeds again; ``error`` holds the current one.
     """
 
     def __init__(
@@ -318,12 +331,15 @@ class DockerDiscovery:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_status: Callable[[str | None], None] | None = None,
+        slow_after_s: float = SLOW_AFTER_S,
     ) -> None:
         if refresh_interval <= 0:
             raise ConfigError("refresh_interval must be greater than 0")
+        self._where = "the Docker daemon"
         if client is None or isinstance(client, str):
             # Constructing does no I/O; a bad host raises ConfigError now, not in run().
-            DockerClient(client)
+            self._where = f"Docker at {DockerClient(client).host}"
             client = functools.partial(DockerClient, client)
         self._client_source: DockerAPI | Callable[[], DockerAPI] = client
         self._filters = merge_filters(filters)
@@ -346,6 +362,27 @@ class DockerDiscovery:
         self._targets: list[dict[str, str]] = []
         self._published_key: list[tuple[tuple[str, str], ...]] | None = None
         self._unavailable_logged = False
+        self._on_status = on_status
+        self._slow_after_s = slow_after_s
+        self._error: str | None = None
+
+    @property
+    def error(self) -> str | None:
+        """Why the last refresh failed (or why the current one is late); None if it
+        succeeded."""
+        return self._error
+
+    def _set_late(self, error: str) -> None:
+        # Only a healthy discovery turns unhealthy for a late answer: once a refresh
+        # failed, its reason stays until one succeeds (no flapping between the two).
+        if self._error is None:
+            self._set_error(error)
+
+    def _set_error(self, error: str | None) -> None:
+        if error != self._error:
+            self._error = error
+            if self._on_status is not None:
+                self._on_status(error)
 
     @property
     def targets(self) -> list[dict[str, str]]:
@@ -402,28 +439,46 @@ class DockerDiscovery:
     async def refresh(self, client: DockerAPI) -> list[dict[str, str]] | None:
         """One refresh: the new targets, or ``None`` if it failed (counted, logged)."""
         started = time.perf_counter()
+        where = getattr(client, "host", None)
+        where = f"Docker at {where}" if isinstance(where, str) else self._where
+        late = asyncio.get_running_loop().call_later(
+            self._slow_after_s,
+            self._set_late,
+            f"cannot list containers: {where} has not answered for "
+            f"{self._slow_after_s:g} s",
+        )
         try:
-            containers = await self._list(client)
-            networks = await client.networks()
-        except DockerUnavailableError as exc:
+            async with asyncio.timeout(self._refresh_interval):
+                containers = await self._list(client)
+                networks = await client.networks()
+        except (DockerUnavailableError, TimeoutError) as exc:
             self._metrics.failures.inc()
+            why = (
+                str(exc)
+                if isinstance(exc, DockerError)
+                else f"{where} did not answer within {self._refresh_interval:g} s"
+            )
             if not self._unavailable_logged:
                 self._unavailable_logged = True
-                log.warning("discovery.docker: %s (retrying with backoff)", exc)
+                log.warning("discovery.docker: %s (retrying with backoff)", why)
             else:
-                log.debug("discovery.docker: still unavailable: %s", exc)
+                log.debug("discovery.docker: still unavailable: %s", why)
+            self._set_error(f"cannot list containers: {why}")
             return None
         except DockerError as exc:
             self._metrics.failures.inc()
             log.warning("discovery.docker: unable to refresh targets: %s", exc)
+            self._set_error(f"cannot list containers: {exc}")
             return None
         finally:
+            late.cancel()
             elapsed = time.perf_counter() - started
             self._metrics.duration.observe(elapsed)
             self._metrics.histogram.observe(elapsed)
         if self._unavailable_logged:
             self._unavailable_logged = False
             log.info("discovery.docker: Docker is reachable again")
+        self._set_error(None)
         return build_targets(
             containers,
             networks,

@@ -32,6 +32,7 @@ from minilog.components.base import Phase
 from minilog.config import Attr, Schema, Scope, decode_block
 from minilog.config.ast import Attribute, Block, File
 from minilog.errors import ConfigError, Diagnostic, MinilogError
+from minilog.redact import Redactor
 
 __all__ = ["PHASES", "Agent", "LoggingConfig"]
 
@@ -173,6 +174,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._controller: asyncio.Task[None] | None = None
         self.last_error: ConfigError | None = None
+        #: Every secret in the components' arguments, hidden from the UI and logs.
+        self.redactor = Redactor()
         self.registry.register(_ComponentMetrics(self))
         self._load_ok = Gauge(
             "minilog_config_last_load_successful",
@@ -198,14 +201,25 @@ class Agent:
         return self._ready
 
     def unhealthy_components(self) -> list[str]:
-        return sorted(
+        """IDs of the components whose health is ``unhealthy``, in config order.
+
+        As in Alloy's ``/-/healthy``, only ``unhealthy`` counts: ``unknown`` and
+        ``exited`` (a component that finished its work) do not.
+        """
+        order = self._graph.order if self._graph else list(self._live)
+        return [
             cid
-            for cid, live in self._live.items()
-            if live.component.health().state != "healthy"
-        )
+            for cid in order
+            if (live := self._live.get(cid)) is not None
+            and live.component.health().state == "unhealthy"
+        ]
 
     def components_info(self) -> list[dict[str, Any]]:
-        """JSON-able description of every component, for the UI and its API."""
+        """JSON-able description of every component, for the UI and its API.
+
+        Arguments, exports, debug info and health messages pass through the agent's
+        ``Redactor``: no configured secret is shown (``redact.py``).
+        """
         out = []
         for cid in self._graph.order if self._graph else []:
             live = self._live.get(cid)
@@ -216,18 +230,19 @@ class Agent:
                 debug = live.component.debug_info()
             except Exception as exc:  # noqa: BLE001 - one broken view must not break the UI
                 debug = {"error": str(exc)}
-            out.append(
-                {
-                    "id": cid,
-                    "name": live.node.cls.name,
-                    "health": health.state,
-                    "message": health.message,
-                    "updated": health.updated,
-                    "references": sorted(live.node.deps),
-                    "referenced_by": sorted(live.dependents),
-                    "debug_info": debug,
-                }
-            )
+            info = {
+                "id": cid,
+                "name": live.node.cls.name,
+                "health": health.state,
+                "message": health.message,
+                "updated": health.updated,
+                "references": sorted(live.node.deps),
+                "referenced_by": sorted(live.dependents),
+                "arguments": live.raw_args,
+                "exports": live.component.exports(),
+                "debug_info": debug,
+            }
+            out.append(self.redactor.value(info))
         return out
 
     def component(self, component_id: str) -> Component:
@@ -320,6 +335,7 @@ class Agent:
             node = nodes[cid]
             try:
                 args = _decode(node, scope)
+                self.redactor.learn(args)
                 node.cls.prepare(
                     self._override(node, args),
                     node.block,
@@ -470,6 +486,7 @@ class Agent:
             live = self._live.get(cid)
             try:
                 raw = _decode(node, self._scope())
+                self.redactor.learn(raw)
                 raw = self._override(node, raw)
                 if live is None:
                     args = node.cls.prepare(
@@ -594,7 +611,9 @@ class Agent:
     async def _reevaluate(self, live: _Live) -> None:
         node = live.node
         try:
-            raw = self._override(node, _decode(node, self._scope()))
+            raw = _decode(node, self._scope())
+            self.redactor.learn(raw)
+            raw = self._override(node, raw)
             if raw == live.raw_args:
                 return
             args = node.cls.prepare(

@@ -1,9 +1,15 @@
 """The positions file of ``loki.source.docker``: how far each container's log was read.
 
-Owns the file format, loading (a missing file is empty, a corrupt one is a
-``ConfigError``) and crash-safe saving (temp file in the same directory, fsync, rename,
-fsync of the directory). It knows nothing about Docker: ``tail.py`` decides what a
-position means.
+Owns the file format, loading, crash-safe saving (temp file in the same directory,
+fsync, rename, fsync of the directory) with one backup kept, and the recovery from a
+damaged file. It knows nothing about Docker: ``tail.py`` decides what a position means.
+
+Damage never stops the agent. A file that cannot be read or is not what minilog writes
+(truncated, garbage, wrong shape, empty, a directory, unreadable) is set aside as
+``positions.json.corrupt-<UTC time>``, said once in the log, and the backup
+``positions.json.bak`` (the file as it was one save earlier) is used instead. What
+neither file records cannot be proven delivered: such a container is read from the
+start of its retained Docker log, so lines may reach Loki twice but none is lost.
 """
 
 from __future__ import annotations
@@ -13,17 +19,24 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from minilog.errors import ConfigError
-
-__all__ = ["Position", "Positions"]
+__all__ = ["BACKUP_SUFFIX", "CORRUPT_INFIX", "Position", "Positions"]
 
 _log = logging.getLogger(__name__)
+
+#: The backup is ``<file name><BACKUP_SUFFIX>``.
+BACKUP_SUFFIX: Final = ".bak"
+#: A damaged file is set aside as ``<file name><CORRUPT_INFIX><UTC time>``.
+CORRUPT_INFIX: Final = ".corrupt-"
+# Least time between two attempts while saving fails (a full or read-only disk).
+_SAVE_RETRY_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,55 @@ class Position:
     ts_ns: int
     count_at_ts: int = 0
     labels: str = ""
+
+
+class _DamagedError(Exception):
+    """The file exists but does not hold positions minilog wrote (the reason)."""
+
+
+def _parse(data: bytes) -> dict[str, Position]:
+    if not data.strip():
+        # minilog always writes at least "{}": an empty file was cut short.
+        raise _DamagedError("the file is empty")
+    try:
+        raw: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise _DamagedError(f"invalid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise _DamagedError("the top level is not an object")
+    entries = {}
+    for key, value in raw.items():
+        if (
+            not key
+            or not isinstance(value, dict)
+            or type(value.get("ts_ns")) is not int
+            or type(value.get("count_at_ts", 0)) is not int
+            or value["ts_ns"] < 0
+            or value.get("count_at_ts", 0) < 0
+            or not isinstance(value.get("labels", ""), str)
+        ):
+            raise _DamagedError(f"bad entry for {key!r}")
+        entries[key] = Position(
+            value["ts_ns"], value.get("count_at_ts", 0), value.get("labels", "")
+        )
+    return entries
+
+
+def _read(path: Path) -> dict[str, Position] | None:
+    """The positions in ``path``; None when there is no such file.
+
+    Raises:
+        _DamagedError: the file cannot be read or is not a positions file.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError as exc:
+        raise _DamagedError("it is a directory") from exc
+    except OSError as exc:
+        raise _DamagedError(f"cannot read it: {exc}") from exc
+    return _parse(data)
 
 
 class Positions:
@@ -54,46 +116,115 @@ class Positions:
     container ID only, so label drift between runs never loses a position. The directory
     is created with mode 0750 and the file written with mode 0600, as Alloy does.
 
-    Raises:
-        ConfigError: at construction, when the file exists but cannot be read or parsed.
+    Each save first keeps the file it replaces as ``<name>.bak`` (a hard link: no copy),
+    so a good copy one save older survives damage to the file itself. A damaged file is
+    recovered from as the module doc says, and the recovered state is saved at once.
+    A missing file (with or without a backup) means no positions: deleting the file
+    resets the source, as in Alloy.
+
+    Args:
+        path: the positions file.
+        on_save: called after every save attempt with ``None`` (saved) or the
+            ``OSError`` that stopped it; the component's health follows it.
+
+    Attributes:
+        recovery: what loading did about a damaged file ("" when nothing was wrong).
+        save_error: the error of the last save attempt, None once one succeeds.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        on_save: Callable[[OSError | None], None] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.backup_path = self.path.with_name(self.path.name + BACKUP_SUFFIX)
+        self.recovery = ""
+        self.save_error: OSError | None = None
+        self._on_save = on_save
         self._entries: dict[str, Position] = {}
         self._dirty = False
         self._changed = asyncio.Event()
         self._save_lock = asyncio.Lock()
+        # Whether the file on disk is a good copy, worth keeping as the backup.
+        self._file_good = False
         self._load()
+
+    # -- loading --
 
     def _load(self) -> None:
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+            entries = _read(self.path)
+        except _DamagedError as exc:
+            self._recover(str(exc))
             return
-        except OSError as exc:
-            raise ConfigError(f"cannot read positions file {self.path}: {exc}") from exc
-        try:
-            raw: Any = orjson.loads(data) if data.strip() else {}
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"invalid positions file {self.path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(
-                f"invalid positions file {self.path}: top level is not an object"
-            )
-        for key, value in raw.items():
-            if (
-                not isinstance(value, dict)
-                or type(value.get("ts_ns")) is not int
-                or type(value.get("count_at_ts", 0)) is not int
-                or not isinstance(value.get("labels", ""), str)
-            ):
-                raise ConfigError(
-                    f"invalid positions file {self.path}: bad entry for {key!r}"
+        if entries is None:
+            if self.backup_path.exists():
+                _log.warning(
+                    "positions file %s does not exist: starting without positions "
+                    "(its backup %s is ignored, as a deleted file means a reset)",
+                    self.path,
+                    self.backup_path,
                 )
-            self._entries[key] = Position(
-                value["ts_ns"], value.get("count_at_ts", 0), value.get("labels", "")
+            return
+        self._entries = entries
+        self._file_good = True
+
+    def _recover(self, reason: str) -> None:
+        moved = self._set_aside()
+        try:
+            backup = _read(self.backup_path)
+        except _DamagedError as exc:
+            backup, unusable = (
+                None,
+                f"its backup {self.backup_path} is damaged too ({exc})",
             )
+        else:
+            unusable = f"it has no backup ({self.backup_path})"
+        if backup is not None:
+            self._entries = backup
+            source = (
+                f"resumed from its backup {self.backup_path} (one save older, "
+                f"{len(backup)} containers)"
+            )
+        else:
+            source = unusable
+        self.recovery = (
+            f"positions file {self.path} is damaged ({reason}); {moved}; {source}; "
+            "a container without a position is read from the start of its Docker log"
+        )
+        _log.warning("%s", self.recovery)
+        # Save the recovered state now: the damaged file must not be read again, and
+        # a crash before the first position moves must not lose the backup's content.
+        self._dirty = True
+        self._changed.set()
+        # A failure is recorded in save_error; the flusher retries.
+        with contextlib.suppress(OSError):
+            self.save()
+
+    def _set_aside(self) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}{CORRUPT_INFIX}{stamp}")
+        n = 0
+        while os.path.lexists(target):
+            n += 1
+            target = self.path.with_name(f"{self.path.name}{CORRUPT_INFIX}{stamp}-{n}")
+        try:
+            if self.path.is_dir():
+                os.rename(self.path, target)
+            else:
+                try:
+                    # A link keeps the file in place until the save replaces it, so the
+                    # source never runs without a file while it cannot write one.
+                    os.link(self.path, target)
+                except OSError:
+                    os.rename(self.path, target)
+        except OSError as exc:
+            return f"could not set it aside ({exc})"
+        return f"set it aside as {target}"
+
+    # -- the positions --
 
     @property
     def dirty(self) -> bool:
@@ -121,6 +252,8 @@ class Positions:
             self._dirty = True
             self._changed.set()
 
+    # -- saving --
+
     def _snapshot(self) -> bytes:
         return orjson.dumps(
             {
@@ -134,35 +267,80 @@ class Positions:
             option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE,
         )
 
+    def _backup_target(self) -> Path | None:
+        return self.backup_path if self._file_good else None
+
+    def _saved(self, exc: OSError | None) -> None:
+        """Record a save attempt: say once when saving starts failing and once when it
+        works again (a full disk would otherwise log every second)."""
+        failing_before = self.save_error is not None
+        self.save_error = exc
+        if exc is None:
+            self._file_good = True
+            if failing_before:
+                _log.info("positions file %s saved again", self.path)
+        elif not failing_before:
+            _log.warning(
+                "cannot save positions file %s: %s; retrying every %g s (lines are "
+                "still shipped, but a restart re-sends those delivered since the "
+                "last save)",
+                self.path,
+                exc,
+                _SAVE_RETRY_S,
+            )
+        if self._on_save is not None:
+            self._on_save(exc)
+
     def save(self) -> None:
-        """Write the file atomically now (blocking; ``asave()`` runs it in a thread)."""
+        """Write the file atomically now (blocking; ``asave()`` runs it in a thread).
+
+        Raises:
+            OSError: the file could not be written (also recorded in ``save_error``).
+        """
         self._dirty = False
         try:
-            _write_atomic(self.path, self._snapshot())
+            _write_atomic(self.path, self._snapshot(), self._backup_target())
+        except OSError as exc:
+            self._dirty = True
+            self._saved(exc)
+            raise
         except BaseException:
             self._dirty = True
             raise
+        self._saved(None)
 
     async def asave(self) -> None:
-        """Save without blocking the event loop; concurrent calls are serialised."""
+        """Save without blocking the event loop; concurrent calls are serialised.
+
+        Raises:
+            OSError: as ``save``.
+        """
         async with self._save_lock:
             # Snapshot on the loop thread: the dict must not change while it is
             # serialised.
             data = self._snapshot()
             self._dirty = False
             try:
-                await asyncio.to_thread(_write_atomic, self.path, data)
+                await asyncio.to_thread(
+                    _write_atomic, self.path, data, self._backup_target()
+                )
+            except OSError as exc:
+                self._dirty = True
+                self._saved(exc)
+                raise
             except BaseException:
                 self._dirty = True
                 raise
+            self._saved(None)
 
     async def run_flusher(self, interval_s: float = 0.0) -> None:
-        """Save as soon as a position changes, until cancelled; errors are logged.
+        """Save as soon as a position changes, until cancelled.
 
         Changes that arrive while a save runs are coalesced into the next one, so a
         burst of acknowledgements costs one write; ``interval_s`` is the least time
         between two saves. Saving at once keeps what ``kill -9`` can make the agent
         send again down to what was acknowledged while the last write was under way.
+        A failed save is retried every second whether or not anything changes.
         """
         while True:
             await self._changed.wait()
@@ -171,16 +349,32 @@ class Positions:
             if self._dirty:
                 try:
                     await self.asave()
-                except OSError as exc:
-                    _log.warning("cannot save positions file %s: %s", self.path, exc)
-                    # Try again after a pause, whether or not anything changes.
-                    pause = max(interval_s, 1.0)
+                except OSError:
+                    pause = max(interval_s, _SAVE_RETRY_S)
                     self._changed.set()
             if pause:
                 await asyncio.sleep(pause)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _keep_backup(path: Path, backup: Path) -> None:
+    """Make ``backup`` the file now at ``path`` (a hard link, swapped in atomically).
+
+    Best effort: when it fails (no file yet, no hard links on this file system) the
+    previous backup, older still, stays, and the save goes on.
+    """
+    staging = backup.with_name(f".{backup.name}.tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        os.link(path, staging)
+        os.replace(staging, backup)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        _log.debug("cannot keep %s as the backup of %s: %s", backup, path, exc)
+
+
+def _write_atomic(path: Path, data: bytes, backup: Path | None) -> None:
     directory = path.parent
     directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
@@ -190,6 +384,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
+        if backup is not None:
+            _keep_backup(path, backup)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

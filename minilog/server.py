@@ -103,15 +103,23 @@ class AgentServer:
             await runner.cleanup()
 
     async def _ready(self, request: web.Request) -> web.Response:
+        # As Alloy's: ready once the first config loaded; component health is
+        # /-/healthy's business.
         if self._agent.ready:
             return web.Response(text="minilog is ready.\n")
         return web.Response(status=503, text="minilog is not ready.\n")
 
     async def _healthy(self, request: web.Request) -> web.Response:
+        # As Alloy v1.18's handler: 500 and the component *names* (``loki.write``, as
+        # Alloy's ``ComponentName``), one per unhealthy component, in config order.
+        # The IDs and the reasons are on the UI page and in its JSON.
         bad = self._agent.unhealthy_components()
         if bad:
+            names = ", ".join(_component_name(cid) for cid in bad)
             return web.Response(
-                status=500, text=f"unhealthy components: {', '.join(bad)}\n"
+                status=500,
+                text=f"unhealthy components: {names}\n",
+                headers={"X-Content-Type-Options": "nosniff"},
             )
         return web.Response(text="All minilog components are healthy.\n")
 
@@ -136,27 +144,38 @@ class AgentServer:
         )
 
 
+def _component_name(component_id: str) -> str:
+    # An ID is ``<name>.<label>`` and a label is an identifier (no dots).
+    return component_id.rsplit(".", 1)[0]
+
+
+def _pretty(value: Any) -> str:
+    if value is None:
+        return ""
+    pretty = orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str)
+    return f"<pre>{html.escape(pretty.decode())}</pre>"
+
+
 def _render_index(components: list[dict[str, Any]]) -> str:
+    # ``components`` comes redacted from the agent (no secret reaches this page).
     rows = []
     for c in components:
-        detail = ""
-        if c.get("debug_info") is not None:
-            pretty = orjson.dumps(
-                c["debug_info"], option=orjson.OPT_INDENT_2, default=str
-            )
-            detail = f"<pre>{html.escape(pretty.decode())}</pre>"
         health = html.escape(str(c["health"]))
         rows.append(
             f"<tr><td>{html.escape(str(c['id']))}</td>"
             f"<td class='{health}'>{health}</td>"
-            f"<td>{html.escape(str(c.get('message', '')))}</td><td>{detail}</td></tr>"
+            f"<td>{html.escape(str(c.get('message', '')))}</td>"
+            f"<td>{_pretty(c.get('arguments'))}</td>"
+            f"<td>{_pretty(c.get('debug_info'))}</td></tr>"
         )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>minilog</title>"
         "<style>body{font-family:sans-serif}td{vertical-align:top;padding:4px 8px}"
         ".healthy{color:#080}.unhealthy,.exited{color:#b00}</style></head><body>"
         "<h1>minilog components</h1><table><tr><th>component</th><th>health</th>"
-        "<th>message</th><th>debug info</th></tr>" + "".join(rows) + "</table>"
+        "<th>message</th><th>arguments</th><th>debug info</th></tr>"
+        + "".join(rows)
+        + "</table>"
         "<p><a href='/api/v0/web/components'>JSON</a> &middot; "
         "<a href='/metrics'>metrics</a>"
         "</p></body></html>"

@@ -886,8 +886,13 @@ class DockerSource:
         try:
             async with asyncio.timeout(10):
                 await self._positions.asave()
-        except (OSError, TimeoutError) as exc:
-            _log.error("cannot save positions file %s: %s", self._positions.path, exc)
+        except OSError:
+            pass  # Positions says so (once per run of failures) and keeps save_error
+        except TimeoutError:
+            _log.error(
+                "saving positions file %s took over 10 s; gave up",
+                self._positions.path,
+            )
 
     async def _stop_tailers(self) -> None:
         tasks = list(self._tasks)

@@ -332,6 +332,8 @@ class FakeDocker:
         self.all: dict[str, dict[str, Any]] = {}
         self.networks_list: list[dict[str, Any]] = []
         self.fail: BaseException | None = None
+        # While set, a list call waits for this event (a daemon that does not answer).
+        self.gate: asyncio.Event | None = None
         self.calls: list[tuple[bool, dict[str, list[str]] | None]] = []
         self.list_calls = 0
         self.listed = asyncio.Event()
@@ -356,6 +358,8 @@ class FakeDocker:
         self.list_calls += 1
         self.listed.set()
         self.calls.append((all, {k: list(v) for k, v in (filters or {}).items()}))
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail is not None:
             raise self.fail
         filters = filters or {}

@@ -75,11 +75,21 @@ async def test_ready_turns_200_after_the_first_load(
 async def test_healthy_lists_unhealthy_components(
     served: tuple[FakeAgent, str],
 ) -> None:
+    # As Alloy v1.18's handler: 500 and one component *name* per unhealthy component
+    # (Alloy's ComponentName), in the agent's order. Behaviour change: minilog used to
+    # list IDs; the IDs and the reasons are in the UI and its JSON.
     agent, url = served
-    assert (await get(url + "/-/healthy"))[0] == 200
-    agent.unhealthy = ["loki.write.a", "loki.write.b"]
-    status, body, _ = await get(url + "/-/healthy")
-    assert (status, body) == (500, "unhealthy components: loki.write.a, loki.write.b\n")
+    assert (await get(url + "/-/healthy"))[:2] == (
+        200,
+        "All minilog components are healthy.\n",
+    )
+    agent.unhealthy = ["loki.write.b", "discovery.docker.a", "loki.write.a"]
+    status, body, ctype = await get(url + "/-/healthy")
+    assert (status, body) == (
+        500,
+        "unhealthy components: loki.write, discovery.docker, loki.write\n",
+    )
+    assert ctype == "text/plain; charset=utf-8"
 
 
 async def test_reload_answers_200_or_400_with_the_diagnostics(

@@ -161,6 +161,8 @@ class Component(abc.ABC):
         self.opts = opts
         self.args: Mapping[str, Any] = args
         self._health = Health("healthy", "started")
+        self._problems: dict[str, str] = {}
+        self._problem_health: Health | None = None
 
     @property
     def id(self) -> str:
@@ -201,10 +203,44 @@ class Component(abc.ABC):
         """Apply new, already validated arguments."""
 
     def health(self) -> Health:
-        return self._health
+        """What the runtime set (config errors, exit) wins; else the component's own
+        problems make it unhealthy; else the last state set."""
+        if self._health.state != "healthy" or self._problem_health is None:
+            return self._health
+        return self._problem_health
 
     def set_health(self, state: HealthState, message: str) -> None:
+        """The runtime's view: a failed update, an exit. See ``report_problem``."""
         self._health = Health(state, message)
+
+    def report_problem(self, key: str, message: str) -> None:
+        """The component found something wrong (Docker unreachable, positions not
+        saved): it turns unhealthy with ``message`` until ``clear_problem(key)``.
+
+        Problems are kept by ``key`` so independent causes clear independently; the
+        message lists them all, oldest first.
+        """
+        if self._problems.get(key) == message:
+            return
+        self._problems[key] = message
+        self._problem_health = Health("unhealthy", "; ".join(self._problems.values()))
+
+    def clear_problem(self, key: str, message: str = "") -> None:
+        """The cause reported as ``key`` went away; with no problem left the component
+        is healthy again (``message`` says why, when given)."""
+        if self._problems.pop(key, None) is None:
+            return
+        if self._problems:
+            self._problem_health = Health(
+                "unhealthy", "; ".join(self._problems.values())
+            )
+            return
+        self._problem_health = None
+        if self._health.state == "healthy":
+            self._health = Health("healthy", message or "recovered")
+
+    def has_problem(self, key: str) -> bool:
+        return key in self._problems
 
     def debug_info(self) -> Any:
         """A JSON-able view of internal state for the UI; ``None`` if there is none."""

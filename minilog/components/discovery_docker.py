@@ -3,7 +3,8 @@
 Owns the throttle between discovery and the graph: the first target list is published at
 once, later changes at most every ``MIN_PUBLISH_INTERVAL_S`` (Alloy waits 5 s for every
 publish; minilog's discovery is event driven, so a shorter throttle keeps new containers
-visible within about a second while still coalescing bursts of events).
+visible within about a second while still coalescing bursts of events), and its health:
+unhealthy, with the reason, while Docker cannot be listed.
 """
 
 from __future__ import annotations
@@ -124,7 +125,16 @@ class DiscoveryDocker(Component):
             match_first_network=bool(args.get("match_first_network", True)),
             refresh_interval=float(args.get("refresh_interval", 60.0)),
             registry=registry,
+            on_status=self._on_status,
         )
+
+    def _on_status(self, error: str | None) -> None:
+        # Unhealthy while Docker cannot be listed (missing socket, permission, no
+        # answer); healthy again after the next successful refresh.
+        if error is None:
+            self.clear_problem("docker", "Docker is reachable again")
+        else:
+            self.report_problem("docker", error)
 
     def exports(self) -> Mapping[str, Any]:
         return self._exports
@@ -177,4 +187,4 @@ class DiscoveryDocker(Component):
         return self._registry
 
     def debug_info(self) -> Any:
-        return {"targets": len(self._targets)}
+        return {"targets": len(self._targets), "last_error": self._discovery.error}

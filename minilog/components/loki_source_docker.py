@@ -4,15 +4,19 @@ Owns the Docker client, the positions file (``<storage>/<id>/positions.json``) a
 reset rule: a change of ``host``, ``labels`` or ``relabel_rules`` replaces the source
 (the old one stops first and records its positions, so the new one resumes exactly);
 a change of ``targets`` or ``forward_to`` is applied in place and untouched tailers run
-on.
+on. Health: unhealthy, with the reason, while Docker does not answer a ping or the
+positions file cannot be saved; healthy again once both work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
@@ -27,7 +31,8 @@ from minilog.components.base import (
 from minilog.components.discovery_docker import check_docker_args
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, Schema
-from minilog.errors import LabelError
+from minilog.discovery import SLOW_AFTER_S
+from minilog.errors import ClosedError, DockerError, LabelError
 from minilog.labels import parse_labels
 from minilog.positions import Positions
 from minilog.relabel import RelabelRules
@@ -39,6 +44,12 @@ __all__ = ["LokiSourceDocker", "legacy_rules"]
 # not reset on ``labels``, but minilog's tailers compute labels once per stream at
 # start).
 _RESET_FIELDS = ("host", "labels", "relabel_rules", "refresh_interval")
+
+#: How often the source asks Docker ``/_ping`` while it answers, and while it does not.
+#: Without it, a source with no target (discovery cannot list either) would never
+#: notice that Docker is gone; a ping costs dockerd next to nothing.
+_PROBE_INTERVAL_S: Final = 5.0
+_PROBE_RETRY_S: Final = 1.0
 
 
 def legacy_rules(rules: RelabelRules | None) -> RelabelRules | None:
@@ -86,7 +97,10 @@ class LokiSourceDocker(Component):
     def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
         super().__init__(opts, args)
         self._fanout = Fanout(args.get("forward_to") or [])
-        self._positions = Positions(opts.data_path / "positions.json")
+        path = opts.data_path / "positions.json"
+        self._positions = Positions(
+            path, on_save=functools.partial(self._on_positions_saved, path)
+        )
         self._client = DockerClient(str(args["host"]))
         self._old_clients: list[DockerClient] = []
         self._registry = opts.registry
@@ -110,7 +124,58 @@ class LokiSourceDocker(Component):
     def metrics_registry(self) -> CollectorRegistry:
         return self._registry
 
+    def _on_positions_saved(self, path: Path, exc: OSError | None) -> None:
+        if exc is None:
+            self.clear_problem("positions", "positions saved again")
+        else:
+            self.report_problem(
+                "positions", f"cannot save positions file {path}: {exc}"
+            )
+
+    def _docker_failing(self, message: str) -> None:
+        if not self.has_problem("docker"):
+            self.log.warning(message)
+        self.report_problem("docker", message)
+
+    def _ping_late(self, message: str) -> None:
+        # A known failure keeps its own reason while later pings hang too.
+        if not self.has_problem("docker"):
+            self._docker_failing(message)
+
+    async def _probe_docker(self) -> None:
+        """Keep the ``docker`` problem in step with whether Docker answers a ping."""
+        loop = asyncio.get_running_loop()
+        while True:
+            client = self._client
+            late = loop.call_later(
+                SLOW_AFTER_S,
+                self._ping_late,
+                f"cannot reach Docker: Docker at {client.host} has not answered for "
+                f"{SLOW_AFTER_S:g} s",
+            )
+            try:
+                answered = await client.ping()
+            except ClosedError:
+                pass  # the host changed under the ping: ask the new client next
+            except DockerError as exc:
+                self._docker_failing(f"cannot reach Docker: {exc}")
+            else:
+                if answered:
+                    if self.has_problem("docker"):
+                        self.log.info("Docker is reachable again")
+                    self.clear_problem("docker", "Docker is reachable again")
+                else:
+                    self._docker_failing(
+                        f"cannot reach Docker: Docker at {client.host} did not "
+                        "answer its ping with OK"
+                    )
+            finally:
+                late.cancel()
+            healthy = not self.has_problem("docker")
+            await asyncio.sleep(_PROBE_INTERVAL_S if healthy else _PROBE_RETRY_S)
+
     async def run(self) -> None:
+        probe = asyncio.create_task(self._probe_docker(), name=f"{self.id} probe")
         try:
             while True:
                 self._replaced.clear()
@@ -140,14 +205,14 @@ class LokiSourceDocker(Component):
                 # the counters go on across the reload, as Alloy's do.
                 self._source = self._build(self.args, self._registry)
         finally:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
             self.set_health("exited", "stopped")
 
     async def finalize(self) -> None:
         # Writers have flushed by now: persist what they acknowledged, then close.
-        try:
+        with contextlib.suppress(OSError):  # Positions logs it (once) and keeps it
             await self._positions.asave()
-        except OSError as exc:
-            self.log.error("cannot save positions", extra={"err": str(exc)})
         for client in [*self._old_clients, self._client]:
             await client.aclose()
 
@@ -198,4 +263,12 @@ class LokiSourceDocker(Component):
             except LabelError as exc:
                 item["final_labels"] = {"error": str(exc)}
             targets.append(item)
-        return {"targets_info": targets}
+        positions = self._positions
+        return {
+            "targets_info": targets,
+            "positions_file": str(positions.path),
+            "positions_recovery": positions.recovery,
+            "positions_save_error": (
+                "" if positions.save_error is None else str(positions.save_error)
+            ),
+        }
