@@ -358,5 +358,7 @@ async def test_agent_health_follows_a_hanging_missing_forbidden_then_healthy_doc
     # One outage, one warning and one recovery line per component, not one per retry.
     assert agent.log_count('level=warn msg="discovery.docker:') == 1
     assert agent.log_count("discovery.docker: Docker is reachable again") == 1
-    assert agent.log_count('level=warn msg="cannot reach Docker:') == 1, "".join(agent.lines)
+    assert agent.log_count('level=warn msg="cannot reach Docker:') == 1, "".join(
+        agent.lines
+    )
     assert agent.log_count('msg="Docker is reachable again"') == 1
