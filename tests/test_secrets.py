@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from agent_helpers import free_port, start_agent_process
+from agent_helpers import free_port, start_agent_process, wait_until
 from aiohttp import web
 
 from minilog.testing import FakeLoki
@@ -164,9 +164,7 @@ loki.write "out" {{
                     info = {c["id"]: c for c in orjson.loads(body)}
                     return info["discovery.docker.remote"]["health"] == "unhealthy"
 
-                async with asyncio.timeout(20):
-                    while not await discovery_failed():
-                        await asyncio.sleep(0.1)
+                await wait_until(discovery_failed, 20, "discovery.docker unhealthy")
                 metrics = (await agent.get("/metrics"))[1]
                 page = (await agent.get("/"))[1]
                 components = (await agent.get("/api/v0/web/components"))[1]
