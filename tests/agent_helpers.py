@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,12 +246,22 @@ class AgentProcess:
 
 
 async def start_agent_process(
-    config: Path | None, storage: Path, *extra: str
+    config: Path | None,
+    storage: Path,
+    *extra: str,
+    prefix: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    pythonpath: Sequence[Path] = (),
 ) -> AgentProcess:
     """Start the agent on ``config`` (``None``: its embedded default) with
-    ``--storage.path=storage`` and ``extra`` flags; returns once it serves HTTP."""
+    ``--storage.path=storage`` and ``extra`` flags; returns once it serves HTTP.
+
+    ``prefix`` wraps the command (``setpriv ...``), ``env`` adds variables and
+    ``pythonpath`` directories searched before the repository's."""
     port = free_port()
+    path = os.pathsep.join(str(p) for p in (*pythonpath, REPO))
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         sys.executable,
         "-m",
         "minilog",
@@ -262,7 +272,7 @@ async def start_agent_process(
         *extra,
         *([] if config is None else [str(config)]),
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, **(env or {}), "PYTHONPATH": path},
     )
     agent = AgentProcess(proc, port)
     try:

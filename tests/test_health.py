@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from agent_helpers import REPO, AgentProcess, free_port, wait_until
+from agent_helpers import AgentProcess, start_agent_process, wait_until
 from fake_docker import FakeDockerEngine
 from fs_helpers import (
     as_user,
@@ -255,24 +254,8 @@ async def unprivileged_agent(
         storage = tmp_path / "data"
         storage.mkdir(exist_ok=True)
         storage.chmod(0o777)
-        port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "minilog",
-            "run",
-            f"--server.http.listen-addr=127.0.0.1:{port}",
-            f"--storage.path={storage}",
-            str(config),
-        ]
-        proc = await asyncio.create_subprocess_exec(
-            *as_user(command),
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        agent = AgentProcess(proc, port)
+        agent = await start_agent_process(config, storage, prefix=as_user([]))
         started.append(agent)
-        await agent.wait_for_log("now listening")
         return agent
 
     yield start
