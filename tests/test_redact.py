@@ -11,7 +11,9 @@ import orjson
 import pytest
 
 from minilog._logging_setup import JsonFormatter, LogfmtFormatter
-from minilog.config import Secret
+from minilog.components import COMPONENT_TYPES
+from minilog.config import Block, Scope, Secret, parse
+from minilog.errors import ConfigError
 from minilog.pipeline import Agent
 from minilog.redact import (
     SECRET_TEXT,
@@ -204,3 +206,14 @@ loki.write "a" {{
     # The writer's own debug view copied the URL: no userinfo there either.
     shown_url = write["debug_info"]["endpoints"][0]["url"]
     assert "127.0.0.1:" in shown_url and "agent" not in shown_url
+
+
+def test_a_bad_docker_host_diagnostic_shows_no_userinfo() -> None:
+    # Diagnostics are printed, not logged: the message itself must be clean.
+    block = parse('discovery.docker "x" {\n  host = "ftp://u:pw-Hx91@h:1"\n}\n').body[0]
+    assert isinstance(block, Block)
+    cls = COMPONENT_TYPES["discovery.docker"]
+    with pytest.raises(ConfigError) as caught:
+        cls.prepare(cls.decode(block, Scope()), block)
+    assert "unsupported Docker host 'ftp://(secret)@h:1'" in str(caught.value)
+    assert "pw-Hx91" not in str(caught.value)

@@ -21,6 +21,7 @@ from minilog.components.base import Component, ComponentOptions, positioned, reg
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, BlockSpec, Schema
 from minilog.discovery import DockerDiscovery
+from minilog.redact import strip_userinfo
 
 __all__ = ["DiscoveryDocker", "check_docker_args"]
 
@@ -45,9 +46,10 @@ def check_docker_args(args: Mapping[str, Any], block: Block) -> None:
     except ValueError as exc:
         raise positioned(block, f"parsing host attribute: {exc}") from exc
     if scheme not in _HOST_SCHEMES:
+        # Printed as a diagnostic, outside the log filter: no userinfo in it.
         raise positioned(
             block,
-            f"unsupported Docker host {host!r}; supported schemes: "
+            f"unsupported Docker host {strip_userinfo(host)!r}; supported schemes: "
             + ", ".join(f"{s}://" for s in _HOST_SCHEMES),
         )
 
