@@ -36,6 +36,7 @@ __all__ = [
     "RedactingFilter",
     "Redactor",
     "is_secret_name",
+    "secrets_in",
     "strip_userinfo",
 ]
 
