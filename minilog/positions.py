@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ class Positions:
         self.path = Path(path)
         self._entries: dict[str, Position] = {}
         self._dirty = False
+        # Monotonic time of the oldest change the file does not hold yet.
+        self._unsaved_since: float | None = None
         self._changed = asyncio.Event()
         self._save_lock = asyncio.Lock()
         self._load()
@@ -100,6 +103,31 @@ class Positions:
         """True when memory holds changes not saved yet."""
         return self._dirty
 
+    def unsaved_for(self, now: float) -> float:
+        """Seconds since the oldest change the file does not hold yet (0 when it holds
+        them all); ``now`` is ``time.monotonic()``."""
+        since = self._unsaved_since
+        return 0.0 if since is None else max(0.0, now - since)
+
+    def _mark_dirty(self) -> None:
+        if self._unsaved_since is None:
+            self._unsaved_since = time.monotonic()
+        self._dirty = True
+        self._changed.set()
+
+    def _saving(self) -> float | None:
+        """Call as a save starts: memory is now what is being written."""
+        since, self._unsaved_since = self._unsaved_since, None
+        self._dirty = False
+        return since
+
+    def _save_failed(self, since: float | None) -> None:
+        self._dirty = True
+        if since is not None and (
+            self._unsaved_since is None or since < self._unsaved_since
+        ):
+            self._unsaved_since = since
+
     def ids(self) -> list[str]:
         return list(self._entries)
 
@@ -113,13 +141,11 @@ class Positions:
         new = Position(ts_ns, count_at_ts, labels)
         if self._entries.get(container_id) != new:
             self._entries[container_id] = new
-            self._dirty = True
-            self._changed.set()
+            self._mark_dirty()
 
     def remove(self, container_id: str) -> None:
         if self._entries.pop(container_id, None) is not None:
-            self._dirty = True
-            self._changed.set()
+            self._mark_dirty()
 
     def _snapshot(self) -> bytes:
         return orjson.dumps(
@@ -136,11 +162,11 @@ class Positions:
 
     def save(self) -> None:
         """Write the file atomically now (blocking; ``asave()`` runs it in a thread)."""
-        self._dirty = False
+        since = self._saving()
         try:
             _write_atomic(self.path, self._snapshot())
         except BaseException:
-            self._dirty = True
+            self._save_failed(since)
             raise
 
     async def asave(self) -> None:
@@ -149,11 +175,11 @@ class Positions:
             # Snapshot on the loop thread: the dict must not change while it is
             # serialised.
             data = self._snapshot()
-            self._dirty = False
+            since = self._saving()
             try:
                 await asyncio.to_thread(_write_atomic, self.path, data)
             except BaseException:
-                self._dirty = True
+                self._save_failed(since)
                 raise
 
     async def run_flusher(self, interval_s: float = 0.0) -> None:
