@@ -38,6 +38,7 @@ from minilog._frames import (
     RawLineSplitter,
     parse_timestamp,
 )
+from minilog.discovery import LABEL_CONTAINER_NAME
 from minilog.errors import DockerError, MinilogError
 from minilog.labels import format_labels
 from minilog.model import Delivery, LogsReceiver, StreamBatch
@@ -59,7 +60,10 @@ _log = logging.getLogger(__name__)
 
 LABEL_CONTAINER_ID: Final = "__meta_docker_container_id"
 LABEL_LOG_STREAM: Final = "__meta_docker_container_log_stream"
-_LABEL_CONTAINER_NAME: Final = "__meta_docker_container_name"
+#: ``minilog_source_docker_dropped_entries_total`` reasons: a relabel rule dropped the
+#: stream, or it was left without any label.
+_DROPPED_BY_RELABEL: Final = "relabel_dropped"
+_DROPPED_NO_LABELS: Final = "no_labels"
 
 _FNV_OFFSET: Final = 14695981039346656037
 _FNV_PRIME: Final = 1099511628211
@@ -250,7 +254,7 @@ class _Metrics:
             ["reason"],
             registry=registry,
         )
-        for reason in ("relabel_dropped", "no_labels"):
+        for reason in (_DROPPED_BY_RELABEL, _DROPPED_NO_LABELS):
             self.dropped.labels(reason)
         self.resumes = Counter(
             "minilog_source_docker_resumes_total",
@@ -294,7 +298,7 @@ class _TargetCollector(Collector):
                 if tailer.container_id in seen:
                     continue  # a reload's new source and the old one, briefly
                 seen.add(tailer.container_id)
-                name = tailer.labels.get(_LABEL_CONTAINER_NAME, "").lstrip("/")
+                name = tailer.labels.get(LABEL_CONTAINER_NAME, "").lstrip("/")
                 rows.append(
                     (
                         name,
@@ -721,7 +725,7 @@ class ContainerTailer:
                 continue
             labels = self._stream_labels_for(stream)
             if not labels:
-                reason = "relabel_dropped" if labels is None else "no_labels"
+                reason = _DROPPED_BY_RELABEL if labels is None else _DROPPED_NO_LABELS
                 metrics.dropped.labels(reason).inc(len(entries))
                 continue
             batches.append((labels, entries))
