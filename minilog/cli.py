@@ -20,14 +20,24 @@ import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import prometheus_client
 
 from minilog._logging_setup import configure_logging
 from minilog.errors import ConfigError, MinilogError
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_LOKI_URL", "default_config", "main"]
+if TYPE_CHECKING:
+    from minilog.pipeline import Agent
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_LOKI_URL",
+    "default_config",
+    "main",
+    "public_url",
+]
 
 log = logging.getLogger("minilog.cli")
 
@@ -372,6 +382,7 @@ async def _serve(args: argparse.Namespace) -> int:
         _print_diagnostics(exc)
         _remove_handlers(loop)
         return _EXIT_CONFIG
+    _log_plan(agent, "<embedded default>" if args.path is None else args.path)
     server = AgentServer(agent, host=host, port=port)
     try:
         await server.start()
@@ -381,15 +392,60 @@ async def _serve(args: argparse.Namespace) -> int:
         _remove_handlers(loop)
         return 1
     log.info("now listening for http traffic", extra={"addr": server.url})
+    discovered = loop.create_task(_log_discovery(agent))
 
     try:
         await agent.wait_stopped()
     finally:
+        discovered.cancel()
         await server.aclose()
         await agent.aclose()
         _remove_handlers(loop)
     log.info("shutdown complete")
     return 0
+
+
+def public_url(url: str) -> str:
+    """``url`` without its userinfo (``user:password@``), for logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _log_plan(agent: Agent, config: str) -> None:
+    """What the agent runs: the config and where its logs go."""
+    log.info("running config", extra={"config": config})
+    endpoints = agent.write_endpoints()
+    for component_id, url in endpoints:
+        log.info(
+            "shipping logs to endpoint",
+            extra={"component_id": component_id, "url": public_url(url)},
+        )
+    if not endpoints:
+        log.info("the config has no loki.write endpoint: nothing is shipped to Loki")
+
+
+async def _log_discovery(agent: Agent) -> None:
+    """Once the first container list went through the graph: how many containers
+    discovery found and how many relabelling kept (what is tailed)."""
+    await agent.wait_discovered()
+    counts = agent.docker_containers()
+    if counts is None:
+        return
+    found, kept = counts
+    log.info(
+        "containers discovered",
+        extra={"containers_found": found, "containers_kept": kept},
+    )
+    if found and not kept:
+        log.warning(
+            "relabelling kept none of the discovered containers: no log is tailed "
+            "until a container matches the rules"
+        )
 
 
 def _pin_mmap_threshold() -> None:

@@ -33,6 +33,7 @@ from minilog.config import Attr, Schema, Scope, decode_block
 from minilog.config.ast import Attribute, Block, File
 from minilog.errors import ConfigError, Diagnostic, MinilogError
 from minilog.redact import Redactor
+from minilog.tail import LABEL_CONTAINER_ID
 
 __all__ = ["PHASES", "Agent", "LoggingConfig"]
 
@@ -171,6 +172,9 @@ class Agent:
         self._lock = asyncio.Lock()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
+        # Set while no export change waits for the controller.
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._stop = asyncio.Event()
         self._controller: asyncio.Task[None] | None = None
         self.last_error: ConfigError | None = None
@@ -248,6 +252,40 @@ class Agent:
     def component(self, component_id: str) -> Component:
         """The running component with that ID (``KeyError`` if there is none)."""
         return self._live[component_id].component
+
+    def write_endpoints(self) -> list[tuple[str, str]]:
+        """``(component id, URL)`` of every ``loki.write`` endpoint, in config order."""
+        out: list[tuple[str, str]] = []
+        for cid in self._graph.order if self._graph else []:
+            live = self._live.get(cid)
+            if live is None or live.node.cls.name != "loki.write":
+                continue
+            endpoints = live.raw_args.get("endpoint") or []
+            out.extend((cid, str(e.get("url", ""))) for e in endpoints)
+        return out
+
+    def docker_containers(self) -> tuple[int, int] | None:
+        """``(found, kept)``: distinct containers in the targets of every
+        ``discovery.docker``, and in those every ``loki.source.docker`` was given (what
+        relabelling kept). ``None`` when the config has no ``discovery.docker``."""
+        found: set[str] = set()
+        kept: set[str] = set()
+        has_discovery = False
+        for live in self._live.values():
+            name = live.node.cls.name
+            if name == "discovery.docker":
+                has_discovery = True
+                found |= _container_ids(live.component.exports().get("targets"))
+            elif name == "loki.source.docker":
+                kept |= _container_ids(live.raw_args.get("targets"))
+        return (len(found), len(kept)) if has_discovery else None
+
+    async def wait_discovered(self) -> None:
+        """Return once every component's first exports (discovery's first target list)
+        went through the graph: ``docker_containers()`` then counts real containers."""
+        for live in list(self._live.values()):
+            await live.component.wait_first_exports()
+        await self._idle.wait()
 
     # ---------------------------------------------------------------- loading
 
@@ -589,6 +627,7 @@ class Agent:
 
     def _exports_changed(self, cid: str) -> None:
         self._dirty.add(cid)
+        self._idle.clear()
         self._wake.set()
 
     async def _control(self) -> None:
@@ -607,6 +646,8 @@ class Agent:
                     for cid in self._graph.order:
                         if cid in affected and cid in self._live:
                             await self._reevaluate(self._live[cid])
+                if not self._dirty:
+                    self._idle.set()
 
     async def _reevaluate(self, live: _Live) -> None:
         node = live.node
@@ -695,6 +736,16 @@ def _at(block: Block, exc: ConfigError) -> ConfigError:
             for d in exc.diagnostics
         ]
     )
+
+
+def _container_ids(targets: Any) -> set[str]:
+    if not isinstance(targets, list):
+        return set()
+    return {
+        str(t[LABEL_CONTAINER_ID])
+        for t in targets
+        if isinstance(t, Mapping) and t.get(LABEL_CONTAINER_ID)
+    }
 
 
 def _component_of(path: tuple[str, ...], nodes: Mapping[str, _Node]) -> str | None:

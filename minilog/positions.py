@@ -145,6 +145,8 @@ class Positions:
         self._on_save = on_save
         self._entries: dict[str, Position] = {}
         self._dirty = False
+        # Monotonic time of the oldest change the file does not hold yet.
+        self._unsaved_since: float | None = None
         self._changed = asyncio.Event()
         self._save_lock = asyncio.Lock()
         # Whether the file on disk is a good copy, worth keeping as the backup.
@@ -197,8 +199,7 @@ class Positions:
         _log.warning("%s", self.recovery)
         # Save the recovered state now: the damaged file must not be read again, and
         # a crash before the first position moves must not lose the backup's content.
-        self._dirty = True
-        self._changed.set()
+        self._mark_dirty()
         # A failure is recorded in save_error; the flusher retries.
         with contextlib.suppress(OSError):
             self.save()
@@ -231,6 +232,31 @@ class Positions:
         """True when memory holds changes not saved yet."""
         return self._dirty
 
+    def unsaved_for(self, now: float) -> float:
+        """Seconds since the oldest change the file does not hold yet (0 when it holds
+        them all); ``now`` is ``time.monotonic()``."""
+        since = self._unsaved_since
+        return 0.0 if since is None else max(0.0, now - since)
+
+    def _mark_dirty(self) -> None:
+        if self._unsaved_since is None:
+            self._unsaved_since = time.monotonic()
+        self._dirty = True
+        self._changed.set()
+
+    def _saving(self) -> float | None:
+        """Call as a save starts: memory is now what is being written."""
+        since, self._unsaved_since = self._unsaved_since, None
+        self._dirty = False
+        return since
+
+    def _save_failed(self, since: float | None) -> None:
+        self._dirty = True
+        if since is not None and (
+            self._unsaved_since is None or since < self._unsaved_since
+        ):
+            self._unsaved_since = since
+
     def ids(self) -> list[str]:
         return list(self._entries)
 
@@ -244,13 +270,11 @@ class Positions:
         new = Position(ts_ns, count_at_ts, labels)
         if self._entries.get(container_id) != new:
             self._entries[container_id] = new
-            self._dirty = True
-            self._changed.set()
+            self._mark_dirty()
 
     def remove(self, container_id: str) -> None:
         if self._entries.pop(container_id, None) is not None:
-            self._dirty = True
-            self._changed.set()
+            self._mark_dirty()
 
     # -- saving --
 
@@ -297,15 +321,15 @@ class Positions:
         Raises:
             OSError: the file could not be written (also recorded in ``save_error``).
         """
-        self._dirty = False
+        since = self._saving()
         try:
             _write_atomic(self.path, self._snapshot(), self._backup_target())
         except OSError as exc:
-            self._dirty = True
+            self._save_failed(since)
             self._saved(exc)
             raise
         except BaseException:
-            self._dirty = True
+            self._save_failed(since)
             raise
         self._saved(None)
 
@@ -319,17 +343,17 @@ class Positions:
             # Snapshot on the loop thread: the dict must not change while it is
             # serialised.
             data = self._snapshot()
-            self._dirty = False
+            since = self._saving()
             try:
                 await asyncio.to_thread(
                     _write_atomic, self.path, data, self._backup_target()
                 )
             except OSError as exc:
-                self._dirty = True
+                self._save_failed(since)
                 self._saved(exc)
                 raise
             except BaseException:
-                self._dirty = True
+                self._save_failed(since)
                 raise
             self._saved(None)
 

@@ -15,12 +15,21 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from minilog._frames import (
     DEFAULT_MAX_LINE_SIZE,
@@ -29,6 +38,7 @@ from minilog._frames import (
     RawLineSplitter,
     parse_timestamp,
 )
+from minilog.discovery import LABEL_CONTAINER_NAME
 from minilog.errors import DockerError, MinilogError
 from minilog.labels import format_labels
 from minilog.model import Delivery, LogsReceiver, StreamBatch
@@ -50,6 +60,10 @@ _log = logging.getLogger(__name__)
 
 LABEL_CONTAINER_ID: Final = "__meta_docker_container_id"
 LABEL_LOG_STREAM: Final = "__meta_docker_container_log_stream"
+#: ``minilog_source_docker_dropped_entries_total`` reasons: a relabel rule dropped the
+#: stream, or it was left without any label.
+_DROPPED_BY_RELABEL: Final = "relabel_dropped"
+_DROPPED_NO_LABELS: Final = "no_labels"
 
 _FNV_OFFSET: Final = 14695981039346656037
 _FNV_PRIME: Final = 1099511628211
@@ -240,6 +254,8 @@ class _Metrics:
             ["reason"],
             registry=registry,
         )
+        for reason in (_DROPPED_BY_RELABEL, _DROPPED_NO_LABELS):
+            self.dropped.labels(reason)
         self.resumes = Counter(
             "minilog_source_docker_resumes_total",
             "Streams resumed from a position, by how: window (since + tail, cheap), "
@@ -252,6 +268,67 @@ class _Metrics:
             "Tailer crashes caught and restarted by the supervisor.",
             registry=registry,
         )
+        self.positions_age = Gauge(
+            "minilog_source_docker_positions_age_seconds",
+            "How far the positions file lags the acknowledged positions: seconds "
+            "since the oldest acknowledgement it does not hold yet (0 while it holds "
+            "them all; grows while saves fail).",
+            registry=registry,
+        )
+        registry.register(_TargetCollector(self.sources))
+
+
+class _TargetCollector(Collector):
+    """Per-container gauges, read from the tailers at scrape time: whether each target's
+    stream is followed, and its read lag. Alloy has no per-target series for Docker;
+    these carry the container's name and short ID."""
+
+    def __init__(self, sources: weakref.WeakSet[DockerSource]) -> None:
+        self._sources = sources
+
+    def describe(self) -> list[Metric]:
+        return list(self._families([]))
+
+    def collect(self) -> Iterator[Metric]:
+        rows: list[tuple[str, str, bool, float]] = []
+        seen: set[str] = set()
+        for source in list(self._sources):
+            now = source._ctx.clock()
+            for tailer in list(source._tailers.values()):
+                if tailer.container_id in seen:
+                    continue  # a reload's new source and the old one, briefly
+                seen.add(tailer.container_id)
+                name = tailer.labels.get(LABEL_CONTAINER_NAME, "").lstrip("/")
+                rows.append(
+                    (
+                        name,
+                        tailer.container_id[:12],
+                        tailer.is_running,
+                        tailer.lag_s(now),
+                    )
+                )
+        yield from self._families(rows)
+
+    @staticmethod
+    def _families(rows: Sequence[tuple[str, str, bool, float]]) -> Iterator[Metric]:
+        labels = ["container", "container_id"]
+        running = GaugeMetricFamily(
+            "minilog_source_docker_target_running",
+            "1 while the target's log stream is followed, 0 while its container is "
+            "stopped or the stream is being reopened.",
+            labels=labels,
+        )
+        lag = GaugeMetricFamily(
+            "minilog_source_docker_target_lag_seconds",
+            "Now minus the newest acknowledged entry timestamp of the target while "
+            "newer entries are in flight (0 when everything read is acknowledged).",
+            labels=labels,
+        )
+        for name, short_id, is_running, lag_s in rows:
+            running.add_metric([name, short_id], 1.0 if is_running else 0.0)
+            lag.add_metric([name, short_id], lag_s)
+        yield running
+        yield lag
 
 
 @dataclass(slots=True)
@@ -648,7 +725,7 @@ class ContainerTailer:
                 continue
             labels = self._stream_labels_for(stream)
             if not labels:
-                reason = "relabel_dropped" if labels is None else "no_labels"
+                reason = _DROPPED_BY_RELABEL if labels is None else _DROPPED_NO_LABELS
                 metrics.dropped.labels(reason).inc(len(entries))
                 continue
             batches.append((labels, entries))
@@ -969,5 +1046,11 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
         sources = metrics.sources
         metrics.lag.set_function(
             lambda: max((s._max_lag() for s in list(sources)), default=0.0)
+        )
+        metrics.positions_age.set_function(
+            lambda: max(
+                (s._positions.unsaved_for(time.monotonic()) for s in list(sources)),
+                default=0.0,
+            )
         )
     return metrics

@@ -14,13 +14,16 @@ import hashlib
 import logging
 import random
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import TracebackType
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from minilog.batch import Batch, Batcher, entries_size
 from minilog.encode import compress, encode_push_request
@@ -149,9 +152,14 @@ class EndpointConfig:
 
 
 class WriteMetrics:
-    """The ``loki_write_*`` families, registered once on the given registry."""
+    """The ``loki_write_*`` families, registered once on the given registry, and
+    minilog's queue gauges over the writers that count into them."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        #: Writers counting into these metrics (a reload's new one and the old one
+        #: draining), for the queue gauges read at scrape time.
+        self.writers: weakref.WeakSet[Writer] = weakref.WeakSet()
+        registry.register(_QueueCollector(self.writers))
         ht = ("host", "tenant")
         self.sent_entries = Counter(
             "loki_write_sent_entries",
@@ -227,6 +235,54 @@ class WriteMetrics:
         self.see_tenant(host, tenant)
         self.dropped_entries.labels(host, tenant, reason).inc(entries)
         self.dropped_bytes.labels(host, tenant, reason).inc(size)
+
+
+class _QueueCollector(Collector):
+    """``minilog_write_queue_bytes`` against ``minilog_write_queue_capacity_bytes``
+    per ``host``: Alloy has no gauge of its queue, and a queue filling up is what an
+    outage looks like before anything is dropped."""
+
+    def __init__(self, writers: weakref.WeakSet[Writer]) -> None:
+        self._writers = writers
+
+    def describe(self) -> list[Metric]:
+        return list(self._families({}, {}))
+
+    def collect(self) -> Iterator[Metric]:
+        held: dict[str, int] = {}
+        capacity: dict[str, int] = {}
+        for writer in list(self._writers):
+            for endpoint in writer._endpoints:
+                held[endpoint.host] = held.get(endpoint.host, 0) + endpoint.queued_bytes
+                if not writer.closed:
+                    # A writer draining after a reload holds bytes but no capacity.
+                    capacity[endpoint.host] = (
+                        capacity.get(endpoint.host, 0) + endpoint.capacity
+                    )
+        yield from self._families(held, capacity)
+
+    @staticmethod
+    def _families(
+        held: Mapping[str, int], capacity: Mapping[str, int]
+    ) -> Iterator[Metric]:
+        queued = GaugeMetricFamily(
+            "minilog_write_queue_bytes",
+            "Bytes held in the endpoint's queue (open, ready and in-flight batches), "
+            "as counted against queue_config.capacity.",
+            labels=["host"],
+        )
+        for host, value in sorted(held.items()):
+            queued.add_metric([host], value)
+        limit = GaugeMetricFamily(
+            "minilog_write_queue_capacity_bytes",
+            "The endpoint's queue_config.capacity: senders wait once the queue holds "
+            "this much.",
+            labels=["host"],
+        )
+        for host, value in sorted(capacity.items()):
+            limit.add_metric([host], value)
+        yield queued
+        yield limit
 
 
 class _Waiters:
@@ -707,6 +763,7 @@ class Writer:
         ]
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
+        self.metrics.writers.add(self)
 
     @property
     def closed(self) -> bool:

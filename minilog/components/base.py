@@ -181,6 +181,10 @@ class Component(abc.ABC):
         """Values other components may reference as ``<id>.<export>``."""
         return {}
 
+    async def wait_first_exports(self) -> None:  # noqa: B027 - optional hook
+        """Return once the exports describe the outside world (a discovery component:
+        its first target list). The default returns at once."""
+
     async def start(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Acquire what ``send`` needs; awaited in dependency order before ``run``."""
 

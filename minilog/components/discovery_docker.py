@@ -109,6 +109,7 @@ class DiscoveryDocker(Component):
         self._last_publish = 0.0
         self._changed = asyncio.Event()
         self._restart = asyncio.Event()
+        self._first_published = asyncio.Event()
         self._registry = opts.registry
         self._discovery = self._build(args, self._registry)
 
@@ -141,6 +142,9 @@ class DiscoveryDocker(Component):
     def exports(self) -> Mapping[str, Any]:
         return self._exports
 
+    async def wait_first_exports(self) -> None:
+        await self._first_published.wait()
+
     def _on_targets(self, targets: list[dict[str, str]]) -> None:
         self._pending = targets
         self._changed.set()
@@ -163,6 +167,7 @@ class DiscoveryDocker(Component):
             self._targets = targets
             self._exports = {"targets": targets}
             self.opts.on_exports()
+            self._first_published.set()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
