@@ -1,7 +1,8 @@
 """A small read-back client for tests against a real Loki: ``query_range`` and friends.
 
 Owns the test side of Loki's query API (loki-protocol.md section 4): the base URL from
-``LOKI_URL``, waiting for ``/ready``, log queries with ``categorize-labels`` (stream
+``LOKI_URL`` (``real_loki`` starts one when it is unset), the tenant header, waiting
+for ``/ready``, log queries with ``categorize-labels`` (stream
 labels and structured metadata apart) parsed into plain values, bounded polling, and
 Loki's ``service_name`` rule to predict the labels a query returns.
 """
@@ -19,8 +20,8 @@ import aiohttp
 
 __all__ = [
     "DETECTED_LEVEL",
-    "LOKI_SKIP_REASON",
     "PUSH_PATH",
+    "QUERY_RANGE_PATH",
     "SERVICE_NAME_SOURCES",
     "QueriedEntry",
     "QueriedStream",
@@ -34,9 +35,6 @@ __all__ = [
     "wait_ready",
 ]
 
-LOKI_SKIP_REASON = (
-    "LOKI_URL is not set: these tests need a real Loki 3.6 (see compose/)"
-)
 PUSH_PATH = "/loki/api/v1/push"
 QUERY_RANGE_PATH = "/loki/api/v1/query_range"
 
@@ -75,12 +73,16 @@ def loki_base_url(environ: Mapping[str, str] = os.environ) -> str | None:
     return url
 
 
-def tenant_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """``X-Scope-OrgID`` from ``$LOKI_TENANT``, for a Loki with ``auth_enabled``.
+def tenant_headers(
+    tenant: str | None = None, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """``X-Scope-OrgID`` for a Loki with ``auth_enabled``: ``tenant``, else
+    ``$LOKI_TENANT`` (for a ``LOKI_URL`` Loki that needs one), else none.
 
     A single-tenant Loki (``auth_enabled: false``) ignores the header.
     """
-    tenant = environ.get("LOKI_TENANT", "")
+    if tenant is None:
+        tenant = environ.get("LOKI_TENANT", "")
     return {"X-Scope-OrgID": tenant} if tenant else {}
 
 
@@ -194,8 +196,10 @@ async def query_range(
     limit: int = 1000,
     direction: str = "forward",
     categorize_labels: bool = True,
+    tenant: str | None = None,
 ) -> list[QueriedStream]:
-    """Run a log query over ``[start_ns, end_ns)`` (nanosecond integers).
+    """Run a log query over ``[start_ns, end_ns)`` (nanosecond integers), as
+    ``tenant`` (see ``tenant_headers``).
 
     Raises:
         AssertionError: Loki answered with an error status (its body is in the message).
@@ -207,7 +211,7 @@ async def query_range(
         "limit": str(limit),
         "direction": direction,
     }
-    headers = tenant_headers()
+    headers = tenant_headers(tenant)
     if categorize_labels:
         headers.update(_CATEGORIZE)
     async with session.get(
@@ -234,6 +238,7 @@ async def wait_for_entries(
     attempts: int = 20,
     interval: float = 0.25,
     categorize_labels: bool = True,
+    tenant: str | None = None,
 ) -> list[QueriedStream]:
     """Query until at least ``count`` entries come back, at most ``attempts`` times.
 
@@ -251,6 +256,7 @@ async def wait_for_entries(
             end_ns=end_ns,
             limit=limit,
             categorize_labels=categorize_labels,
+            tenant=tenant,
         )
         if total_entries(streams) >= count:
             break
