@@ -34,6 +34,17 @@ __all__ = [
 ]
 
 
+#: A test that asks for one of these (directly or through another fixture) is marked
+#: ``loki``, so ``-m "not loki"`` leaves out every test against a real Loki.
+_REAL_LOKI_FIXTURES = frozenset({"loki_base", "loki_launcher", "loki_starter"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _REAL_LOKI_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.loki)
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
     """A docker SDK client (``docker.from_env()``); skips without a reachable Engine."""

@@ -74,8 +74,12 @@ def _image_present(image: str) -> str | None:
     try:
         import docker
         import docker.errors
+        from docker_helpers import docker_host
     except ImportError:
         return "the docker Python package is not installed"
+    host = docker_host()
+    if host.startswith("unix://") and not os.path.exists(host[len("unix://") :]):
+        return f"Docker Engine not reachable at {host} (no socket)"
     try:
         client = docker.from_env()
     except docker.errors.DockerException as exc:
