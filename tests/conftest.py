@@ -31,12 +31,15 @@ __all__ = [
     "loki_base",
     "loki_launcher",
     "loki_starter",
+    "tenant_loki",
 ]
 
 
 #: A test that asks for one of these (directly or through another fixture) is marked
 #: ``loki``, so ``-m "not loki"`` leaves out every test against a real Loki.
-_REAL_LOKI_FIXTURES = frozenset({"loki_base", "loki_launcher", "loki_starter"})
+_REAL_LOKI_FIXTURES = frozenset(
+    {"loki_base", "loki_launcher", "loki_starter", "tenant_loki"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -103,4 +106,12 @@ def loki_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if isinstance(found, str):
         pytest.skip(found)
     with running_loki(found, tmp_path_factory.mktemp("loki")) as loki:
+        yield loki.base_url
+
+
+@pytest.fixture(scope="session")
+def tenant_loki(loki_starter: LokiStarter) -> Iterator[str]:
+    """Base URL of a real Loki with the seed's config and ``auth_enabled: true``
+    (pushes and queries need ``X-Scope-OrgID``), started once for the session."""
+    with loki_starter({"auth_enabled": True}) as loki:
         yield loki.base_url

@@ -18,11 +18,12 @@ from typing import Any
 
 import aiohttp
 
+from minilog.receiver import DISCOVER_SERVICE_NAME, SERVICE_NAME, UNKNOWN_SERVICE
+
 __all__ = [
     "DETECTED_LEVEL",
     "PUSH_PATH",
     "QUERY_RANGE_PATH",
-    "SERVICE_NAME_SOURCES",
     "QueriedEntry",
     "QueriedStream",
     "expected_stream_labels",
@@ -40,23 +41,6 @@ QUERY_RANGE_PATH = "/loki/api/v1/query_range"
 
 #: Structured metadata Loki adds to every stored entry (``discover_log_levels``).
 DETECTED_LEVEL = "detected_level"
-
-#: Loki 3.6's ``discover_service_name`` default, in its order of preference.
-SERVICE_NAME_SOURCES = (
-    "service",
-    "app",
-    "application",
-    "app_name",
-    "name",
-    "app_kubernetes_io_name",
-    "container",
-    "container_name",
-    "k8s_container_name",
-    "component",
-    "workload",
-    "job",
-    "k8s_job_name",
-)
 
 # Without this header Loki merges metadata into the stream labels and splits streams
 # per distinct metadata set; with it each value carries its own metadata.
@@ -90,12 +74,12 @@ def expected_stream_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """The stream labels Loki returns for pushed ``labels``.
 
     Empty values are dropped; ``service_name`` is added, unless present, from the first
-    label of ``SERVICE_NAME_SOURCES`` with a value, else ``unknown_service``.
+    label of ``DISCOVER_SERVICE_NAME`` with a value, else ``unknown_service``.
     """
     out = {name: value for name, value in labels.items() if value}
-    if "service_name" not in out:
-        source = next((n for n in SERVICE_NAME_SOURCES if out.get(n)), None)
-        out["service_name"] = out[source] if source else "unknown_service"
+    if SERVICE_NAME not in out:
+        source = next((n for n in DISCOVER_SERVICE_NAME if out.get(n)), None)
+        out[SERVICE_NAME] = out[source] if source else UNKNOWN_SERVICE
     return out
 
 

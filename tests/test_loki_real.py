@@ -452,13 +452,6 @@ async def test_an_entry_loki_refuses_is_the_only_one_counted_as_dropped(
 # -- tenants (auth_enabled: true) -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tenant_loki(loki_starter: LokiStarter) -> Iterator[str]:
-    """A Loki with the seed's config and ``auth_enabled: true``, for this module."""
-    with loki_starter({"auth_enabled": True}) as loki:
-        yield loki.base_url
-
-
 async def test_tenants_see_only_their_own_entries(
     tenant_loki: str, http: aiohttp.ClientSession, run_id: str
 ) -> None:
