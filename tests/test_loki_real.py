@@ -274,6 +274,11 @@ async def test_label_values_needing_go_escaping(
         "tab": "a\tb",
         "unicode": "Grüße 日本 🚀",
         "mixed": 'x\\"y\n\tz ✓',
+        # Each branch of Go's strconv.Quote (see test_labels), read back by Loki.
+        "control": "\a\b\f\r\v\x00\x04\x1f\x7f",
+        "spaces": "!\u00a0!\u2000!\u3000!\u0085",
+        "format": "\u2028\ufeff\U000e0001",
+        "last_rune": "\U0010ffff",
     }
     now = time.time_ns()
     streams_sent = {
