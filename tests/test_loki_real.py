@@ -37,6 +37,7 @@ from real_loki import LokiStarter
 
 from minilog.encode import compress, encode_push_request
 from minilog.labels import format_labels
+from minilog.logging import LokiHandler
 from minilog.model import LogEntry
 from minilog.pipeline import Agent
 from minilog.shipper import Shipper
@@ -333,6 +334,51 @@ async def test_several_streams_in_one_batch_keep_their_order(
         assert stream.labels == {**labels, "service_name": labels["app"]}
         assert [(e.timestamp_ns, e.line) for e in stream.entries] == [
             (e.timestamp_ns, e.line) for e in entries
+        ]
+
+
+async def test_logging_handler_records_arrive_with_their_labels_and_times(
+    base: str, http: aiohttp.ClientSession, run_id: str
+) -> None:
+    handler = LokiHandler(
+        base,
+        labels={"service": "api", "test_run": run_id},
+        label_fields=("levelname",),
+        tenant_id=tenant_headers().get("X-Scope-OrgID"),
+        batch_wait=0.05,
+    )
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("app.test_loki_real")
+    second = time.time_ns() // SECOND_NS
+    for level, created, message in [
+        (logging.WARNING, second + 0.25, "disk 91% full"),
+        (logging.INFO, second + 0.5, "no user here"),
+    ]:
+        record = logger.makeRecord(logger.name, level, __file__, 1, message, (), None)
+        record.created = created
+        handler.handle(record)
+    await asyncio.to_thread(handler.close)  # flushes; blocks on the handler's thread
+
+    entries = [
+        LogEntry(second * SECOND_NS + 250_000_000, ""),
+        LogEntry(second * SECOND_NS + 500_000_000, ""),
+    ]
+    streams = await read_back(http, base, run_id, entries)
+    got = {s.labels["level"]: s for s in streams}
+    assert set(got) == {"WARNING", "INFO"}
+    for (level, line), entry in zip(
+        [
+            ("WARNING", "WARNING app.test_loki_real: disk 91% full"),
+            ("INFO", "INFO app.test_loki_real: no user here"),
+        ],
+        entries,
+        strict=True,
+    ):
+        stream = got[level]
+        labels = {"level": level, "service": "api", "test_run": run_id}
+        assert stream.labels == expected_stream_labels(labels)
+        assert [(e.timestamp_ns, e.line) for e in stream.entries] == [
+            (entry.timestamp_ns, line)
         ]
 
 
