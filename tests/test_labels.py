@@ -12,6 +12,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loki_helpers import tenant_headers
 
 from minilog.errors import LabelError
 from minilog.labels import (
@@ -118,7 +119,7 @@ async def test_a_real_loki_accepts_exactly_the_names_minilog_accepts(
         session.post(
             loki_base + "/loki/api/v1/push",
             data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **tenant_headers()},
         ) as response,
     ):
         text = await response.text()

@@ -24,7 +24,12 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from loki_helpers import PUSH_PATH, expected_stream_labels, wait_for_entries
+from loki_helpers import (
+    PUSH_PATH,
+    expected_stream_labels,
+    tenant_headers,
+    wait_for_entries,
+)
 from prometheus_client import CollectorRegistry
 
 from minilog.encode import compress, encode_push_request
@@ -63,6 +68,21 @@ class Target:
     fake: FakeLoki | None = None
     base: str = ""
     tenant: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``X-Scope-OrgID`` for a real Loki that needs one (see ``tenant_headers``)."""
+        return {} if self.fake is not None else tenant_headers(self.tenant)
+
+    async def post(
+        self,
+        http: aiohttp.ClientSession,
+        body: bytes,
+        headers: dict[str, str],
+        path: str = PUSH_PATH,
+    ) -> tuple[int, str]:
+        url = self.push_url.removesuffix(PUSH_PATH) + path
+        return await post(http, url, body, {**self.headers, **headers})
 
     async def stored(
         self, http: aiohttp.ClientSession, run: str, count: int = 0
@@ -230,7 +250,7 @@ async def test_json_v1_push_is_decoded(
     target: Target, http: aiohttp.ClientSession, run: str
 ) -> None:
     now = time.time_ns()
-    assert await post(http, target.push_url, json_v1_body(run, now), JSON) == (
+    assert await target.post(http, json_v1_body(run, now), JSON) == (
         204,
         "",
     )
@@ -245,7 +265,7 @@ async def test_gzip_json_push_is_decoded(
     now = time.time_ns()
     headers = {**JSON, "Content-Encoding": "gzip"}
     body = gzip.compress(json_v1_body(run, now))
-    assert await post(http, target.push_url, body, headers) == (204, "")
+    assert await target.post(http, body, headers) == (204, "")
     assert await target.stored(http, run, 2) == json_v1_stored(run, now)
 
 
@@ -258,7 +278,7 @@ async def test_deflate_wrapped_snappy_protobuf_is_decoded(
     packer = zlib.compressobj(wbits=-15)
     body = packer.compress(raw) + packer.flush()
     headers = {**PROTOBUF, "Content-Encoding": "deflate"}
-    assert await post(http, target.push_url, body, headers) == (204, "")
+    assert await target.post(http, body, headers) == (204, "")
     labels = expected_stream_labels({"a": "b", "run": run})
     assert await target.stored(http, run, 2) == [(labels, e) for e in entries]
 
@@ -269,7 +289,7 @@ async def test_snappy_content_encoding_is_tolerated(
     entry = LogEntry(time.time_ns(), "x")
     body = snappy_body([(f'{{a="b", run="{run}"}}', [entry])])
     headers = {**PROTOBUF, "Content-Encoding": "snappy"}
-    assert await post(http, target.push_url, body, headers) == (204, "")
+    assert await target.post(http, body, headers) == (204, "")
     labels = expected_stream_labels({"a": "b", "run": run})
     assert await target.stored(http, run, 1) == [(labels, entry)]
 
@@ -294,8 +314,8 @@ async def test_legacy_prom_push_takes_the_old_json_shape(
             ]
         }
     )
-    url = target.push_url.removesuffix(PUSH_PATH) + "/api/prom/push"
-    assert await post(http, url, body, JSON) == (204, "")
+    path = "/api/prom/push"
+    assert await target.post(http, body, JSON, path=path) == (204, "")
     labels = expected_stream_labels({"job": "test", "run": run})
     assert await target.stored(http, run, 2) == [
         (labels, LogEntry(second * SECOND_NS + 123_456_789, "hello")),
@@ -374,7 +394,10 @@ async def test_bad_requests_get_loki_status_and_text_body(
     message: str,
 ) -> None:
     async with http.post(
-        target.push_url, data=body, headers=headers, skip_auto_headers=["Content-Type"]
+        target.push_url,
+        data=body,
+        headers={**target.headers, **headers},
+        skip_auto_headers=["Content-Type"],
     ) as response:
         text = await response.text()
         assert response.status == status
@@ -395,7 +418,7 @@ async def test_unparseable_labels_fail_the_whole_request(
             ('{foo.bar="x"}', [LogEntry(now, "y")]),
         ]
     )
-    status, text = await post(http, target.push_url, body, PROTOBUF)
+    status, text = await target.post(http, body, PROTOBUF)
     assert (status, text) == (
         400,
         "couldn't parse labels: 1:5: parse error: "
@@ -417,7 +440,7 @@ async def test_json_keys_that_are_not_identifiers_fail_label_parsing(
             ]
         }
     )
-    status, text = await post(http, target.push_url, body, JSON)
+    status, text = await target.post(http, body, JSON)
     assert status == 400
     assert text.startswith("couldn't parse labels: 1:")
     assert "parse error: unexpected character inside braces: '.'" in text
@@ -439,7 +462,7 @@ async def test_invalid_streams_are_dropped_and_reported_while_valid_ones_pass(
             (f'{{good="yes", run="{run}"}}', [kept]),
         ]
     )
-    status, text = await post(http, target.push_url, body, PROTOBUF)
+    status, text = await target.post(http, body, PROTOBUF)
     assert status == 400
     assert text.endswith("\n")
     # Loki's GroupedErrors: distinct messages, each counted, joined with "; " (in Go
@@ -464,7 +487,7 @@ async def test_a_repeated_single_error_is_counted(
     target: Target, http: aiohttp.ClientSession
 ) -> None:
     body = snappy_body([('{a="1", a="2"}', [LogEntry(time.time_ns(), "x")])] * 2)
-    status, text = await post(http, target.push_url, body, PROTOBUF)
+    status, text = await target.post(http, body, PROTOBUF)
     assert (status, text) == (
         400,
         '2 errors like: stream \'{a="1", a="2", service_name="unknown_service"}\' '
@@ -477,7 +500,7 @@ async def test_one_error_is_reported_bare(
 ) -> None:
     # service_name comes from the first discover_service_name label with a value.
     body = snappy_body([('{a="1", a="2", app="web"}', [LogEntry(time.time_ns(), "x")])])
-    _, text = await post(http, target.push_url, body, PROTOBUF)
+    _, text = await target.post(http, body, PROTOBUF)
     assert text == (
         'stream \'{a="1", a="2", app="web", service_name="web"}\' '
         "has duplicate label name: 'a'\n"
@@ -489,7 +512,7 @@ async def test_streams_without_entries_are_skipped(
 ) -> None:
     entry = LogEntry(time.time_ns(), "z")
     body = snappy_body([('{a="1", a="2"}', []), (f'{{b="1", run="{run}"}}', [entry])])
-    assert await post(http, target.push_url, body, PROTOBUF) == (204, "")
+    assert await target.post(http, body, PROTOBUF) == (204, "")
     assert await target.stored(http, run, 1) == [
         (expected_stream_labels({"b": "1", "run": run}), entry)
     ]
@@ -523,7 +546,7 @@ async def test_invalid_tenant_ids_are_refused(
 ) -> None:
     body = snappy_body([('{a="b"}', [LogEntry(time.time_ns(), "x")])])
     headers = {**PROTOBUF, "X-Scope-OrgID": tenant}
-    assert await post(http, tenant_target.push_url, body, headers) == (
+    assert await tenant_target.post(http, body, headers) == (
         400,
         message + "\n",
     )
@@ -745,7 +768,7 @@ async def test_json_timestamps_must_be_strings_of_digits(
     target: Target, http: aiohttp.ClientSession, ts: str
 ) -> None:
     body = orjson.dumps({"streams": [{"stream": {"a": "b"}, "values": [[ts, "x"]]}]})
-    status, text = await post(http, target.push_url, body, JSON)
+    status, text = await target.post(http, body, JSON)
     assert status == 400
     assert text.startswith(
         "loghttp.PushRequest.Streams: []loghttp.LogProtoStream: unmarshalerDecoder: "
@@ -774,7 +797,7 @@ async def test_json_shapes_loki_reads_leniently(
         f'"j\\u006fb": "escaped-key"}}, "values": [["{now + 3}", "dup"]]}}]}}'.encode(),
     ]
     for body in pushes:
-        assert await post(http, target.push_url, body, JSON) == (204, ""), body
+        assert await target.post(http, body, JSON) == (204, ""), body
     assert await target.stored(http, run, 4) == [
         (
             {"n": "1", "t": "true", "z": "null", "o": '{"b":1}', "run": run}
@@ -862,7 +885,7 @@ async def test_json_shapes_loki_refuses(
     status: int,
     message: str,
 ) -> None:
-    got_status, text = await post(http, target.push_url, body, JSON)
+    got_status, text = await target.post(http, body, JSON)
     assert (got_status, text[: len(message)]) == (status, message)
     assert text.endswith("\n")
     if target.fake is not None:
