@@ -1,11 +1,12 @@
 """Starts and stops a real Grafana Loki 3.6 for the tests: the binary or the image.
 
-Owns where a real Loki comes from (``LOKI_URL``, else ``LOKI_BIN`` or ``loki`` on
-PATH, else the ``grafana/loki:3.6.0`` image in the local Docker Engine), the config
-it runs (the compose stack's ``compose/loki-config.yaml``, i.e. the seed's with its
-one fix, moved onto free loopback ports and a fresh data directory, plus a test's
-overrides), waiting for ``/ready`` and stopping it whatever happened (SIGTERM, then
-SIGKILL). ``loki_helpers`` owns talking to a running Loki.
+Owns how the tests run a Loki of their own (``LOKI_BIN`` or ``loki`` on PATH, else
+the ``grafana/loki:3.6.0`` image in the local Docker Engine; conftest prefers a
+``LOKI_URL`` Loki for the seed config), the config it runs (the compose stack's
+``compose/loki-config.yaml``, i.e. the seed's with its one fix, moved onto free
+loopback ports and a fresh data directory, plus a test's overrides), waiting for
+``/ready`` and stopping it whatever happened (SIGTERM, then SIGKILL). ``loki_helpers``
+owns talking to a running Loki.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 #: The compose stack's Loki config: the seed's plus ``delete_request_store``.
 SEED_LOKI_CONFIG = REPO / "compose" / "loki-config.yaml"
 LOKI_IMAGE = "grafana/loki:3.6.0"
-TEST_LABEL = "minilog.test"  # docker_helpers.TEST_LABEL, without importing docker
 
 # Loki needs ~10-16 s to report ready (its query frontend finds the scheduler on a
-# timer, the ingester waits min_ready_duration); the bound leaves room on a busy host.
-READY_TIMEOUT_S = 90.0
+# timer, the ingester waits min_ready_duration); the bound leaves room on a busy host
+# and still fails, with Loki's log, before pytest-timeout's 60 s.
+READY_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 30.0
 _START_ATTEMPTS = 3  # a free port can be taken by another Loki before ours binds it
 _LOOPBACK = "127.0.0.1"
@@ -115,8 +116,9 @@ def launcher_or_reason(
     if image_problem is None:
         return LokiLauncher("image", LOKI_IMAGE)
     return (
-        "no real Loki 3.6: LOKI_URL and LOKI_BIN are unset, no loki on PATH, and "
-        f"{image_problem}; scripts/test installs one from ../shared/tools when present"
+        "no real Loki 3.6 to start: LOKI_BIN is unset, no loki on PATH, and "
+        f"{image_problem} (set LOKI_URL or LOKI_BIN, or run scripts/test, which "
+        "installs one from ../shared/tools when that folder exists)"
     )
 
 
@@ -224,6 +226,7 @@ class RunningLoki:
                 )
         else:
             import docker
+            from docker_helpers import TEST_LABEL
 
             self._client = docker.from_env()
             workdir = str(self.workdir)
