@@ -42,8 +42,11 @@ from minilog.model import LogEntry, StreamBatch
 
 __all__ = [
     "DEFAULT_MAX_RECV_MSG_SIZE",
+    "DISCOVER_SERVICE_NAME",
+    "SERVICE_NAME",
     "TENANT_HEADER",
     "TENANT_LABEL",
+    "UNKNOWN_SERVICE",
     "Faults",
     "PushHandler",
     "PushReceiver",
@@ -55,6 +58,27 @@ PushHandler = Callable[[list[StreamBatch]], Awaitable[None]]
 
 #: Loki's ``distributor.max_recv_msg_size`` default (100 MiB).
 DEFAULT_MAX_RECV_MSG_SIZE = 100 << 20
+
+#: The label Loki 3 adds to every stream that lacks it, and its value when no label
+#: of ``DISCOVER_SERVICE_NAME`` (Loki's ``discover_service_name`` default, in order of
+#: preference) has one.
+SERVICE_NAME = "service_name"
+UNKNOWN_SERVICE = "unknown_service"
+DISCOVER_SERVICE_NAME = (
+    "service",
+    "app",
+    "application",
+    "app_name",
+    "name",
+    "app_kubernetes_io_name",
+    "container",
+    "container_name",
+    "k8s_container_name",
+    "component",
+    "workload",
+    "job",
+    "k8s_job_name",
+)
 
 TENANT_HEADER = "X-Scope-OrgID"
 TENANT_LABEL = "__tenant_id__"
@@ -70,7 +94,17 @@ _LABEL_CACHE_MAX = 4096
 # A compressed body past this is decoded on a worker thread (~1 MiB: tens of ms).
 _INLINE_DECODE_MAX = 256 << 10
 _log = logging.getLogger(__name__)
-_GO_INT = re.compile(r"[+-]?[0-9]+\Z")  # strconv.ParseInt base 10: no spaces or "_"
+# jsonparser.ParseInt, which Loki reads JSON push timestamps with: "-" alone is 0.
+_NS_DIGITS = re.compile(r"-|-?[0-9]+\Z")
+# Loki decodes a JSON push with jsoniter, whose errors name the field that failed
+# (then show the bytes around it, left out here), and each stream with jsonparser.
+_STREAMS_PREFIX = "loghttp.PushRequest.Streams: []loghttp.LogProtoStream: "
+_JSON_PREFIX = _STREAMS_PREFIX + "unmarshalerDecoder: "
+_MALFORMED_STRING = "Value is string, but can't find closing '\"' symbol"
+_MALFORMED_OBJECT = "Value looks like object, but can't find closing '}' symbol"
+_MALFORMED_VALUE = (
+    "Value looks like Number/Boolean/None, but can't find its end: ',' or '}' symbol"
+)
 
 
 class _HTTPError(Exception):
@@ -229,17 +263,13 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 def _parse_ns(text: object) -> int:
-    if not isinstance(text, str):
-        raise _HTTPError(400, "Value is string, but can't find closing '\"' symbol")
-    if not _GO_INT.match(text):
-        raise _HTTPError(
-            400, f"strconv.ParseInt: parsing {go_quote(text)}: invalid syntax"
-        )
-    value = int(text)
+    """A JSON push timestamp as Loki reads it (jsonparser ``ParseInt``): a string of
+    ASCII digits with an optional leading ``-`` that fits an int64."""
+    if not isinstance(text, str) or not _NS_DIGITS.match(text):
+        raise _HTTPError(400, _JSON_PREFIX + _MALFORMED_VALUE)
+    value = int(text) if text != "-" else 0
     if not -(1 << 63) <= value < 1 << 63:
-        raise _HTTPError(
-            400, f"strconv.ParseInt: parsing {go_quote(text)}: value out of range"
-        )
+        raise _HTTPError(400, _JSON_PREFIX + _MALFORMED_VALUE)
     return value
 
 
@@ -261,39 +291,85 @@ def _string_map(value: object, what: str) -> list[tuple[str, str]]:
     pairs = []
     for key, item in value.items():
         if not isinstance(item, str):
-            raise _HTTPError(400, "Value is string, but can't find closing '\"' symbol")
+            raise _HTTPError(400, _MALFORMED_STRING)
         pairs.append((key, item))
     return pairs
 
 
+def _json_text(value: object) -> str:
+    """A non-string JSON value as the text Loki keeps for it (its source bytes; here
+    re-serialised, so number spelling and spacing inside objects may differ)."""
+    return orjson.dumps(value).decode()
+
+
+def _first_char(value: object) -> str:
+    return _json_text(value)[:1]
+
+
 def _json_v1_streams(body: bytes) -> list[tuple[str, list[LogEntry]]]:
-    """``{"streams":[{"stream":{..},"values":[["<ns>","line",{meta}]]}]}``."""
-    document = _load_json(body)
+    """``{"streams":[{"stream":{..},"values":[["<ns>","line",{meta}]]}]}``, read as
+    Loki 3.6 reads it (``loghttp.PushRequest``): a label value of another JSON type
+    is kept as its JSON text, ``null`` entries and a ``null`` ``values`` are skipped,
+    an entry may lack its line (empty) and carry more than three items (ignored)."""
+    streams_value = _load_json(body).get("streams")
+    if streams_value is None:
+        return []
+    if not isinstance(streams_value, list):
+        found = _first_char(streams_value)
+        raise _HTTPError(
+            400, f"{_STREAMS_PREFIX}decode slice: expect [ or n, but found {found}"
+        )
     streams = []
-    for stream in document.get("streams") or ():
-        if stream is None:
-            continue
+    for stream in streams_value:
         if not isinstance(stream, dict):
-            raise _HTTPError(400, "streams: expected a JSON object")
+            raise _HTTPError(400, _JSON_PREFIX + _MALFORMED_OBJECT)
+        raw_labels = stream.get("stream", {})
+        if not isinstance(raw_labels, dict):
+            raise _HTTPError(400, _JSON_PREFIX + _MALFORMED_OBJECT)
+        labels = [
+            (k, v if isinstance(v, str) else _json_text(v))
+            for k, v in raw_labels.items()
+        ]
         # Loki's LabelSet.String: keys sorted and written unquoted, values Go-quoted, so
         # a key that is not an identifier fails the label parse that follows.
-        labels = _string_map(stream.get("stream"), "stream")
         text = "{" + ", ".join(k + "=" + go_quote(v) for k, v in sorted(labels)) + "}"
-        entries = []
-        for value in stream.get("values") or ():
-            if value is None:
-                continue
-            if not isinstance(value, list) or len(value) < 2:
-                raise _HTTPError(400, "values: expected [timestamp, line] arrays")
-            line = value[1]
-            if not isinstance(line, str):
-                raise _HTTPError(
-                    400, "Value is string, but can't find closing '\"' symbol"
-                )
-            metadata = _string_map(value[2], "metadata") if len(value) > 2 else []
-            entries.append(LogEntry(_parse_ns(value[0]), line, tuple(metadata)))
-        streams.append((text, entries))
+        streams.append((text, _json_v1_entries(stream.get("values"))))
     return streams
+
+
+def _json_v1_entries(values: object) -> list[LogEntry]:
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise _HTTPError(400, _JSON_PREFIX + _json_kind_error(values))
+    entries = []
+    for value in values:
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise _HTTPError(400, _JSON_PREFIX + _json_kind_error(value))
+        if not value:
+            # Loki stamps it the zero time, which reject_old_samples refuses.
+            raise _HTTPError(400, "values: expected [timestamp, line] arrays")
+        timestamp_ns = _parse_ns(value[0])
+        line = value[1] if len(value) > 1 else ""
+        if not isinstance(line, str):
+            raise _HTTPError(400, _JSON_PREFIX + _MALFORMED_STRING)
+        metadata: list[tuple[str, str]] = []
+        if len(value) > 2:
+            if not isinstance(value[2], dict):
+                raise _HTTPError(400, _JSON_PREFIX + _MALFORMED_OBJECT)
+            for key, item in value[2].items():
+                if not isinstance(item, str):
+                    raise _HTTPError(400, _JSON_PREFIX + _MALFORMED_STRING)
+                metadata.append((key, item))
+        entries.append(LogEntry(timestamp_ns, line, tuple(metadata)))
+    return entries
+
+
+def _json_kind_error(value: object) -> str:
+    """jsonparser's error for an array expected and ``value`` found."""
+    return "Unknown value type" if isinstance(value, dict) else "Malformed JSON error"
 
 
 def _json_legacy_streams(body: bytes) -> list[tuple[str, list[LogEntry]]]:
@@ -342,9 +418,28 @@ def _load_json(body: bytes) -> dict[str, Any]:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise _HTTPError(400, str(exc)) from exc
+    if document is None:
+        return {}  # jsoniter reads null into an empty request: no streams
     if not isinstance(document, dict):
-        raise _HTTPError(400, "expected a JSON object with a streams array")
+        found = _first_char(document)
+        raise _HTTPError(400, f"readObjectStart: expect {{ or n, but found {found}")
     return document
+
+
+def _as_loki_sees(pairs: list[tuple[str, str]]) -> str:
+    """The stream as Loki names it in errors: with the ``service_name`` it adds
+    before validating (``discover_service_name``), from the first of
+    ``DISCOVER_SERVICE_NAME`` with a value, else ``unknown_service``."""
+    if not any(name == SERVICE_NAME for name, _ in pairs):
+        values: dict[str, str] = {}
+        for name, value in pairs:
+            values.setdefault(name, value)  # Loki's Labels.Get: the first one
+        service = next(
+            (values[n] for n in DISCOVER_SERVICE_NAME if values.get(n)),
+            UNKNOWN_SERVICE,
+        )
+        pairs = sorted([*pairs, (SERVICE_NAME, service)], key=lambda pair: pair[0])
+    return format_pairs(pairs)
 
 
 def _grouped(errors: list[str]) -> str:
@@ -654,28 +749,31 @@ class PushReceiver:
         self._label_cache[text] = result
         return result
 
-    def _stream_error(self, pairs: list[tuple[str, str]], canonical: str) -> str | None:
+    def _stream_error(self, pairs: list[tuple[str, str]]) -> str | None:
         """Loki's per-stream label validation (``validator.go`` ``ValidateLabels``)."""
         limits = self._limits
-        count = len(pairs) - any(name == "service_name" for name, _ in pairs)
+        count = len(pairs) - any(name == SERVICE_NAME for name, _ in pairs)
         if count > limits.max_label_names_per_series:
             return (
-                f"entry for stream '{canonical}' has {count} label names; "
+                f"entry for stream '{_as_loki_sees(pairs)}' has {count} label names; "
                 f"limit {limits.max_label_names_per_series}"
             )
         last = None
         for name, value in pairs:
+            problem = None
             if len(name.encode()) > limits.max_label_name_length:
-                return f"stream '{canonical}' has label name too long: '{name}'"
-            if (
+                problem = f"has label name too long: '{name}'"
+            elif (
                 len(value.encode("utf-8", "surrogateescape"))
                 > limits.max_label_value_length
             ):
-                return f"stream '{canonical}' has label value too long: '{value}'"
-            if name == last:
-                return f"stream '{canonical}' has duplicate label name: '{name}'"
-            if not is_valid_label_name(name) and name != "__name__":
-                return f"stream '{canonical}' has invalid label name: '{name}'"
+                problem = f"has label value too long: '{value}'"
+            elif name == last:
+                problem = f"has duplicate label name: '{name}'"
+            elif not is_valid_label_name(name) and name != "__name__":
+                problem = f"has invalid label name: '{name}'"
+            if problem is not None:
+                return f"stream '{_as_loki_sees(pairs)}' {problem}"
             last = name
         return None
 
@@ -701,10 +799,10 @@ class PushReceiver:
         errors: list[str] = []
         batches: list[StreamBatch] = []
         accepted = 0
-        for (pairs, canonical), (_, n, entries) in zip(parsed, items, strict=True):
+        for (pairs, _), (_, n, entries) in zip(parsed, items, strict=True):
             if n == 0:
                 continue
-            error = self._stream_error(pairs, canonical)
+            error = self._stream_error(pairs)
             if error is not None:
                 errors.append(error)
                 continue

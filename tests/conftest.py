@@ -1,18 +1,51 @@
-"""Docker fixtures shared by every test module (and nothing else).
+"""Fixtures shared by every test module: Docker and a real Loki (and nothing else).
 
 ``docker_client`` skips the test when the Engine or the test image is unavailable;
 ``docker_containers`` starts labelled containers and force-removes them at teardown.
+``loki_base`` is the base URL of a real Loki 3.6 running the seed's config
+(``LOKI_URL``, else one started for the session by ``real_loki``); ``loki_starter``
+starts more, each with its own config overrides. Both skip, with the reason, when no
+real Loki exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 from docker_helpers import ContainerStarter, docker_unavailable_reason
+from loki_helpers import loki_base_url
+from real_loki import (
+    LokiLauncher,
+    LokiStarter,
+    RunningLoki,
+    launcher_or_reason,
+    running_loki,
+)
 
-__all__ = ["docker_client", "docker_containers"]
+__all__ = [
+    "docker_client",
+    "docker_containers",
+    "loki_base",
+    "loki_launcher",
+    "loki_starter",
+    "tenant_loki",
+]
+
+
+#: A test that asks for one of these (directly or through another fixture) is marked
+#: ``loki``, so ``-m "not loki"`` leaves out every test against a real Loki.
+_REAL_LOKI_FIXTURES = frozenset(
+    {"loki_base", "loki_launcher", "loki_starter", "tenant_loki"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _REAL_LOKI_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.loki)
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +71,47 @@ def docker_containers(docker_client: Any) -> Iterator[ContainerStarter]:
         yield starter
     finally:
         starter.remove_all()
+
+
+@pytest.fixture(scope="session")
+def loki_launcher() -> LokiLauncher:
+    """How this machine runs a Loki of its own; skips with the reason when it cannot."""
+    found = launcher_or_reason()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+@pytest.fixture(scope="session")
+def loki_starter(
+    loki_launcher: LokiLauncher, tmp_path_factory: pytest.TempPathFactory
+) -> LokiStarter:
+    """Starts a Loki with config overrides, for a module-scoped fixture to enter."""
+
+    def start(overrides: Mapping[str, Any]) -> AbstractContextManager[RunningLoki]:
+        return running_loki(loki_launcher, tmp_path_factory.mktemp("loki"), overrides)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def loki_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real Loki with the seed's config: ``LOKI_URL``, else one started
+    for this session (fresh data directory, stopped at the end whatever happened)."""
+    external = loki_base_url()
+    if external is not None:
+        yield external
+        return
+    found = launcher_or_reason()
+    if isinstance(found, str):
+        pytest.skip(found)
+    with running_loki(found, tmp_path_factory.mktemp("loki")) as loki:
+        yield loki.base_url
+
+
+@pytest.fixture(scope="session")
+def tenant_loki(loki_starter: LokiStarter) -> Iterator[str]:
+    """Base URL of a real Loki with the seed's config and ``auth_enabled: true``
+    (pushes and queries need ``X-Scope-OrgID``), started once for the session."""
+    with loki_starter({"auth_enabled": True}) as loki:
+        yield loki.base_url

@@ -1,7 +1,8 @@
 """A small read-back client for tests against a real Loki: ``query_range`` and friends.
 
 Owns the test side of Loki's query API (loki-protocol.md section 4): the base URL from
-``LOKI_URL``, waiting for ``/ready``, log queries with ``categorize-labels`` (stream
+``LOKI_URL`` (``real_loki`` starts one when it is unset), the tenant header, waiting
+for ``/ready``, log queries with ``categorize-labels`` (stream
 labels and structured metadata apart) parsed into plain values, bounded polling, and
 Loki's ``service_name`` rule to predict the labels a query returns.
 """
@@ -17,11 +18,12 @@ from typing import Any
 
 import aiohttp
 
+from minilog.receiver import DISCOVER_SERVICE_NAME, SERVICE_NAME, UNKNOWN_SERVICE
+
 __all__ = [
     "DETECTED_LEVEL",
-    "LOKI_SKIP_REASON",
     "PUSH_PATH",
-    "SERVICE_NAME_SOURCES",
+    "QUERY_RANGE_PATH",
     "QueriedEntry",
     "QueriedStream",
     "expected_stream_labels",
@@ -34,31 +36,11 @@ __all__ = [
     "wait_ready",
 ]
 
-LOKI_SKIP_REASON = (
-    "LOKI_URL is not set: these tests need a real Loki 3.6 (see compose/)"
-)
 PUSH_PATH = "/loki/api/v1/push"
 QUERY_RANGE_PATH = "/loki/api/v1/query_range"
 
 #: Structured metadata Loki adds to every stored entry (``discover_log_levels``).
 DETECTED_LEVEL = "detected_level"
-
-#: Loki 3.6's ``discover_service_name`` default, in its order of preference.
-SERVICE_NAME_SOURCES = (
-    "service",
-    "app",
-    "application",
-    "app_name",
-    "name",
-    "app_kubernetes_io_name",
-    "container",
-    "container_name",
-    "k8s_container_name",
-    "component",
-    "workload",
-    "job",
-    "k8s_job_name",
-)
 
 # Without this header Loki merges metadata into the stream labels and splits streams
 # per distinct metadata set; with it each value carries its own metadata.
@@ -75,12 +57,16 @@ def loki_base_url(environ: Mapping[str, str] = os.environ) -> str | None:
     return url
 
 
-def tenant_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """``X-Scope-OrgID`` from ``$LOKI_TENANT``, for a Loki with ``auth_enabled``.
+def tenant_headers(
+    tenant: str | None = None, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """``X-Scope-OrgID`` for a Loki with ``auth_enabled``: ``tenant``, else
+    ``$LOKI_TENANT`` (for a ``LOKI_URL`` Loki that needs one), else none.
 
     A single-tenant Loki (``auth_enabled: false``) ignores the header.
     """
-    tenant = environ.get("LOKI_TENANT", "")
+    if tenant is None:
+        tenant = environ.get("LOKI_TENANT", "")
     return {"X-Scope-OrgID": tenant} if tenant else {}
 
 
@@ -88,12 +74,12 @@ def expected_stream_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """The stream labels Loki returns for pushed ``labels``.
 
     Empty values are dropped; ``service_name`` is added, unless present, from the first
-    label of ``SERVICE_NAME_SOURCES`` with a value, else ``unknown_service``.
+    label of ``DISCOVER_SERVICE_NAME`` with a value, else ``unknown_service``.
     """
     out = {name: value for name, value in labels.items() if value}
-    if "service_name" not in out:
-        source = next((n for n in SERVICE_NAME_SOURCES if out.get(n)), None)
-        out["service_name"] = out[source] if source else "unknown_service"
+    if SERVICE_NAME not in out:
+        source = next((n for n in DISCOVER_SERVICE_NAME if out.get(n)), None)
+        out[SERVICE_NAME] = out[source] if source else UNKNOWN_SERVICE
     return out
 
 
@@ -194,8 +180,10 @@ async def query_range(
     limit: int = 1000,
     direction: str = "forward",
     categorize_labels: bool = True,
+    tenant: str | None = None,
 ) -> list[QueriedStream]:
-    """Run a log query over ``[start_ns, end_ns)`` (nanosecond integers).
+    """Run a log query over ``[start_ns, end_ns)`` (nanosecond integers), as
+    ``tenant`` (see ``tenant_headers``).
 
     Raises:
         AssertionError: Loki answered with an error status (its body is in the message).
@@ -207,7 +195,7 @@ async def query_range(
         "limit": str(limit),
         "direction": direction,
     }
-    headers = tenant_headers()
+    headers = tenant_headers(tenant)
     if categorize_labels:
         headers.update(_CATEGORIZE)
     async with session.get(
@@ -234,6 +222,7 @@ async def wait_for_entries(
     attempts: int = 20,
     interval: float = 0.25,
     categorize_labels: bool = True,
+    tenant: str | None = None,
 ) -> list[QueriedStream]:
     """Query until at least ``count`` entries come back, at most ``attempts`` times.
 
@@ -251,6 +240,7 @@ async def wait_for_entries(
             end_ns=end_ns,
             limit=limit,
             categorize_labels=categorize_labels,
+            tenant=tenant,
         )
         if total_entries(streams) >= count:
             break

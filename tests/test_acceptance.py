@@ -5,31 +5,31 @@ The seed hard-codes ``http://loki:3100/loki/api/v1/push``. The config file is no
 edited: the agent runs with the test-only flag
 ``--testing.url-override=http://loki:3100=<fake>``, which rewrites ``loki.write``
 endpoint URLs with that prefix (the flag is documented as test-only and does nothing
-unless given). The first test ships to a ``FakeLoki``; the second to a real Loki at
-``$LOKI_URL`` and reads the lines back through ``query_range``.
+unless given). The first test ships to a ``FakeLoki``; the second to a real Loki 3.6
+(the ``loki_base`` fixture: ``LOKI_URL``, else one the session starts) and reads the
+lines back through ``query_range``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from agent_helpers import AgentProcess, docker_lines, start_agent_process
 from docker_helpers import TEST_LABEL
+from loki_helpers import DETECTED_LEVEL, expected_stream_labels, wait_for_entries
 
 from minilog.testing import FakeLoki
 
 pytestmark = pytest.mark.docker
 
 SEED = Path(__file__).parent / "data" / "alloy" / "seed-config.alloy"
+SECOND_NS = 1_000_000_000
 SHIPPED = ("web-gateway", "order-api", "fulfillment-worker")
 NOT_SHIPPED = "inventory-db"
 
@@ -127,66 +127,43 @@ async def test_seed_config_ships_the_three_services_to_fake_loki(
     assert [line for _, line in docker_lines(other)]  # it did log; it was filtered out
 
 
-def _loki_base() -> str | None:
-    url = os.environ.get("LOKI_URL")
-    if not url:
-        return None
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 @pytest.mark.loki
 async def test_seed_config_ships_to_a_real_loki(
-    app_containers: Callable[..., Any], run_seed: Callable[[str], Any]
+    app_containers: Callable[..., Any],
+    run_seed: Callable[[str], Any],
+    loki_base: str,
 ) -> None:
-    base = _loki_base()
-    if base is None:
-        pytest.skip(
-            "LOKI_URL is not set (e.g. LOKI_URL=http://localhost:3100 with compose/ up)"
-        )
+    base = loki_base
     run_id = uuid.uuid4().hex[:12]
-    start_ns = time.time_ns() - 60 * 1_000_000_000
+    start_ns = time.time_ns() - 60 * SECOND_NS
     containers = {name: app_containers(name, run_id, 3) for name in SHIPPED}
     other = app_containers(NOT_SHIPPED, run_id, 3)
     agent = await run_seed(base)
 
     services = "web-gateway|order-api|fulfillment-worker|inventory-db"
-    query = f'{{service=~"{services}"}} |= "{run_id}"'
-    got: dict[str, list[tuple[int, str]]] = {}
-    labels_seen: list[dict[str, str]] = []
     async with aiohttp.ClientSession() as session:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            params = {
-                "query": query,
-                "start": str(start_ns),
-                "end": str(time.time_ns() + 60 * 1_000_000_000),
-                "limit": "1000",
-                "direction": "forward",
-            }
-            async with session.get(
-                base + "/loki/api/v1/query_range", params=params
-            ) as resp:
-                assert resp.status == 200, await resp.text()
-                result = (await resp.json())["data"]["result"]
-            got, labels_seen = {}, []
-            for stream in result:
-                labels_seen.append(stream["stream"])
-                for ts, line in stream["values"]:
-                    got.setdefault(stream["stream"].get("service", "?"), []).append(
-                        (int(ts), line)
-                    )
-            if sum(len(v) for v in got.values()) >= 9:
-                break
-            await asyncio.sleep(
-                0.5
-            )  # polling a remote store: there is no event to await
+        streams = await wait_for_entries(
+            session,
+            base,
+            f'{{service=~"{services}"}} |= "{run_id}"',
+            3 * len(SHIPPED),
+            start_ns=start_ns,
+            end_ns=time.time_ns() + 120 * SECOND_NS,
+            attempts=120,  # discovery, the first tail and batch_wait: up to ~30 s
+        )
     assert await agent.stop() == 0
-    assert set(got) == set(SHIPPED)
-    for labels in labels_seen:
-        # Loki 3 adds service_name from the service label; nothing else may appear.
-        extra = {k: v for k, v in labels.items() if k != "service_name"}
-        assert extra == {"service": labels["service"]}
-    for name in SHIPPED:
-        assert sorted(got[name]) == docker_lines(containers[name])
+    got = {stream.labels.get("service", "?"): stream for stream in streams}
+    # On a miss, the agent's own account of what it discovered and sent.
+    assert set(got) == set(SHIPPED), "".join(agent.lines[-40:])
+    for name, stream in got.items():
+        # The agent sends the one label; Loki 3 adds service_name from it.
+        assert stream.labels == expected_stream_labels({"service": name})
+        assert [(e.timestamp_ns, e.line) for e in stream.entries] == docker_lines(
+            containers[name]
+        )
+        # The agent sends no structured metadata; Loki 3.6 adds its detected_level,
+        # "unknown" for these lines that name no level.
+        assert [e.structured_metadata for e in stream.entries] == [
+            {DETECTED_LEVEL: "unknown"}
+        ] * len(stream.entries)
     assert docker_lines(other)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import string
+import time
 from pathlib import Path
 
+import aiohttp
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loki_helpers import tenant_headers
 
 from minilog.errors import LabelError
 from minilog.labels import (
@@ -77,18 +81,53 @@ def test_format_pairs_keeps_order_and_empty_values() -> None:
     assert format_pairs([("b", "1"), ("a", "")]) == '{b="1", a=""}'
 
 
-@pytest.mark.parametrize("name", ["a", "_", "job", "__tenant_id__", "A_1", "x9"])
+VALID_NAMES = ["a", "_", "job", "__tenant_id__", "A_1", "x9"]
+INVALID_NAMES = ["", "1a", "service.name", "a-b", "é", "a b", "a:b"]
+
+
+@pytest.mark.parametrize("name", VALID_NAMES)
 def test_legacy_names_are_valid(name: str) -> None:
     assert is_valid_label_name(name)
     validate_label_name(name)
 
 
-@pytest.mark.parametrize("name", ["", "1a", "service.name", "a-b", "é", "a b", "a:b"])
+@pytest.mark.parametrize("name", INVALID_NAMES)
 def test_non_legacy_names_are_refused_with_the_name_in_the_message(name: str) -> None:
     assert not is_valid_label_name(name)
     with pytest.raises(LabelError, match="invalid label name") as info:
         validate_label_name(name)
     assert go_quote(name) in str(info.value)
+
+
+@pytest.mark.parametrize("name", VALID_NAMES + INVALID_NAMES)
+async def test_a_real_loki_accepts_exactly_the_names_minilog_accepts(
+    loki_base: str, name: str
+) -> None:
+    # JSON keys go into Loki's label text unquoted, as a client's label names would.
+    body = orjson.dumps(
+        {
+            "streams": [
+                {
+                    "stream": {name: "v", "minilog_test": "label-names"},
+                    "values": [[str(time.time_ns()), "x"]],
+                }
+            ]
+        }
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            loki_base + "/loki/api/v1/push",
+            data=body,
+            headers={"Content-Type": "application/json", **tenant_headers()},
+        ) as response,
+    ):
+        text = await response.text()
+    if is_valid_label_name(name):
+        assert (response.status, text) == (204, "")
+    else:
+        assert response.status == 400
+        assert text.startswith("couldn't parse labels: "), text
 
 
 def test_parses_the_golden_vector_label_strings() -> None:
