@@ -246,10 +246,14 @@ class AgentProcess:
 
 
 async def start_agent_process(
-    config: Path | None, storage: Path, *extra: str
+    config: Path | None,
+    storage: Path,
+    *extra: str,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> AgentProcess:
     """Start the agent on ``config`` (``None``: its embedded default) with
-    ``--storage.path=storage`` and ``extra`` flags; returns once it serves HTTP."""
+    ``--storage.path=storage`` and ``extra`` flags; returns once it serves HTTP.
+    ``preexec_fn`` runs in the child before the exec (to set resource limits)."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -263,6 +267,7 @@ async def start_agent_process(
         *([] if config is None else [str(config)]),
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=preexec_fn,
     )
     agent = AgentProcess(proc, port)
     try:
