@@ -596,6 +596,38 @@ def _load_json(body: _Body) -> dict[str, Any]:
     return document
 
 
+# Loki's limits_config.discover_service_name default, in its order.
+_DISCOVER_SERVICE_NAME = (
+    "service",
+    "app",
+    "application",
+    "app_name",
+    "name",
+    "app_kubernetes_io_name",
+    "container",
+    "container_name",
+    "k8s_container_name",
+    "component",
+    "workload",
+    "job",
+    "k8s_job_name",
+)
+_INTERNAL_STREAM_LABELS = ("__aggregated_metric__", "__pattern__")
+
+
+def _with_service_name(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The labels as a default Loki names the stream in its messages: with the
+    ``service_name`` its discovery adds (``ParseLokiRequest``). Only the messages
+    show it; the labels handed on stay as pushed, as Alloy forwards them."""
+    names = dict(pairs)
+    if "service_name" in names or any(k in names for k in _INTERNAL_STREAM_LABELS):
+        return pairs
+    service = next(
+        (names[k] for k in _DISCOVER_SERVICE_NAME if names.get(k)), "unknown_service"
+    )
+    return sorted([*pairs, ("service_name", service)])
+
+
 def _grouped(errors: list[str]) -> str:
     """Loki's ``util.GroupedErrors``: duplicates collapsed, counted, joined by '; '."""
     counts = Counter(errors)
@@ -1030,7 +1062,8 @@ class PushReceiver:
             raise _HTTPError(400, str(exc)) from exc
 
     def _labels(self, text: str) -> tuple[list[tuple[str, str]], str]:
-        """Parsed, sorted, non-empty label pairs and their canonical text (cached)."""
+        """Parsed, sorted, non-empty label pairs, and the text Loki's messages show
+        for them (cached)."""
         cached = self._label_cache.get(text)
         if cached is not None:
             return cached
@@ -1040,7 +1073,7 @@ class PushReceiver:
             raise _HTTPError(400, f"couldn't parse labels: {exc}") from exc
         # Loki's label builder drops empty values; Labels are kept sorted by name.
         pairs = sorted((name, value) for name, value in pairs if value)
-        result = (pairs, format_pairs(pairs))
+        result = (pairs, format_pairs(_with_service_name(pairs)))
         if len(self._label_cache) >= _LABEL_CACHE_MAX:
             self._label_cache.clear()
         self._label_cache[text] = result

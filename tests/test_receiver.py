@@ -313,15 +313,20 @@ async def test_invalid_streams_are_dropped_and_reported_while_valid_ones_pass(
     )
     status, text = await post(http, loki.push_url, body, PROTOBUF)
     assert status == 400
-    # Loki's GroupedErrors: distinct messages, each counted, joined with "; ".
+    # Loki's GroupedErrors: distinct messages, each counted, joined with "; ". The
+    # stream is named as Loki names it, with the service_name its discovery adds.
     assert text.startswith(
-        "1 errors like: stream '{a=\"1\", a=\"2\"}' has duplicate label name: 'a'; "
+        '1 errors like: stream \'{a="1", a="2", service_name="unknown_service"}\''
+        " has duplicate label name: 'a'; "
     )
     assert '; 1 errors like: entry for stream \'{l00="v"' in text
-    assert 'l15="v"}\' has 16 label names; limit 15; ' in text
     assert (
-        f"; 1 errors like: stream '{{{'n' * 1025}=\"v\"}}' has label name too long: "
+        'l15="v", service_name="unknown_service"}\' has 16 label names; limit 15; '
         in text
+    )
+    assert (
+        f'; 1 errors like: stream \'{{{"n" * 1025}="v", '
+        'service_name="unknown_service"}\' has label name too long: ' in text
     )
     assert text.endswith(f"has label value too long: '{'v' * 2049}'\n")
     assert loki.lines() == ["kept"]
@@ -334,7 +339,8 @@ async def test_a_repeated_single_error_is_counted(
     status, text = await post(http, loki.push_url, body, PROTOBUF)
     assert (status, text) == (
         400,
-        "2 errors like: stream '{a=\"1\", a=\"2\"}' has duplicate label name: 'a'\n",
+        '2 errors like: stream \'{a="1", a="2", service_name="unknown_service"}\' '
+        "has duplicate label name: 'a'\n",
     )
 
 
@@ -343,7 +349,10 @@ async def test_one_error_is_reported_bare(
 ) -> None:
     body = snappy_body([('{a="1", a="2"}', [LogEntry(1, "x")])])
     _, text = await post(http, loki.push_url, body, PROTOBUF)
-    assert text == "stream '{a=\"1\", a=\"2\"}' has duplicate label name: 'a'\n"
+    assert text == (
+        'stream \'{a="1", a="2", service_name="unknown_service"}\' '
+        "has duplicate label name: 'a'\n"
+    )
 
 
 async def test_streams_without_entries_are_skipped(

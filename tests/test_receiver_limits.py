@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 import pytest
 from hostile_helpers import drop_mid_body, gzip_json_bomb, snappy_bomb
+from loki_helpers import LOKI_SKIP_REASON, loki_base_url, tenant_headers, wait_ready
 from prometheus_client import CollectorRegistry
 
 from minilog._httpguard import ServerLimits
@@ -294,11 +295,13 @@ async def test_lines_over_max_line_size_are_dropped_with_loki_errors_and_the_res
         status, text, _ = await post(http, receiver.push_url, body, PROTOBUF)
         assert receiver.entries_total == 2
     assert status == 400
+    # The stream as Loki names it: with the service_name its discovery adds.
+    stream = '{job="t", service_name="t"}'
     assert text == (
         f"1 errors like: max entry size '{limit}' bytes exceeded for stream "
-        f"'{{job=\"t\"}}' while adding an entry with length '{limit + 1}' bytes; "
+        f"'{stream}' while adding an entry with length '{limit + 1}' bytes; "
         f"1 errors like: max entry size '{limit}' bytes exceeded for stream "
-        f"'{{job=\"t\"}}' while adding an entry with length '{limit + 2}' bytes\n"
+        f"'{stream}' while adding an entry with length '{limit + 2}' bytes\n"
     )
     assert sink.lines() == ["ok 1", "ok 2"]
     assert registry.get_sample_value("loki_source_api_entries_written_total") == 2
@@ -330,13 +333,18 @@ async def test_raw_and_json_lines_are_checked_too(http: aiohttp.ClientSession) -
         raw_url = r.url + "/loki/api/v1/raw"
         status, text, _ = await post(http, raw_url, b"ok\ntoolong\n", {})
         assert status == 400
-        assert "for stream '{}' while adding an entry with length '7' bytes" in text
+        assert text == (
+            "max entry size '4' bytes exceeded for stream "
+            "'{service_name=\"unknown_service\"}' while adding an entry with length "
+            "'7' bytes\n"
+        )
         values = [["5", "fine"], ["6", "12345"]]
         body = orjson.dumps({"streams": [{"stream": {"a": "b"}, "values": values}]})
         status, text, _ = await post(http, r.push_url, body, JSON)
         assert status == 400
         assert text == (
-            "max entry size '4' bytes exceeded for stream '{a=\"b\"}' "
+            "max entry size '4' bytes exceeded for stream "
+            '\'{a="b", service_name="unknown_service"}\' '
             "while adding an entry with length '5' bytes\n"
         )
     assert sink.lines() == ["ok", "fine"]
@@ -366,8 +374,9 @@ async def test_timestamps_loki_refuses_get_loki_answers_when_checked(
     assert sink.lines() == ["fresh", "within the grace period"]
     messages = text.rstrip("\n").split("; ")
     assert len(messages) == 4
+    stream = '{job="t", service_name="t"}'
     assert all(
-        m.startswith("1 errors like: entry for stream '{job=\"t\"}' has ")
+        m.startswith(f"1 errors like: entry for stream '{stream}' has ")
         for m in messages
     )
     cutoffs = {go_time(t - 7 * 86400 * NS) for t in (before, after)}
@@ -555,3 +564,51 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() 
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
         assert answer.endswith(b"ready\n")
         assert r.connections.timed_out == {"read": 0, "body": 0, "write": 0}
+
+
+# ------------------------------------------------------------ against a real Loki
+
+
+@pytest.mark.loki
+@pytest.mark.skipif(loki_base_url() is None, reason=LOKI_SKIP_REASON)
+async def test_refusals_match_a_real_lokis_status_and_text(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The same bodies to Loki 3.6 and to the receiver (timestamps checked): the same
+    status and the same grouped messages (Go orders them at random)."""
+    base = loki_base_url()
+    assert base is not None
+    now = time.time_ns()
+    many = "{" + ", ".join(f'l{i:02d}="v"' for i in range(16)) + "}"
+    proto = {
+        "labels": proto_body([LogEntry(now, "x")], many),
+        "entries": proto_body(
+            [
+                LogEntry(now - 1, "ok"),
+                LogEntry(now, "y" * 300_000),
+                LogEntry(0, "epoch"),
+                LogEntry(now + 3600 * NS, "ahead"),
+                LogEntry(now, "é" * 131_073),
+            ],
+            '{app="web", job="m"}',
+        ),
+        "service_name_kept": proto_body(
+            [LogEntry(now, "z" * 262_145)], '{job="j", service_name="svc"}'
+        ),
+    }
+    values = [[str(now), "x" * 262_145], ["-5", "negative"], [str(now), "fine"]]
+    json_body = orjson.dumps({"streams": [{"stream": {"c": "d"}, "values": values}]})
+    cases = [(body, PROTOBUF) for body in proto.values()] + [(json_body, JSON)]
+    limits = EntryLimits(check_timestamps=True)
+    headers = tenant_headers()
+    async with PushReceiver(Sink(), entry_limits=limits) as receiver:
+        await wait_ready(http, base)
+        for body, content_type in cases:
+            answers = []
+            for url in (base + "/loki/api/v1/push", receiver.push_url):
+                status, text, _ = await post(
+                    http, url, body, {**content_type, **headers}
+                )
+                answers.append((status, sorted(text.rstrip("\n").split("; "))))
+            assert answers[0] == answers[1]
+            assert answers[0][0] == 400
