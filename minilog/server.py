@@ -101,7 +101,8 @@ class AgentServer:
     async def start(self) -> None:
         """Bind and serve; with ``port=0`` the bound port is in ``.port`` afterwards."""
         # The guard's middleware goes first: it marks where each request is.
-        self.app.middlewares.insert(0, self._guard.middleware)
+        if self._guard.middleware not in self.app.middlewares:
+            self.app.middlewares.insert(0, self._guard.middleware)
         server = GuardedServer(self.app, self._guard, access_log=None)
         await server.start(self._host, self._port)
         self._server = server
