@@ -1,10 +1,11 @@
 """minilog's own logs, configured the way Alloy's ``logging`` block configures Alloy's.
 
 Owns the logfmt and JSON formatters (``ts=... level=info msg="..." component_id=...``),
-the mapping of Alloy level names onto the stdlib's, and installing one handler on the
-root logger (with ``redact.RedactingFilter``, so no configured secret is logged).
-Only the CLI calls :func:`configure_logging`; the library never touches logging
-configuration.
+the mapping of Alloy level names onto the stdlib's, the flood guard (a warning or error
+with one message template is written once per interval, the rest counted), and
+installing one handler on the root logger (with ``redact.RedactingFilter``, so no
+configured secret is logged). Only the CLI calls :func:`configure_logging`; the library
+never touches logging configuration.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import orjson
@@ -19,10 +22,13 @@ import orjson
 from minilog.redact import RedactingFilter
 
 __all__ = [
+    "DEFAULT_REPEAT_INTERVAL",
     "FORMATS",
     "LEVELS",
     "JsonFormatter",
     "LogfmtFormatter",
+    "RepeatLimitedHandler",
+    "RepeatLimiter",
     "component_logger",
     "configure_logging",
 ]
@@ -105,6 +111,134 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(dict(_fields(record)), default=str).decode()
 
 
+#: Seconds during which further warnings and errors with one message template are
+#: counted instead of written.
+DEFAULT_REPEAT_INTERVAL = 10.0
+# Templates tracked at once; the oldest is dropped (its count written) past this.
+_MAX_TEMPLATES = 1024
+
+
+@dataclass(slots=True)
+class _Window:
+    ends: float
+    suppressed: int = 0
+    last: logging.LogRecord | None = None
+
+
+class RepeatLimiter:
+    """Which records of a flood to write: the first of each key per interval.
+
+    Pure (``clock`` injected). :meth:`admit` answers for a record: ``None`` to
+    suppress it, else how many similar records were suppressed before it (to be
+    reported on it). :meth:`due` yields the last suppressed record of every key whose
+    interval ended without a successor, with its count, so no count is lost.
+    """
+
+    def __init__(
+        self,
+        interval_s: float = DEFAULT_REPEAT_INTERVAL,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = _MAX_TEMPLATES,
+    ) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._max_keys = max_keys
+        # Insertion order is window order: every window has the same length.
+        self._windows: dict[Hashable, _Window] = {}
+
+    def admit(self, key: Hashable, record: logging.LogRecord) -> int | None:
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is not None and now < window.ends:
+            window.suppressed += 1
+            window.last = record
+            return None
+        reported = window.suppressed if window is not None else 0
+        self._windows.pop(key, None)
+        self._windows[key] = _Window(now + self.interval_s)
+        return reported
+
+    def due(self) -> Iterator[tuple[logging.LogRecord, int]]:
+        now = self._clock()
+        windows = self._windows
+        while windows:
+            key, window = next(iter(windows.items()))
+            if window.ends > now and len(windows) <= self._max_keys:
+                return
+            del windows[key]
+            if window.last is not None:
+                yield window.last, window.suppressed
+
+    def drain(self) -> Iterator[tuple[logging.LogRecord, int]]:
+        """Every pending count, whatever the time (at shutdown)."""
+        windows, self._windows = self._windows, {}
+        for window in windows.values():
+            if window.last is not None:
+                yield window.last, window.suppressed
+
+
+def _template_key(record: logging.LogRecord) -> Hashable:
+    template = record.msg if isinstance(record.msg, str) else type(record.msg)
+    return (
+        record.name,
+        record.levelno,
+        template,
+        getattr(record, "component_id", None),
+    )
+
+
+def _with_count(record: logging.LogRecord, suppressed: int) -> logging.LogRecord:
+    out = logging.makeLogRecord(record.__dict__)
+    out.msg = f"{record.getMessage()} ({suppressed} similar suppressed)"
+    out.args = None
+    return out
+
+
+class RepeatLimitedHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes a warning or error at most once per interval per
+    message template (logger, level, unformatted message, component), and the count
+    of the others on the next one written: ``... (N similar suppressed)``.
+
+    Info and debug records always pass: ``loki.echo`` writes every entry at info.
+    A flood (say a failing ``accept()`` per connection) thus costs a line per
+    interval instead of filling the disk.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        interval_s: float = DEFAULT_REPEAT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(stream)
+        self.limiter = RepeatLimiter(interval_s, clock=clock)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reported = 0
+        if record.levelno >= logging.WARNING:
+            verdict = self.limiter.admit(_template_key(record), record)
+            if verdict is None:
+                return
+            reported = verdict
+        for last, suppressed in self.limiter.due():
+            super().emit(_with_count(last, suppressed))
+        super().emit(_with_count(record, reported) if reported else record)
+
+    def close(self) -> None:
+        # At exit (logging.shutdown): the counts of floods no later record reported.
+        try:
+            self.acquire()
+            try:
+                for last, suppressed in self.limiter.drain():
+                    super().emit(_with_count(last, suppressed))
+            finally:
+                self.release()
+        finally:
+            super().close()
+
+
 _installed: logging.Handler | None = None
 
 
@@ -126,7 +260,7 @@ def configure_logging(
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = RepeatLimitedHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(LogfmtFormatter() if format == "logfmt" else JsonFormatter())
     # No configured secret (a URL's password, a token) may reach a log line.
     handler.addFilter(RedactingFilter())

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import prometheus_client
 
+from minilog._httpguard import raise_nofile_limit
 from minilog._logging_setup import configure_logging
 from minilog.errors import ConfigError, MinilogError
 
@@ -485,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     _pin_mmap_threshold()
+    # Go's runtime does this for Alloy; the servers' connection caps are then set
+    # below whatever the limit is (_httpguard.connection_headroom).
+    raise_nofile_limit()
     # Alloy (Go) exposes no *_created series; dashboards built on it expect none.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:

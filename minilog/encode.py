@@ -564,7 +564,7 @@ def compress(data: bytes) -> bytes:
     return bytes(snappy.compress(data))
 
 
-def snappy_decoded_length(data: bytes) -> int:
+def snappy_decoded_length(data: bytes | bytearray) -> int:
     """The uncompressed length a snappy block declares in its uvarint header."""
     result = shift = 0
     for b in data[:10]:
@@ -577,7 +577,7 @@ def snappy_decoded_length(data: bytes) -> int:
     raise DecodeError("snappy: corrupt input")
 
 
-def decompress(data: bytes, max_size: int | None = None) -> bytes:
+def decompress(data: bytes | bytearray, max_size: int | None = None) -> bytes:
     """Snappy block-decompress ``data``.
 
     With ``max_size`` the declared length is checked before any work is done and

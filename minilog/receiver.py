@@ -1,9 +1,12 @@
 """``loki.source.api``: an aiohttp server that accepts Loki push requests.
 
 Owns the HTTP side of a push as Loki 3.6 answers it (content type and encoding, size
-limit, tenant header, label parsing and validation, status codes and error bodies) and
-hands decoded streams to an async handler before answering. Also the tests' and
-benchmarks' Loki stand-in: ``faults`` scripts 429/5xx answers and hangs.
+limit, tenant header, label parsing and validation, per-entry line-size and timestamp
+checks, status codes and error bodies) and hands decoded streams to an async handler
+before answering. Every request in flight is charged against one memory budget
+before its body is read, and large bodies are decompressed and decoded on a worker
+thread. Also the tests' and benchmarks' Loki stand-in: ``faults`` scripts 429/5xx
+answers and hangs. Connection caps and read/write deadlines come from ``_httpguard``.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,12 +29,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from minilog._httpguard import ConnectionGuard, GuardedServer, ServerLimits
 from minilog.encode import (
     BodyTooLargeError,
     decode_push_request,
     decompress,
     scan_push_request,
+    snappy_decoded_length,
 )
 from minilog.errors import DecodeError, LabelError
 from minilog.labels import (
@@ -41,12 +50,17 @@ from minilog.labels import (
 from minilog.model import LogEntry, StreamBatch
 
 __all__ = [
+    "DEFAULT_CREATION_GRACE_PERIOD",
+    "DEFAULT_MAX_INFLIGHT_BYTES",
+    "DEFAULT_MAX_LINE_SIZE",
     "DEFAULT_MAX_RECV_MSG_SIZE",
+    "DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE",
     "DISCOVER_SERVICE_NAME",
     "SERVICE_NAME",
     "TENANT_HEADER",
     "TENANT_LABEL",
     "UNKNOWN_SERVICE",
+    "EntryLimits",
     "Faults",
     "PushHandler",
     "PushReceiver",
@@ -58,6 +72,16 @@ PushHandler = Callable[[list[StreamBatch]], Awaitable[None]]
 
 #: Loki's ``distributor.max_recv_msg_size`` default (100 MiB).
 DEFAULT_MAX_RECV_MSG_SIZE = 100 << 20
+#: Loki's ``limits_config.max_line_size`` default (256 KB; 0 means no limit).
+DEFAULT_MAX_LINE_SIZE = 256 << 10
+#: Loki's ``reject_old_samples_max_age`` (7 days) and ``creation_grace_period``
+#: (10 minutes) defaults, in seconds.
+DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE = 7 * 24 * 3600.0
+DEFAULT_CREATION_GRACE_PERIOD = 600.0
+#: Bytes the push requests in flight may hold together: bodies, their decompressed
+#: form and the decoded entries until the handler took them (minilog's
+#: ``max_inflight_push_requests_bytes``, named after Mimir's distributor limit).
+DEFAULT_MAX_INFLIGHT_BYTES = 64 << 20
 
 #: The label Loki 3 adds to every stream that lacks it, and its value when no label
 #: of ``DISCOVER_SERVICE_NAME`` (Loki's ``discover_service_name`` default, in order of
@@ -91,8 +115,19 @@ _RFC3339 = re.compile(
     re.IGNORECASE,
 )
 _LABEL_CACHE_MAX = 4096
-# A compressed body past this is decoded on a worker thread (~1 MiB: tens of ms).
-_INLINE_DECODE_MAX = 256 << 10
+# A body past this is decompressed, decoded and checked on a worker thread: a 64 KiB
+# snappy body can declare over a megabyte, tens of milliseconds of decoding.
+_INLINE_DECODE_MAX = 64 << 10
+# gzip and deflate inflate a thousandfold: past this, a body always goes to a thread.
+_INLINE_INFLATE_MAX = 1 << 10
+# Inflated in steps of this size, each charged to the budget before the next.
+_INFLATE_STEP = 1 << 20
+# Worker threads for decoding: the receiver's own, so pushes cannot take the shared
+# default executor the writer encodes and the positions are saved on.
+_DECODE_THREADS = 2
+# What the decoded form of an entry costs beyond its line (LogEntry, str and int
+# objects, the protobuf parser's arena), measured with RSS on CPython 3.11.
+_ENTRY_OVERHEAD = 256
 _log = logging.getLogger(__name__)
 # jsonparser.ParseInt, which Loki reads JSON push timestamps with: "-" alone is 0.
 _NS_DIGITS = re.compile(r"-|-?[0-9]+\Z")
@@ -105,15 +140,38 @@ _MALFORMED_OBJECT = "Value looks like object, but can't find closing '}' symbol"
 _MALFORMED_VALUE = (
     "Value looks like Number/Boolean/None, but can't find its end: ',' or '}' symbol"
 )
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: A request body as read: filled in place when its length is known.
+_Body = bytes | bytearray
 
 
 class _HTTPError(Exception):
-    """An error answer: Go ``http.Error`` style, the message plus a newline."""
+    """An error answer: Go ``http.Error`` style, the message plus a newline.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``close`` ends the connection after the answer: the body was not read.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        close: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.close = close
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        response = _text_response(self.status, self.message)
+        if self.headers:
+            response.headers.update(self.headers)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def _text_response(status: int, message: str) -> web.Response:
@@ -243,23 +301,214 @@ def _check_tenant(tenant: str) -> None:
         )
 
 
-def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    wbits = 31 if encoding == "gzip" else -15  # deflate is raw DEFLATE (compress/flate)
-    inflater = zlib.decompressobj(wbits)
+# -------------------------------------------------------------------------------------
+# The memory budget of requests in flight
+
+
+class _Budget:
+    """Bytes the push requests in flight may hold together. Thread-safe: requests
+    decoded on worker threads charge it from there.
+
+    A charge that cannot fit even in an empty budget answers 413 (the request is too
+    large for this receiver: retrying cannot help); one that only does not fit beside
+    the other requests answers 503, which every Loki client retries. Not 429: a client
+    with ``retry_on_http_429 = false`` would drop the entries, and the cause is this
+    receiver's memory, not the client's rate.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError("max_inflight_push_requests_bytes must be positive")
+        self.capacity = capacity
+        self.used = 0
+        self.refused: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, n: int, held: int) -> None:
+        with self._lock:
+            if held + n > self.capacity:
+                self.refused["request_body_too_large"] += 1
+                raise _HTTPError(
+                    413,
+                    f"request body too large: {held + n} bytes, "
+                    f"limit: {self.capacity} bytes",
+                )
+            if self.used + n > self.capacity:
+                self.refused["inflight_bytes_limit"] += 1
+                raise _HTTPError(
+                    503,
+                    "too many push requests in flight: their memory budget "
+                    f"({self.capacity} bytes) is spent, retry later",
+                    headers={"Retry-After": "1"},
+                )
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+class _Charge:
+    """What one request holds of the budget; ``release()`` returns all of it."""
+
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: _Budget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def grow(self, n: int) -> None:
+        if n > 0:
+            self._budget.take(n, self.held)
+            self.held += n
+
+    def shrink(self, n: int) -> None:
+        n = min(n, self.held)
+        if n > 0:
+            self._budget.give(n)
+            self.held -= n
+
+    def release(self) -> None:
+        self.shrink(self.held)
+
+
+def _inflate(body: _Body, encoding: str, limit: int, charge: _Charge) -> bytes:
+    """gzip (concatenated members too, as Go's reader) or raw DEFLATE, inflated in
+    steps so the size limit and the budget stop a bomb before it is in memory."""
+    is_gzip = encoding == "gzip"
+    inflater = zlib.decompressobj(31 if is_gzip else -15)
+    parts: list[bytes] = []
+    size = 0
+    data = body
     try:
-        out = inflater.decompress(body, limit + 1)
+        while True:
+            chunk = inflater.decompress(data, _INFLATE_STEP)
+            data = inflater.unconsumed_tail
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _HTTPError(413, _too_large(size, limit))
+                charge.grow(len(chunk))
+                parts.append(chunk)
+            if inflater.eof:
+                data = inflater.unused_data
+                if not (is_gzip and data):
+                    break
+                inflater = zlib.decompressobj(31)
+            elif not data and len(chunk) < _INFLATE_STEP:
+                raise _HTTPError(400, "unexpected EOF")
     except zlib.error as exc:
-        name = "gzip" if encoding == "gzip" else "flate"
+        name = "gzip" if is_gzip else "flate"
         raise _HTTPError(400, f"{name}: invalid data: {exc}") from exc
-    if len(out) > limit:
-        raise _HTTPError(
-            413,
-            "request body too large: message size too large than max "
-            f"({len(out)} vs {limit})",
-        )
-    if not inflater.eof:
-        raise _HTTPError(400, "unexpected EOF")
+    if len(parts) == 1:
+        return parts[0]
+    charge.grow(size)  # the joined copy, while the parts still exist
+    out = b"".join(parts)
+    parts.clear()
+    charge.shrink(size)
     return out
+
+
+# -------------------------------------------------------------------------------------
+# Per-entry checks (Loki's distributor ValidateEntry)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryLimits:
+    """Loki's per-entry limits (``limits_config``), applied before anything is queued.
+
+    ``max_line_size`` (bytes, 0 = none) always applies. The timestamp checks apply
+    only with ``check_timestamps`` (``loki.source.api`` turns it on with
+    ``use_incoming_timestamp``): an entry older than ``reject_old_samples_max_age_s``
+    (when ``reject_old_samples``) or newer than now plus ``creation_grace_period_s``
+    is refused as Loki refuses it. Refused entries are dropped, counted by Loki's
+    reason and reported in a 400 with Loki's grouped messages; the others go on.
+    """
+
+    max_line_size: int = DEFAULT_MAX_LINE_SIZE
+    check_timestamps: bool = False
+    reject_old_samples: bool = True
+    reject_old_samples_max_age_s: float = DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE
+    creation_grace_period_s: float = DEFAULT_CREATION_GRACE_PERIOD
+
+    def __post_init__(self) -> None:
+        if self.max_line_size < 0:
+            raise ValueError("max_line_size must not be negative")
+
+
+def _go_rfc3339(ns: int) -> str:
+    """Go's ``time.RFC3339`` of a Unix-nanosecond time in UTC (whole seconds)."""
+    t = _EPOCH + timedelta(seconds=ns // _NS)
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}"
+        f"T{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z"
+    )
+
+
+def _line_bytes(line: str) -> int:
+    try:
+        return len(line.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        # A lone surrogate (from JSON): Go writes U+FFFD, three bytes, in its place.
+        return len(line.encode("utf-8", "surrogatepass"))
+
+
+def _check_entries(
+    entries: list[LogEntry],
+    canonical: str,
+    limits: EntryLimits,
+    now_ns: int,
+    errors: list[str],
+    discarded: Counter[str],
+) -> list[LogEntry]:
+    """The entries Loki's ``ValidateEntry`` keeps; an error per refused one."""
+    max_line = limits.max_line_size
+    oldest = -(1 << 80)
+    newest = 1 << 80
+    if limits.check_timestamps:
+        if limits.reject_old_samples:
+            oldest = now_ns - int(limits.reject_old_samples_max_age_s * _NS)
+        newest = now_ns + int(limits.creation_grace_period_s * _NS)
+    # The common case in one pass of builtins: every line short, every stamp in range.
+    # A str of n characters holds at most 4n UTF-8 bytes.
+    lines_fine = not max_line or max(len(e.line) for e in entries) * 4 <= max_line
+    if lines_fine and (
+        not limits.check_timestamps
+        or (
+            min(e.timestamp_ns for e in entries) >= oldest
+            and max(e.timestamp_ns for e in entries) <= newest
+        )
+    ):
+        return entries
+    kept = []
+    for entry in entries:
+        ts = entry.timestamp_ns
+        if ts < oldest:
+            discarded["greater_than_max_sample_age"] += 1
+            errors.append(
+                f"entry for stream '{canonical}' has timestamp too old: "
+                f"{_go_rfc3339(ts)}, oldest acceptable timestamp is: "
+                f"{_go_rfc3339(oldest)}"
+            )
+        elif ts > newest:
+            discarded["too_far_in_future"] += 1
+            errors.append(
+                f"entry for stream '{canonical}' has timestamp too new: "
+                f"{_go_rfc3339(ts)}"
+            )
+        elif (
+            max_line
+            and len(entry.line) * 4 > max_line
+            and ((size := _line_bytes(entry.line)) > max_line)
+        ):
+            discarded["line_too_long"] += 1
+            errors.append(
+                f"max entry size '{max_line}' bytes exceeded for stream "
+                f"'{canonical}' while adding an entry with length '{size}' bytes"
+            )
+        else:
+            kept.append(entry)
+    return kept
 
 
 def _parse_ns(text: object) -> int:
@@ -306,7 +555,7 @@ def _first_char(value: object) -> str:
     return _json_text(value)[:1]
 
 
-def _json_v1_streams(body: bytes) -> list[tuple[str, list[LogEntry]]]:
+def _json_v1_streams(body: _Body) -> list[tuple[str, list[LogEntry]]]:
     """``{"streams":[{"stream":{..},"values":[["<ns>","line",{meta}]]}]}``, read as
     Loki 3.6 reads it (``loghttp.PushRequest``): a label value of another JSON type
     is kept as its JSON text, ``null`` entries and a ``null`` ``values`` are skipped,
@@ -372,7 +621,7 @@ def _json_kind_error(value: object) -> str:
     return "Unknown value type" if isinstance(value, dict) else "Malformed JSON error"
 
 
-def _json_legacy_streams(body: bytes) -> list[tuple[str, list[LogEntry]]]:
+def _json_legacy_streams(body: _Body) -> list[tuple[str, list[LogEntry]]]:
     """``{"streams":[{"labels":"{..}","entries":[{"ts":"<RFC3339>","line":""}]}]}``."""
     document = _load_json(body)
     streams = []
@@ -401,7 +650,7 @@ def _json_legacy_streams(body: bytes) -> list[tuple[str, list[LogEntry]]]:
     return streams
 
 
-def _raw_entries(body: bytes) -> list[LogEntry]:
+def _raw_entries(body: _Body) -> list[LogEntry]:
     """Alloy's ``/loki/api/v1/raw``: an entry per non-empty line, stamped on receipt.
 
     Each line gets its own nanosecond: Loki drops an entry whose timestamp and line
@@ -413,7 +662,7 @@ def _raw_entries(body: bytes) -> list[LogEntry]:
     return [LogEntry(now_ns + i, line) for i, line in enumerate(lines)]
 
 
-def _load_json(body: bytes) -> dict[str, Any]:
+def _load_json(body: _Body) -> dict[str, Any]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -426,20 +675,24 @@ def _load_json(body: bytes) -> dict[str, Any]:
     return document
 
 
-def _as_loki_sees(pairs: list[tuple[str, str]]) -> str:
-    """The stream as Loki names it in errors: with the ``service_name`` it adds
-    before validating (``discover_service_name``), from the first of
-    ``DISCOVER_SERVICE_NAME`` with a value, else ``unknown_service``."""
-    if not any(name == SERVICE_NAME for name, _ in pairs):
-        values: dict[str, str] = {}
-        for name, value in pairs:
-            values.setdefault(name, value)  # Loki's Labels.Get: the first one
-        service = next(
-            (values[n] for n in DISCOVER_SERVICE_NAME if values.get(n)),
-            UNKNOWN_SERVICE,
-        )
-        pairs = sorted([*pairs, (SERVICE_NAME, service)], key=lambda pair: pair[0])
-    return format_pairs(pairs)
+_INTERNAL_STREAM_LABELS = ("__aggregated_metric__", "__pattern__")
+
+
+def _with_service_name(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The labels as a default Loki names the stream in its messages: with the
+    ``service_name`` its discovery adds before validating (``ParseLokiRequest``), from
+    the first of ``DISCOVER_SERVICE_NAME`` with a value, else ``unknown_service``.
+    Only the messages show it; the labels handed on stay as pushed, as Alloy forwards
+    them."""
+    names: dict[str, str] = {}
+    for name, value in pairs:
+        names.setdefault(name, value)  # Loki's Labels.Get: the first one
+    if SERVICE_NAME in names or any(k in names for k in _INTERNAL_STREAM_LABELS):
+        return pairs
+    service = next(
+        (names[k] for k in DISCOVER_SERVICE_NAME if names.get(k)), UNKNOWN_SERVICE
+    )
+    return sorted([*pairs, (SERVICE_NAME, service)], key=lambda pair: pair[0])
 
 
 def _grouped(errors: list[str]) -> str:
@@ -463,25 +716,50 @@ class _Limits:
     max_label_value_length: int = 2048
 
 
+#: Parsed streams, or (no handler) only their label text and entry counts.
+_Parsed = tuple[list[tuple[str, list[LogEntry]]] | None, list[tuple[str, int]] | None]
+
+
+@dataclass
+class _Checked:
+    """A request after validation: what goes on, and what was refused and why."""
+
+    batches: list[StreamBatch]
+    accepted: int
+    errors: list[str]
+    discarded: Counter[str]
+
+
 class PushReceiver:
     """A Loki push endpoint (Alloy's ``loki.source.api``) on aiohttp.
 
     Routes (under ``path_prefix``): ``POST /loki/api/v1/push`` (also ``/api/v1/push``),
     ``POST /api/prom/push`` (legacy JSON shape), ``POST /loki/api/v1/raw`` (also
     ``/api/v1/raw``: newline-delimited lines, no labels, receive-time timestamps) and
-    ``GET /ready``. Each push is checked
-    as Loki 3.6 checks it; the valid streams go to ``handler`` as ``StreamBatch``es
-    (labels parsed, ``__``-prefixed labels removed, ``__tenant_id__`` added when the
-    ``X-Scope-OrgID`` header is present) and the handler is awaited before the answer,
-    so a slow consumer slows the client. Without a handler entries are only counted.
+    ``GET /ready``. Each push is checked as Loki 3.6 checks it; the valid streams go
+    to ``handler`` as ``StreamBatch``es (labels parsed, ``__``-prefixed labels
+    removed, ``__tenant_id__`` added when the ``X-Scope-OrgID`` header is present)
+    and the handler is awaited before the answer, so a slow consumer slows the
+    client. Without a handler entries are only counted.
+
+    Hostile input is bounded: every request charges ``max_inflight_bytes`` before its
+    body is read (Content-Length, or each chunk) and again for its decompressed and
+    decoded forms; gzip and deflate are inflated in steps under ``max_recv_msg_size``
+    and the budget; a snappy body's declared length is checked before it is decoded;
+    large bodies are decoded on a worker thread. ``server_limits`` sets the
+    connection cap and Go-style read/write/idle deadlines (``_httpguard``).
 
     Args:
         handler: async callable receiving each request's streams, or None to count.
         host, port: where to listen; port 0 picks a free port, kept across restarts.
         registry: Prometheus registry for the ``loki_source_api_*`` metrics (a private
             one when None; never the global registry).
-        max_recv_msg_size: size limit in bytes for protobuf bodies (Loki: 100 MiB).
+        max_recv_msg_size: size limit in bytes for protobuf bodies (Loki: 100 MiB),
+            and for any decompressed body.
         path_prefix: prefix for every route, e.g. ``/tenant-a``.
+        entry_limits: Loki's per-entry checks; by default only ``max_line_size``.
+        max_inflight_bytes: memory budget of the requests in flight together.
+        server_limits: connection cap and deadlines (Alloy's ``http`` block).
     """
 
     def __init__(
@@ -496,6 +774,9 @@ class PushReceiver:
         max_label_names_per_series: int = 15,
         max_label_name_length: int = 1024,
         max_label_value_length: int = 2048,
+        entry_limits: EntryLimits | None = None,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        server_limits: ServerLimits | None = None,
     ) -> None:
         self._handler = handler
         self._host = host
@@ -505,13 +786,20 @@ class PushReceiver:
         self._limits = _Limits(
             max_label_names_per_series, max_label_name_length, max_label_value_length
         )
-        self._runner: web.AppRunner | None = None
+        #: Loki's per-entry checks; may be replaced while running.
+        self.entry_limits = entry_limits if entry_limits is not None else EntryLimits()
+        self._budget = _Budget(max_inflight_bytes)
+        self._guard = ConnectionGuard(server_limits or ServerLimits())
+        self._server: GuardedServer | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._label_cache: dict[str, tuple[list[tuple[str, str]], str]] = {}
         self.faults = Faults()
         self.requests = RequestLog()
         #: Entries accepted so far (also counted when there is no handler).
         self.entries_total = 0
+        #: Entries refused by a per-stream or per-entry check, by Loki's reason.
+        self.discarded: Counter[str] = Counter()
         self._registry = registry if registry is not None else CollectorRegistry()
         self._init_metrics(self._registry)
 
@@ -550,6 +838,7 @@ class PushReceiver:
             ["method", "route"],
             registry=registry,
         )
+        registry.register(_ReceiverCollector(self))
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -578,13 +867,23 @@ class PushReceiver:
 
     @property
     def running(self) -> bool:
-        return self._runner is not None
+        return self._server is not None
+
+    @property
+    def connections(self) -> ConnectionGuard:
+        """The server's connection cap, open connections and deadline closes."""
+        return self._guard
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of the memory budget the requests in flight hold now."""
+        return self._budget.used
 
     async def start(self) -> None:
         """Listen; a no-op when already running. A restart reuses the same port."""
-        if self._runner is not None:
+        if self._server is not None:
             return
-        app = web.Application(client_max_size=self._max_size + 1)
+        app = web.Application(middlewares=[self._guard.middleware])
         p = self._prefix
         for path, route in (
             ("/loki/api/v1/push", "loki_api_v1_push"),
@@ -595,30 +894,35 @@ class PushReceiver:
         ):
             app.router.add_post(p + path, self._make_push_route(route))
         app.router.add_get(p + "/ready", self._ready)
-        # Bodies are decompressed here, not by aiohttp, to apply Loki's rules and limit.
-        runner = web.AppRunner(
-            app, auto_decompress=False, access_log=None, shutdown_timeout=1.0
+        # Bodies are read and decompressed here, not by aiohttp, to apply Loki's rules,
+        # the size limit and the memory budget.
+        server = GuardedServer(
+            app,
+            self._guard,
+            auto_decompress=False,
+            access_log=None,
+            shutdown_timeout=1.0,
         )
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
+        await server.start(self._host, self._port)
         self._closing = False
-        self._runner = runner
+        self._server = server
+        self._executor = ThreadPoolExecutor(
+            _DECODE_THREADS, thread_name_prefix="loki.source.api"
+        )
         if self._port == 0:
-            self._port = int(runner.addresses[0][1])
+            self._port = server.port
 
     async def aclose(self) -> None:
         """Stop listening; hanging requests are answered 503. Idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is None:
+        server, self._server = self._server, None
+        if server is None:
             return
         self._closing = True
         self.faults.clear()
-        await runner.cleanup()
+        await server.aclose()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> PushReceiver:
         await self.start()
@@ -664,23 +968,61 @@ class PushReceiver:
         log.last_headers = CIMultiDict(request.headers)
         log.last_path = request.path
         await self._on_request()
+        charge = _Charge(self._budget)
         try:
-            return await self._push_checked(request, route)
+            return await self._push_checked(request, route, charge)
         except _HTTPError as exc:
-            return _text_response(exc.status, exc.message)
+            return exc.response()
+        finally:
+            charge.release()
 
     async def _on_request(self) -> None:
         """Hook for subclasses: a push request arrived (before any checks)."""
 
-    async def _push_checked(self, request: web.Request, route: str) -> web.Response:
-        max_size = self._max_size
+    async def _read_body(
+        self, request: web.Request, charge: _Charge, max_size: int
+    ) -> _Body:
+        """The whole body, charged before it is read: by its Content-Length (read
+        into one buffer of that size), or chunk by chunk when it has none (twice:
+        the growing buffer may be copied when it grows)."""
         length = request.content_length
         if length is not None and length > max_size:
             raise _HTTPError(413, _too_large(length, max_size))
+        with self._guard.reading_body(request):
+            if length is not None:
+                charge.grow(length)
+                body = bytearray(length)
+                view = memoryview(body)
+                pos = 0
+                # aiohttp stops at Content-Length, and raises if less arrives.
+                async for chunk in request.content.iter_any():
+                    view[pos : pos + len(chunk)] = chunk
+                    pos += len(chunk)
+                view.release()
+                return body
+            grown = bytearray()
+            async for chunk in request.content.iter_any():
+                if len(grown) + len(chunk) > max_size:
+                    raise _HTTPError(413, _too_large(len(grown) + len(chunk), max_size))
+                charge.grow(2 * len(chunk))
+                grown += chunk
+        charge.shrink(charge.held - len(grown))
+        return grown
+
+    async def _push_checked(
+        self, request: web.Request, route: str, charge: _Charge
+    ) -> web.Response:
+        max_size = self._max_size
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise _HTTPError(413, _too_large(length or max_size + 1, max_size)) from exc
+            body = await self._read_body(request, charge, max_size)
+        except _HTTPError as exc:
+            exc.close = True  # the rest of the body is not wanted
+            raise
+        except (ConnectionError, web.RequestPayloadError) as exc:
+            # The client went away, or its body stalled past server_read_timeout and
+            # the guard closed the connection: nobody is left to answer.
+            _log.debug("loki.source.api: push body not received: %s", exc)
+            raise _HTTPError(400, f"reading the request body: {exc}") from None
 
         await self.faults._wait_if_hung()
         if self._closing:
@@ -692,48 +1034,103 @@ class PushReceiver:
         tenant = request.headers.get(TENANT_HEADER, "")
         if tenant:
             _check_tenant(tenant)
-
         encoding = request.headers.get("Content-Encoding", "").strip()
-        if encoding in ("gzip", "deflate"):
-            body = _inflate(body, encoding, max_size)
-        elif encoding not in ("", "snappy"):
+        if encoding not in ("", "snappy", "gzip", "deflate"):
             raw_encoding = request.headers["Content-Encoding"]
             raise _HTTPError(400, f'Content-Encoding "{raw_encoding}" not supported')
+        content_type = request.headers.get("Content-Type", "")
 
+        # The worker takes the only reference to the body, so that it can free it
+        # (and its charge) as soon as the decompressed form exists.
+        holder: list[_Body] = [body]
+        del body
+        inline = len(holder[0]) <= (
+            _INLINE_INFLATE_MAX
+            if encoding in ("gzip", "deflate")
+            else _INLINE_DECODE_MAX
+        )
+        work = (holder, encoding, route, content_type, tenant, charge)
+        executor = self._executor
+        if inline or executor is None:
+            checked = self._decode_and_check(*work)
+        else:
+            # Seconds of work for the largest bodies: off the loop, so tailing and
+            # pushing go on meanwhile.
+            checked = await asyncio.get_running_loop().run_in_executor(
+                executor, self._decode_and_check, *work
+            )
+        return await self._accept(checked)
+
+    def _decode_and_check(
+        self,
+        holder: list[_Body],
+        encoding: str,
+        route: str,
+        content_type: str,
+        tenant: str,
+        charge: _Charge,
+    ) -> _Checked:
+        """Decompress, decode and validate one request (on the loop or a thread)."""
+        parsed = self._decode(holder, encoding, route, content_type, charge)
+        return self._check(*parsed, tenant)
+
+    def _decode(
+        self,
+        holder: list[_Body],
+        encoding: str,
+        route: str,
+        content_type: str,
+        charge: _Charge,
+    ) -> _Parsed:
+        max_size = self._max_size
+        body = holder.pop()
+        if encoding in ("gzip", "deflate"):
+            compressed = len(body)
+            body = _inflate(body, encoding, max_size, charge)
+            charge.shrink(compressed)
         if route.endswith("_raw"):
-            return await self._accept([("{}", _raw_entries(body))], None, tenant)
-        media = _media_type(request.headers.get("Content-Type", ""))
-        if media == "application/json":
-            legacy = route == "api_prom_push"
-            raw_streams = (_json_legacy_streams if legacy else _json_v1_streams)(body)
-            return await self._accept(raw_streams, None, tenant)
+            # The body, its text and the split lines live together for a moment.
+            charge.grow(len(body) + (body.count(b"\n") + 1) * _ENTRY_OVERHEAD)
+            return [("{}", _raw_entries(body))], None
+        if _media_type(content_type) == "application/json":
+            # orjson builds a list per entry and an object per stream: an upper bound
+            # of the entries is the count of brackets and braces.
+            charge.grow(
+                len(body) + (body.count(b"[") + body.count(b"{")) * _ENTRY_OVERHEAD
+            )
+            decode_json = (
+                _json_legacy_streams if route == "api_prom_push" else _json_v1_streams
+            )
+            return decode_json(body), None
         if len(body) > max_size:
             raise _HTTPError(413, _too_large(len(body), max_size))
-        streams: list[tuple[str, list[LogEntry]]] | None = None
-        counts: list[tuple[str, int]] | None = None
         try:
-            if len(body) > _INLINE_DECODE_MAX:
-                # Seconds of work for the largest bodies: off the loop, so tailing
-                # and pushing go on meanwhile.
-                streams, counts = await asyncio.to_thread(self._decode, body, max_size)
-            else:
-                streams, counts = self._decode(body, max_size)
+            declared = snappy_decoded_length(body)
+            if declared > max_size:
+                raise _HTTPError(413, _too_large(declared, max_size))
+            charge.grow(declared)
+            data = decompress(body, max_size)
+            charge.shrink(len(body))
+            del body
+            if self._handler is None:
+                return None, scan_push_request(
+                    data
+                )  # counting only: entries stay bytes
+            # The entries as Python objects take their lines' bytes again plus a fixed
+            # cost each: charged before they exist.
+            entries = sum(n for _, n in scan_push_request(data))
+            charge.grow(len(data) + entries * _ENTRY_OVERHEAD)
+            streams = decode_push_request(data)
+            charge.shrink(len(data))
+            return streams, None
         except BodyTooLargeError as exc:
             raise _HTTPError(413, f"request body too large: {exc}") from exc
         except DecodeError as exc:
             raise _HTTPError(400, str(exc)) from exc
-        return await self._accept(streams, counts, tenant)
-
-    def _decode(
-        self, body: bytes, max_size: int
-    ) -> tuple[list[tuple[str, list[LogEntry]]] | None, list[tuple[str, int]] | None]:
-        data = decompress(body, max_size)
-        if self._handler is None:
-            return None, scan_push_request(data)  # counting only: entries stay bytes
-        return decode_push_request(data), None
 
     def _labels(self, text: str) -> tuple[list[tuple[str, str]], str]:
-        """Parsed, sorted, non-empty label pairs and their canonical text (cached)."""
+        """Parsed, sorted, non-empty label pairs, and the text Loki's messages show
+        for them (cached)."""
         cached = self._label_cache.get(text)
         if cached is not None:
             return cached
@@ -743,51 +1140,59 @@ class PushReceiver:
             raise _HTTPError(400, f"couldn't parse labels: {exc}") from exc
         # Loki's label builder drops empty values; Labels are kept sorted by name.
         pairs = sorted((name, value) for name, value in pairs if value)
-        result = (pairs, format_pairs(pairs))
+        result = (pairs, format_pairs(_with_service_name(pairs)))
         if len(self._label_cache) >= _LABEL_CACHE_MAX:
             self._label_cache.clear()
         self._label_cache[text] = result
         return result
 
-    def _stream_error(self, pairs: list[tuple[str, str]]) -> str | None:
-        """Loki's per-stream label validation (``validator.go`` ``ValidateLabels``)."""
+    def _stream_error(
+        self, pairs: list[tuple[str, str]], canonical: str
+    ) -> tuple[str, str] | None:
+        """Loki's per-stream label validation (``validator.go`` ``ValidateLabels``):
+        ``(reason, message)`` for a refused stream."""
         limits = self._limits
         count = len(pairs) - any(name == SERVICE_NAME for name, _ in pairs)
         if count > limits.max_label_names_per_series:
-            return (
-                f"entry for stream '{_as_loki_sees(pairs)}' has {count} label names; "
+            return "max_label_names_per_series", (
+                f"entry for stream '{canonical}' has {count} label names; "
                 f"limit {limits.max_label_names_per_series}"
             )
         last = None
         for name, value in pairs:
-            problem = None
             if len(name.encode()) > limits.max_label_name_length:
-                problem = f"has label name too long: '{name}'"
-            elif (
+                return "label_name_too_long", (
+                    f"stream '{canonical}' has label name too long: '{name}'"
+                )
+            if (
                 len(value.encode("utf-8", "surrogateescape"))
                 > limits.max_label_value_length
             ):
-                problem = f"has label value too long: '{value}'"
-            elif name == last:
-                problem = f"has duplicate label name: '{name}'"
-            elif not is_valid_label_name(name) and name != "__name__":
-                problem = f"has invalid label name: '{name}'"
-            if problem is not None:
-                return f"stream '{_as_loki_sees(pairs)}' {problem}"
+                return "label_value_too_long", (
+                    f"stream '{canonical}' has label value too long: '{value}'"
+                )
+            if name == last:
+                return "duplicate_label_names", (
+                    f"stream '{canonical}' has duplicate label name: '{name}'"
+                )
+            if not is_valid_label_name(name) and name != "__name__":
+                return "invalid_labels", (
+                    f"stream '{canonical}' has invalid label name: '{name}'"
+                )
             last = name
         return None
 
-    async def _accept(
+    def _check(
         self,
         streams: list[tuple[str, list[LogEntry]]] | None,
         counts: list[tuple[str, int]] | None,
         tenant: str,
-    ) -> web.Response:
-        """Validate parsed streams, hand the good ones on, answer 204 or grouped 400."""
+    ) -> _Checked:
+        """Loki's checks in its order: label syntax (fails the request), then per
+        stream the labels, then per entry the timestamps and line size."""
+        items: Iterable[tuple[str, int, list[LogEntry] | None]]
         if streams is not None:
-            items: list[tuple[str, int, list[LogEntry] | None]] = [
-                (text, len(entries), entries) for text, entries in streams
-            ]
+            items = [(text, len(entries), entries) for text, entries in streams]
         else:
             items = [(text, n, None) for text, n in counts or ()]
         if not items:
@@ -796,37 +1201,105 @@ class PushReceiver:
             )
         # Every label string is parsed first: a syntax error fails the whole request.
         parsed = [self._labels(text) for text, _, _ in items]
-        errors: list[str] = []
-        batches: list[StreamBatch] = []
-        accepted = 0
-        for (pairs, _), (_, n, entries) in zip(parsed, items, strict=True):
+        limits = self.entry_limits
+        now_ns = time.time_ns()
+        checked = _Checked([], 0, [], Counter())
+        for (pairs, canonical), (_, n, entries) in zip(parsed, items, strict=True):
             if n == 0:
                 continue
-            error = self._stream_error(pairs)
+            error = self._stream_error(pairs, canonical)
             if error is not None:
-                errors.append(error)
+                checked.discarded[error[0]] += n
+                checked.errors.append(error[1])
                 continue
-            accepted += n
             if entries is not None:
+                entries = _check_entries(
+                    entries,
+                    canonical,
+                    limits,
+                    now_ns,
+                    checked.errors,
+                    checked.discarded,
+                )
+                n = len(entries)
+                if not n:
+                    continue
                 # Alloy's loki.source.api drops incoming internal labels, then adds the
                 # tenant from the header.
                 labels = {k: v for k, v in pairs if not k.startswith("__")}
                 if tenant:
                     labels[TENANT_LABEL] = tenant
-                batches.append(StreamBatch(labels, entries))
-        if batches and self._handler is not None:
+                checked.batches.append(StreamBatch(labels, entries))
+            checked.accepted += n
+        return checked
+
+    async def _accept(self, checked: _Checked) -> web.Response:
+        """Hand the accepted streams on, then answer 204 or Loki's grouped 400."""
+        if checked.batches and self._handler is not None:
             try:
-                await self._handler(batches)
+                await self._handler(checked.batches)
             except Exception as exc:
                 # A failing consumer must not take the server down; Loki answers 500
                 # when the write behind the distributor fails.
                 _log.exception("loki.source.api: forwarding pushed entries failed")
                 raise _HTTPError(500, str(exc) or type(exc).__name__) from exc
-        self.entries_total += accepted
-        self._m_entries.inc(accepted)
-        if errors:
-            raise _HTTPError(400, _grouped(errors))
+        self.entries_total += checked.accepted
+        self._m_entries.inc(checked.accepted)
+        if checked.discarded:
+            self.discarded.update(checked.discarded)
+        if checked.errors:
+            raise _HTTPError(400, _grouped(checked.errors))
         return web.Response(status=204)
+
+
+class _ReceiverCollector(Collector):
+    """minilog's own receiver metrics, read from the receiver when scraped."""
+
+    def __init__(self, receiver: PushReceiver) -> None:
+        self._receiver = receiver
+
+    def collect(self) -> Iterable[Any]:
+        receiver = self._receiver
+        guard = receiver.connections
+        discarded = CounterMetricFamily(
+            "minilog_source_api_discarded_entries",
+            "Entries refused by Loki's per-stream and per-entry checks, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(receiver.discarded.items()):
+            discarded.add_metric([reason], n)
+        yield discarded
+        refused = CounterMetricFamily(
+            "minilog_source_api_refused_requests",
+            "Push requests refused for the memory budget (503) or their size (413).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(receiver._budget.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield GaugeMetricFamily(
+            "minilog_source_api_inflight_bytes",
+            "Bytes of the in-flight memory budget that push requests hold.",
+            value=receiver.inflight_bytes,
+        )
+        yield GaugeMetricFamily(
+            "minilog_source_api_connections",
+            "Open HTTP connections.",
+            value=guard.open,
+        )
+        yield CounterMetricFamily(
+            "minilog_source_api_connections_limited",
+            "Times accepting paused because the connection cap was reached.",
+            value=guard.limited,
+        )
+        timed_out = CounterMetricFamily(
+            "minilog_source_api_connections_timed_out",
+            "Connections closed by a read (headers or body) or write deadline.",
+            labels=["phase"],
+        )
+        for phase, n in sorted(guard.timed_out.items()):
+            timed_out.add_metric([phase], n)
+        yield timed_out
 
 
 def _too_large(size: int, limit: int) -> str:

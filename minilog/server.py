@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from minilog._httpguard import ConnectionGuard, GuardedServer, ServerLimits
 from minilog.errors import ConfigError
 
 __all__ = ["AgentServer", "AgentView", "parse_listen_addr"]
@@ -50,15 +51,26 @@ def parse_listen_addr(addr: str) -> tuple[str, int]:
 
 
 class AgentServer:
-    """aiohttp server for one agent: ``await start()``, ``url``, ``await aclose()``."""
+    """aiohttp server for one agent: ``await start()``, ``url``, ``await aclose()``.
+
+    Alloy's own server sets no deadlines and no connection cap; this one has the
+    ``loki.source.api`` ``http`` block's defaults (``limits``), so slow or piled-up
+    clients cannot take the descriptors the agent needs.
+    """
 
     def __init__(
-        self, agent: AgentView, *, host: str = "127.0.0.1", port: int = 12345
+        self,
+        agent: AgentView,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 12345,
+        limits: ServerLimits | None = None,
     ) -> None:
         self._agent = agent
         self._host = host
         self._port = port
-        self._runner: web.AppRunner | None = None
+        self._guard = ConnectionGuard(limits or ServerLimits())
+        self._server: GuardedServer | None = None
         self.app = web.Application()
         self.app.add_routes(
             [
@@ -81,26 +93,25 @@ class AgentServer:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}"
 
+    @property
+    def connections(self) -> ConnectionGuard:
+        """The connection cap, open connections and deadline closes."""
+        return self._guard
+
     async def start(self) -> None:
         """Bind and serve; with ``port=0`` the bound port is in ``.port`` afterwards."""
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        server = site._server  # aiohttp exposes the bound port only through the server
-        sockets = getattr(server, "sockets", None)
-        if sockets:
-            self._port = int(sockets[0].getsockname()[1])
+        # The guard's middleware goes first: it marks where each request is.
+        if self._guard.middleware not in self.app.middlewares:
+            self.app.middlewares.insert(0, self._guard.middleware)
+        server = GuardedServer(self.app, self._guard, access_log=None)
+        await server.start(self._host, self._port)
+        self._server = server
+        self._port = server.port
 
     async def aclose(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.aclose()
 
     async def _ready(self, request: web.Request) -> web.Response:
         # As Alloy's: ready once the first config loaded; component health is

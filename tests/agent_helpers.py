@@ -252,12 +252,14 @@ async def start_agent_process(
     prefix: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     pythonpath: Sequence[Path] = (),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> AgentProcess:
     """Start the agent on ``config`` (``None``: its embedded default) with
     ``--storage.path=storage`` and ``extra`` flags; returns once it serves HTTP.
 
-    ``prefix`` wraps the command (``setpriv ...``), ``env`` adds variables and
-    ``pythonpath`` directories searched before the repository's."""
+    ``prefix`` wraps the command (``setpriv ...``), ``env`` adds variables,
+    ``pythonpath`` directories searched before the repository's, and ``preexec_fn``
+    runs in the child before the exec (to set resource limits)."""
     port = free_port()
     path = os.pathsep.join(str(p) for p in (*pythonpath, REPO))
     proc = await asyncio.create_subprocess_exec(
@@ -273,6 +275,7 @@ async def start_agent_process(
         *([] if config is None else [str(config)]),
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {}), "PYTHONPATH": path},
+        preexec_fn=preexec_fn,
     )
     agent = AgentProcess(proc, port)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -399,6 +400,83 @@ async def test_loki_source_api_receive_time_never_repeats() -> None:
     stamps = [e.timestamp_ns for b in sink.batches for e in b.entries]
     assert len(stamps) == 6
     assert stamps == sorted(set(stamps))  # strictly increasing, across requests too
+
+
+async def test_loki_source_api_refuses_timestamps_loki_would_only_when_incoming() -> (
+    None
+):
+    """With use_incoming_timestamp Loki's time checks apply (Loki's 400 and text);
+    switched off by a reload, the receive time replaces the stamp and all pass."""
+    sink = Recorder()
+    text = (
+        'loki.source.api "in" {{\n'
+        '  http {{\n    listen_address = "127.0.0.1"\n    listen_port = 0\n  }}\n'
+        "  forward_to = [sink.s.receiver]\n"
+        "  use_incoming_timestamp = {incoming}\n"
+        '  max_line_size = "1KiB"\n'
+        "}}"
+    )
+    exports = {"sink.s": {"receiver": sink}}
+    comp = build(text.format(incoming="true"), exports)
+    await comp.start()
+    task = asyncio.create_task(comp.run())
+    now = time.time_ns()
+    values = [["0", "epoch"], [str(now), "now"], [str(now + 3600 * 10**9), "ahead"]]
+    values.append([str(now), "x" * 1025])
+    body = {"streams": [{"stream": {"job": "j"}, "values": values}]}
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(comp.url + "/loki/api/v1/push", json=body) as resp:
+                assert resp.status == 400
+                answer = await resp.text()
+            server = comp.url
+            _, new_args, _ = prepare(text.format(incoming="false"), exports)
+            await comp.update(new_args)
+            assert comp.url == server  # applied in place, no restart
+            async with session.post(comp.url + "/loki/api/v1/push", json=body) as resp:
+                assert resp.status == 400  # the long line only
+                assert "max entry size '1024' bytes exceeded" in await resp.text()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert "has timestamp too old: 1970-01-01T00:00:00Z, oldest acceptable" in answer
+    assert "has timestamp too new: " in answer
+    assert "max entry size '1024' bytes exceeded" in answer
+    assert [e.line for b in sink.batches for e in b.entries] == [
+        "now",
+        "epoch",
+        "now",
+        "ahead",
+    ]
+    assert sink.batches[0].entries[0].timestamp_ns == now
+
+
+def test_loki_source_api_http_block_takes_alloys_server_limits() -> None:
+    from minilog._httpguard import ServerLimits
+
+    _, args, _ = prepare(
+        'loki.source.api "in" {\n'
+        "  http {\n    listen_port = 0\n    conn_limit = 7\n"
+        '    server_read_timeout = "5s"\n    server_write_timeout = "6s"\n'
+        '    server_idle_timeout = "1m"\n  }\n'
+        "  forward_to = []\n"
+        '  max_inflight_push_requests_bytes = "8MiB"\n'
+        "}"
+    )
+    assert args["server_limits"] == ServerLimits(
+        read_timeout_s=5.0, write_timeout_s=6.0, idle_timeout_s=60.0, conn_limit=7
+    )
+    assert args["max_inflight_push_requests_bytes"] == 8 << 20
+    _, defaults, _ = prepare('loki.source.api "in" {\n  forward_to = []\n}')
+    assert defaults["server_limits"] == ServerLimits()
+    assert defaults["max_line_size"] == 256 << 10
+    assert defaults["reject_old_samples_max_age"] == 7 * 24 * 3600
+    assert defaults["creation_grace_period"] == 600
+    with pytest.raises(ConfigError, match="conn_limit must not be negative"):
+        prepare(
+            'loki.source.api "in" {\n  http {\n    conn_limit = -1\n  }\n'
+            "  forward_to = []\n}"
+        )
 
 
 # ------------------------------------------------------------------ loki.process

@@ -43,7 +43,7 @@ FAST: dict[str, Any] = {
 CLOSE_MARGIN = 0.5
 _MINILOG_DIR = Path(__file__).resolve().parents[1] / "minilog"
 # Server-side modules: FakeLoki's handler tasks are not the client's to clean up.
-_SERVER_FILES = ("receiver.py", "testing.py")
+_SERVER_FILES = ("receiver.py", "testing.py", "_httpguard.py")
 
 
 @pytest.fixture

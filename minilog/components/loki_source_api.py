@@ -3,8 +3,13 @@
 Owns the per-batch treatment Alloy applies to pushed entries: static ``labels`` merged
 over the pushed ones, ``relabel_rules`` (legacy names; a dropped or emptied label set
 discards the batch), and the receive time as timestamp unless
-``use_incoming_timestamp``. A change of the ``http`` block restarts the server; other
-changes apply in place.
+``use_incoming_timestamp``; with it, incoming timestamps Loki would refuse are refused
+here. A change of the ``http`` block restarts the server; other changes apply in place.
+
+minilog extensions (Alloy v1.18 has none of these): ``max_line_size``,
+``reject_old_samples``, ``reject_old_samples_max_age`` and ``creation_grace_period``
+(Loki's ``limits_config`` names and defaults) and ``max_inflight_push_requests_bytes``
+(Mimir's distributor name).
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from minilog._httpguard import (
+    DEFAULT_SERVER_IDLE_TIMEOUT,
+    DEFAULT_SERVER_READ_TIMEOUT,
+    DEFAULT_SERVER_WRITE_TIMEOUT,
+    ServerLimits,
+)
 from minilog.components.base import (
     Component,
     ComponentOptions,
@@ -27,18 +38,33 @@ from minilog.components.loki_source_docker import legacy_rules
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, BlockSpec, Schema
 from minilog.model import LogEntry, StreamBatch
-from minilog.receiver import PushReceiver
+from minilog.receiver import (
+    DEFAULT_CREATION_GRACE_PERIOD,
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_LINE_SIZE,
+    DEFAULT_MAX_RECV_MSG_SIZE,
+    DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE,
+    EntryLimits,
+    PushReceiver,
+)
 from minilog.relabel import RelabelRules
 
 __all__ = ["LokiSourceAPI"]
 
 _HTTP_SCHEMA = Schema(
     attrs=[
-        # Alloy's server block defaults: all interfaces, port 8080.
+        # Alloy's server block defaults: all interfaces, port 8080, Go's http.Server
+        # deadlines as dskit sets them. conn_limit 0 is minilog's automatic cap
+        # (_httpguard.AUTO_CONN_LIMIT), where Alloy has none.
         Attr("listen_address", "string", default=""),
         Attr("listen_port", "int", default=8080),
+        Attr("conn_limit", "int", default=0),
+        Attr("server_read_timeout", "duration", default=DEFAULT_SERVER_READ_TIMEOUT),
+        Attr("server_write_timeout", "duration", default=DEFAULT_SERVER_WRITE_TIMEOUT),
+        Attr("server_idle_timeout", "duration", default=DEFAULT_SERVER_IDLE_TIMEOUT),
     ]
 )
+_HTTP_DEFAULTS = {a.name: a.default for a in _HTTP_SCHEMA.attrs}
 
 
 @register
@@ -53,7 +79,26 @@ class LokiSourceAPI(Component):
             Attr("relabel_rules", "capsule"),
             Attr("use_incoming_timestamp", "bool", default=False),
             Attr("graceful_shutdown_timeout", "duration", default=30.0),
-            Attr("max_send_message_size", "bytes", default=100 << 20),
+            Attr("max_send_message_size", "bytes", default=DEFAULT_MAX_RECV_MSG_SIZE),
+            # minilog extensions: Loki's limits_config checks, before anything is
+            # queued, and a memory budget for the requests in flight.
+            Attr("max_line_size", "bytes", default=DEFAULT_MAX_LINE_SIZE),
+            Attr("reject_old_samples", "bool", default=True),
+            Attr(
+                "reject_old_samples_max_age",
+                "duration",
+                default=DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE,
+            ),
+            Attr(
+                "creation_grace_period",
+                "duration",
+                default=DEFAULT_CREATION_GRACE_PERIOD,
+            ),
+            Attr(
+                "max_inflight_push_requests_bytes",
+                "bytes",
+                default=DEFAULT_MAX_INFLIGHT_BYTES,
+            ),
         ],
         blocks=[BlockSpec("http", _HTTP_SCHEMA)],
     )
@@ -68,11 +113,31 @@ class LokiSourceAPI(Component):
         stability_level: str = "generally-available",
     ) -> dict[str, Any]:
         out = dict(args)
-        http = dict(args.get("http") or {"listen_address": "", "listen_port": 8080})
-        port = int(http.get("listen_port", 8080))
+        http = dict(args.get("http") or _HTTP_DEFAULTS)
+        port = int(http["listen_port"])
         if not 0 <= port <= 65535:
             raise positioned(block, f"http listen_port {port} is out of range")
+        try:
+            out["server_limits"] = ServerLimits(
+                read_timeout_s=float(http["server_read_timeout"]),
+                write_timeout_s=float(http["server_write_timeout"]),
+                idle_timeout_s=float(http["server_idle_timeout"]),
+                conn_limit=int(http["conn_limit"]),
+            )
+        except ValueError as exc:
+            raise positioned(block, f"http: {exc}") from None
         out["http"] = http
+        for name in (
+            "max_line_size",
+            "reject_old_samples_max_age",
+            "creation_grace_period",
+        ):
+            if float(args[name]) < 0:
+                raise positioned(block, f"{name} must not be negative")
+        if int(args["max_inflight_push_requests_bytes"]) <= 0:
+            raise positioned(
+                block, "max_inflight_push_requests_bytes must be greater than 0"
+            )
         rules = args.get("relabel_rules")
         if rules is not None and not isinstance(rules, RelabelRules):
             raise positioned(block, "relabel_rules must be a RelabelRules value")
@@ -95,9 +160,14 @@ class LokiSourceAPI(Component):
         return PushReceiver(
             self._handle,
             host=str(http.get("listen_address") or "0.0.0.0"),
-            port=int(http.get("listen_port", 8080)),
+            port=int(http["listen_port"]),
             registry=registry,
-            max_recv_msg_size=int(args.get("max_send_message_size") or 100 << 20),
+            # 0 is Alloy's "default" (routes.go newRoutes).
+            max_recv_msg_size=int(args["max_send_message_size"])
+            or DEFAULT_MAX_RECV_MSG_SIZE,
+            entry_limits=_entry_limits(args),
+            max_inflight_bytes=int(args["max_inflight_push_requests_bytes"]),
+            server_limits=args["server_limits"],
         )
 
     def metrics_registry(self) -> CollectorRegistry:
@@ -129,7 +199,7 @@ class LokiSourceAPI(Component):
 
     async def update(self, args: Mapping[str, Any]) -> None:
         self._fanout.set(args.get("forward_to") or [])
-        if args["http"] != self.args["http"]:
+        if _server_args(args) != _server_args(self.args):
             registry = CollectorRegistry(auto_describe=True)
             server = self._build(args, registry)
             await self._server.aclose()
@@ -141,6 +211,8 @@ class LokiSourceAPI(Component):
                 await self._server.start()
                 raise
             self._server, self._registry = server, registry
+        else:
+            self._server.entry_limits = _entry_limits(args)
         self.args = args
 
     def _stamp(self, entries: list[LogEntry]) -> list[LogEntry]:
@@ -178,3 +250,24 @@ class LokiSourceAPI(Component):
 
     def debug_info(self) -> Any:
         return {"url": self.url}
+
+
+def _entry_limits(args: Mapping[str, Any]) -> EntryLimits:
+    # Without use_incoming_timestamp every entry gets the receive time: no incoming
+    # timestamp can be too old or too new.
+    return EntryLimits(
+        max_line_size=int(args["max_line_size"]),
+        check_timestamps=bool(args["use_incoming_timestamp"]),
+        reject_old_samples=bool(args["reject_old_samples"]),
+        reject_old_samples_max_age_s=float(args["reject_old_samples_max_age"]),
+        creation_grace_period_s=float(args["creation_grace_period"]),
+    )
+
+
+def _server_args(args: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What only a new server can change (the rest applies in place)."""
+    return (
+        args["http"],
+        args["max_send_message_size"],
+        args["max_inflight_push_requests_bytes"],
+    )
