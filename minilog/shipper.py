@@ -42,8 +42,9 @@ _log = logging.getLogger("minilog.shipper")
 PUSH_PATH = "/loki/api/v1/push"
 _PUSH_PATHS = (PUSH_PATH, "/api/prom/push")
 
-#: Told whether entries settled (``True``: accepted by Loki, or finally dropped and
-#: counted) or were abandoned at close (``False``). A future gets that as its result.
+#: Told whether entries settled (``True``: accepted by Loki, or refused by it for good
+#: and counted; never for an outage, which is waited out) or were abandoned at close
+#: (``False``). A future gets that as its result.
 OnDelivery: TypeAlias = (
     "Callable[[bool], None] | asyncio.Future[bool] | concurrent.futures.Future[bool]"
 )
@@ -135,10 +136,14 @@ class Shipper:
             accepted = await delivered
 
     Lines are batched per stream (``batch_size`` bytes or ``batch_wait`` seconds,
-    whichever comes first), compressed and pushed with retries (429, 5xx, connection
-    errors; other 4xx are dropped, counted and logged once). Memory is bounded by
-    ``queue_capacity``: when it is full ``send`` waits and ``send_nowait`` raises
-    ``WouldBlockError``.
+    whichever comes first), compressed and pushed. While Loki cannot be reached or
+    answers 429/5xx, lines are kept and retried until it takes them, however long that
+    is (``max_backoff_retries`` only says when the endpoint is reported as failing);
+    what Loki refuses for good (another 4xx) is dropped, counted by reason and logged.
+    Memory is bounded by ``queue_capacity``: when it is full ``send`` waits and
+    ``send_nowait`` raises ``WouldBlockError``; lines of a stream Loki refused for now
+    (a 429 naming it) wait the same way while other streams go on. ``aclose``
+    abandons what its drain timeout could not deliver (``on_delivery`` gets ``False``).
 
     Args:
         url: Loki's base URL (``/loki/api/v1/push`` is appended) or the full push URL.

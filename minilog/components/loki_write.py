@@ -276,9 +276,8 @@ class LokiWrite(Component):
                 self.log.error("draining the replaced writer failed", exc_info=exc)
 
     def debug_info(self) -> Any:
+        # URLs without userinfo, no credential: what the writer itself reports.
         return {
-            "endpoints": [
-                {"name": e.name, "url": e.url} for e in self.args["endpoint_configs"]
-            ],
+            "endpoints": self._writer.endpoint_states(),
             "queued_bytes": self._writer.queued_bytes(),
         }
