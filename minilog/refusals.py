@@ -48,6 +48,10 @@ __all__ = [
 #: Loki's label for the service it discovered (``discover_service_name``): added to a
 #: stream that has none, so the labels Loki prints may carry it when the push did not.
 _SERVICE_NAME = "service_name"
+#: Labels Loki's distributor adds when it shards a stream (``shard_streams``, on by
+#: default: ``pkg/ingester/instance.go`` ``ShardLbName``; ``pkg/distributor``
+#: ``timeShardLabel``): a refused shard is part of the pushed stream.
+_SHARD_LABELS = ("__stream_shard__", "__time_shard__")
 
 #: Reasons that refuse single entries (Loki's per-entry checks); the others refuse a
 #: whole stream (label checks, the stream limit) or the whole request.
@@ -123,12 +127,14 @@ class Refusal:
 def same_stream(refused: Sequence[tuple[str, str]], pushed: Mapping[str, str]) -> bool:
     """Whether Loki's printed ``refused`` labels name the ``pushed`` stream.
 
-    Loki drops empty values and adds ``service_name`` when the stream had none; both
-    are allowed for.
+    Loki drops empty values, adds ``service_name`` when the stream had none, and may
+    add a shard label; all are allowed for.
     """
     names = dict(refused)
     if _SERVICE_NAME in names and _SERVICE_NAME not in pushed:
         del names[_SERVICE_NAME]
+    for shard in _SHARD_LABELS:
+        names.pop(shard, None)
     return names == {k: v for k, v in pushed.items() if v}
 
 

@@ -1138,9 +1138,17 @@ class _Endpoint:
                 self._after_held(held)
 
     async def _retry_held(self, held: _Held) -> None:
+        """Push the oldest ``batch_size`` of a held stream's entries once.
+
+        A chunk at a time: Loki (with ``shard_streams``, its default) takes or refuses
+        a stream's entries of one push as a whole against the stream's rate limit, so
+        a held backlog larger than the limit's burst would never pass in one push.
+        """
         tenant, key = held.tenant, held.key
-        streams = [(key, held.entries)]
-        if len(held.entries) >= _THREAD_ENCODE_ENTRIES:
+        chunk = _leading_chunk(held.entries, self.config.batch_size)
+        rest = held.entries[len(chunk) :]
+        streams = [(key, chunk)]
+        if len(chunk) >= _THREAD_ENCODE_ENTRIES:
             body = await asyncio.to_thread(_encode_body, streams)
         else:
             body = _encode_body(streams)
@@ -1149,9 +1157,10 @@ class _Endpoint:
         if answer is None:
             self._answered()
             self._confirm(tenant, (key,))
-            self.metrics.sent_entries.labels(self.host, tenant).inc(len(held.entries))
+            self.metrics.sent_entries.labels(self.host, tenant).inc(len(chunk))
             self.metrics.sent_bytes.labels(self.host, tenant).inc(size)
-            held.entries = []
+            held.entries = rest
+            held.due = self._clock()  # the next chunk, if any, at once
             return
         exc, refusal = answer
         if self._is_outage(refusal):
@@ -1164,7 +1173,7 @@ class _Endpoint:
         if refusal is not None and not refusal.whole:
             plan = plan_refusal(
                 refusal,
-                {key: held.entries},
+                {key: chunk},
                 hold_retriable=self.config.retry_on_http_429,
             )
             if plan.retry_whole:
@@ -1177,7 +1186,7 @@ class _Endpoint:
         if plan is None or not plan.understood:
             reason = refusal.reason if refusal.understood else _fallback_reason(exc)
             self.metrics.dropped(
-                self.host, tenant, reason, len(held.entries), entries_size(held.entries)
+                self.host, tenant, reason, len(chunk), entries_size(chunk)
             )
             self._log_refusal(
                 "dropping held entries of %s for %s (tenant %r): %d entries refused "
@@ -1185,24 +1194,27 @@ class _Endpoint:
                 key,
                 self.display_url,
                 tenant,
-                len(held.entries),
+                len(chunk),
                 reason,
                 exc,
                 "" if refusal.understood and plan is not None else _quoted(exc),
             )
-            held.entries = []
+            held.entries = rest
+            held.due = self._clock()
             return
         for reason, (count, dropped_bytes) in plan.dropped.items():
             self.metrics.dropped(self.host, tenant, reason, count, dropped_bytes)
         still = plan.held.get(key, [])
-        stored = max(0, len(held.entries) - plan.dropped_entries - len(still))
+        stored = max(0, len(chunk) - plan.dropped_entries - len(still))
         if stored:
             self.metrics.sent_entries.labels(self.host, tenant).inc(stored)
             self.metrics.sent_bytes.labels(self.host, tenant).inc(size)
-        held.entries = still
+        held.entries = still + rest
         if still:
             held.reason = plan.held_reasons[key]
             held.due = self._clock() + self._held_delay(exc, held.backoff, held.reason)
+        else:
+            held.due = self._clock()
 
     def _after_held(self, held: _Held) -> None:
         """Settle a held stream that has nothing left, merge what came in meanwhile."""
@@ -1381,6 +1393,16 @@ def _entries_cost(entries: Sequence[LogEntry]) -> int:
     if not entries:
         return 0
     return entries_size(entries) + len(entries) * ENTRY_OVERHEAD_BYTES
+
+
+def _leading_chunk(entries: list[LogEntry], limit: int) -> list[LogEntry]:
+    """The first entries of ``entries`` within ``limit`` bytes (at least one)."""
+    total = 0
+    for index, entry in enumerate(entries):
+        total += entries_size((entry,))
+        if total > limit and index:
+            return entries[:index]
+    return entries
 
 
 def _encode_body(streams: Sequence[tuple[str, Sequence[LogEntry]]]) -> bytes:

@@ -273,6 +273,9 @@ def test_same_stream_allows_the_service_name_loki_added() -> None:
     assert not same_stream(APP_PAIRS, {"app": "api", "service_name": "x"})
     assert not same_stream(APP_PAIRS, {"app": "web"})
     assert same_stream((("app", "api"),), {"app": "api", "empty": ""})
+    # shard_streams (on by default) names a shard of the pushed stream
+    sharded = (("__stream_shard__", "2"), *APP_PAIRS)
+    assert same_stream(sharded, {"app": "api"})
 
 
 def entries(n: int, start: int = 1, size: int = 10) -> list[LogEntry]:

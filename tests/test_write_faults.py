@@ -558,6 +558,38 @@ async def test_rate_limited_entries_listed_by_loki_are_retried_alone(
     assert sorted(loki.lines()) == ["l0", "l1", "l2", "l3", "l4"]
 
 
+async def test_a_held_backlog_is_retried_a_batch_size_at_a_time(
+    loki: StubLoki,
+) -> None:
+    """Loki refuses a stream's part of a push whole when it exceeds the rate limit's
+    burst: held entries that piled up go back at most ``batch_size`` at a time."""
+    pushed: list[int] = []
+    limited = {"on": True}
+
+    def judge(streams: Streams) -> Answer | None:
+        ((key, entries),) = streams
+        pushed.append(len(entries))
+        if not limited["on"]:
+            return None
+        listed = [messages.rate_limited_line(e.timestamp_ns, key) for e in entries]
+        body = "\n".join(
+            [*listed[:10], messages.trailer(len(entries), len(entries), key)]
+        )
+        return Answer(429, body + "\n")
+
+    loki.judge = judge
+    lines = [f"{i:099d}" for i in range(25)]  # three batches of 10, 10 and 5 lines
+    async with Writer(
+        [config(loki.url, batch_size=1000, min_backoff_period=0.05)]
+    ) as writer:
+        await writer.send(batch({"app": "a"}, *lines))
+        await loki.wait_for(lambda: pushed[:3] == [10, 10, 5])
+        limited["on"] = False
+        await writer.flush()
+    assert all(n <= 10 for n in pushed[3:])  # the 25 held: never more than a batch
+    assert loki.lines() == lines
+
+
 async def test_an_answer_not_understood_drops_the_batch_and_logs_it_once(
     loki: StubLoki, caplog: pytest.LogCaptureFixture
 ) -> None:
