@@ -280,7 +280,11 @@ class Shipper:
         await self._writer.send(self._stream(labels, list(entries), on_delivery))
 
     async def flush(self) -> None:
-        """Wait until everything queued so far was accepted (or finally dropped)."""
+        """Wait until everything queued so far was accepted (or refused for good).
+
+        While Loki is away that is until it is back: bound it with ``asyncio.timeout``
+        if you cannot wait; nothing is lost by giving up the wait.
+        """
         await self._writer.flush()
 
     async def aclose(self, drain_timeout: float | None = None) -> None:
@@ -508,7 +512,11 @@ class SyncShipper:
         self._put(self._item(labels, list(entries), on_delivery), True, timeout)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until everything sent so far was accepted (or finally dropped)."""
+        """Block until everything sent so far was accepted (or refused for good).
+
+        While Loki is away that is until it is back, or ``timeout`` seconds
+        (``concurrent.futures.TimeoutError``; the lines stay queued).
+        """
         if self._closed:
             return
         self._call(self._aflush(), timeout)
@@ -556,6 +564,12 @@ class SyncShipper:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def drain_timeout(self) -> float:
+        """Seconds ``close`` gives queued lines by default (Alloy's
+        ``queue_config.drain_timeout``)."""
+        return self._shipper.config.drain_timeout
 
     def __enter__(self) -> SyncShipper:
         return self

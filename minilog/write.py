@@ -834,7 +834,9 @@ class _Endpoint:
                 batch.entry_count,
                 reason,
                 exc,
-                "" if refusal.understood and plan is not None else _quoted(exc),
+                ""
+                if refusal.understood and (plan is None or plan.understood)
+                else _quoted(exc),
             )
             self._finish(batch)
             return
@@ -1197,7 +1199,9 @@ class _Endpoint:
                 len(chunk),
                 reason,
                 exc,
-                "" if refusal.understood and plan is not None else _quoted(exc),
+                ""
+                if refusal.understood and (plan is None or plan.understood)
+                else _quoted(exc),
             )
             held.entries = rest
             held.due = self._clock()
@@ -1279,7 +1283,8 @@ class _Endpoint:
         """Whether every batch up to ``target`` was settled, held parts included."""
         if self.done_seq < target:
             return False
-        return all(held.seq > target for held in self._held.values())
+        helds = (*self._held.values(), *self._held_incoming.values())
+        return all(held.seq > target for held in helds)
 
     async def flush(self) -> None:
         """Wait until every entry accepted so far has been sent or finally dropped."""
