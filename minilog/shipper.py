@@ -242,7 +242,8 @@ class Shipper:
 
         Raises:
             LabelError: an invalid label name (nothing was queued).
-            ClosedError: the shipper is closed.
+            ClosedError: the shipper is closed (``BrokenError``, a ``ClosedError``:
+                its send loop died of a bug).
         """
         entry = _entry(line, timestamp_ns, metadata)
         await self._writer.send(self._stream(labels, [entry], on_delivery))

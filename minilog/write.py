@@ -455,6 +455,41 @@ class _Endpoint:
     """One endpoint: a Batcher with capped bytes (open, ready, in flight, held), a
     sender, a compactor, and the retries of held streams."""
 
+    __slots__ = (
+        "_clock",
+        "_compact_wakeup",
+        "_compactor",
+        "_confirmed",
+        "_held",
+        "_held_incoming",
+        "_held_task",
+        "_held_wakeup",
+        "_inflight",
+        "_outage",
+        "_probe_interval",
+        "_progress",
+        "_random",
+        "_refusal_log",
+        "_settled_entries",
+        "_sleep",
+        "_space",
+        "_task",
+        "_wakeup",
+        "_working_set",
+        "batcher",
+        "broken",
+        "capacity",
+        "closed",
+        "config",
+        "display_url",
+        "done_seq",
+        "draining",
+        "host",
+        "metrics",
+        "pusher",
+        "queued_bytes",
+    )
+
     def __init__(
         self,
         config: EndpointConfig,
@@ -560,12 +595,11 @@ class _Endpoint:
         return (
             self.queued_bytes + self._working_set < self.capacity
             and not self._compaction_behind()
-            and self.broken is None
         )
 
     def accepts(self, batch: StreamBatch) -> bool:
-        """Room in the queue, and the batch's stream is not held."""
-        if not self.has_room():
+        """Room in the queue, the batch's stream is not held, the endpoint is open."""
+        if self.closed or not self.has_room():
             return False
         return not self._held or not self._holds(batch)
 
@@ -580,6 +614,8 @@ class _Endpoint:
         entries as Python objects; the allocator keeps that high-water mark after they
         are compacted, and the compressed bodies then come on top of it.
         """
+        if self.batcher.ready_count <= _MAX_UNCOMPACTED + 1:
+            return False  # too few to be behind: the common case, on every send
         ready = self.batcher.ready_batches()
         behind = sum(1 for batch in ready[1:] if batch.body is None and batch.streams)
         return behind > _MAX_UNCOMPACTED
@@ -594,7 +630,8 @@ class _Endpoint:
             raise ClosedError("loki.write is closed")
 
     def put_nowait(self, batch: StreamBatch) -> None:
-        self._check_usable()
+        if self.closed:  # closed, or broken (which closes it)
+            self._check_usable()
         was_open = self.batcher.open_count
         was_ready = self.batcher.ready_count
         added_before = self.batcher.added_entries
@@ -681,6 +718,7 @@ class _Endpoint:
         # A bug: whoever waits for room, or for a flush, would wait forever.
         if self.broken is None:
             self.broken = task.exception()
+        self.closed = True
         _log.error(
             "loki.write endpoint %s (%s): %s failed; sends to it fail from now on",
             self.config.name,
@@ -763,7 +801,7 @@ class _Endpoint:
                     continue
             self._answered()
             assert refusal is not None  # outage-type answers were retried above
-            self._refused(batch, size, exc, refusal, plan, backoff)
+            self._refused(batch, size, exc, refusal, plan)
             return
 
     async def _attempt(
@@ -819,7 +857,6 @@ class _Endpoint:
         exc: PushError,
         refusal: Refusal,
         plan: RefusalPlan | None,
-        backoff: Backoff,
     ) -> None:
         """Settle a batch Loki refused in whole or in part: count what it refused,
         count the rest as sent, hold what it refused for now."""
@@ -1552,7 +1589,10 @@ class Writer:
             waiting = []
             for endpoint in endpoints:
                 endpoint.start()
-                if endpoint.accepts(batch):
+                # accepts(), inlined: this is the path of every line.
+                if endpoint.has_room() and not (
+                    endpoint._held and endpoint._holds(batch)
+                ):
                     endpoint.put_nowait(batch)
                     handed += 1
                 else:
