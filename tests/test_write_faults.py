@@ -18,7 +18,12 @@ from agent_helpers import free_port
 from prometheus_client import CollectorRegistry, generate_latest
 from stub_loki import Answer, Streams, StubLoki
 
-from minilog.errors import BrokenError, PushConnectionError, WouldBlockError
+from minilog.errors import (
+    BrokenError,
+    ConfigError,
+    PushConnectionError,
+    WouldBlockError,
+)
 from minilog.model import Delivery, LogEntry, StreamBatch
 from minilog.push import BasicAuth, LokiPusher
 from minilog.write import (
@@ -725,3 +730,11 @@ async def test_connection_errors_name_the_host_without_userinfo() -> None:
         await pusher.aclose()
     assert "hunter2" not in str(info.value) and "me:" not in str(info.value)
     assert "hunter2" not in pusher.url
+
+
+def test_a_bad_url_is_reported_without_its_userinfo() -> None:
+    with pytest.raises(ConfigError) as info:
+        EndpointConfig("ftp://me:hunter2@loki:3100/push")
+    assert "hunter2" not in str(info.value) and "ftp://loki:3100/push" in str(
+        info.value
+    )
