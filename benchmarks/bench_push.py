@@ -3,9 +3,13 @@
 (a) sustained throughput: entries/s and the shipper process's CPU seconds per 1M
     entries, with ``send_batch`` (how the agent hands over lines) and per-line ``send``;
 (b) outage: the receiver is down for ``--outage`` seconds while a producer keeps sending
-    into a 64 MiB queue; peak RSS of the shipper process, then zero loss after recovery.
+    into a 64 MiB queue; peak RSS of the shipper process, then zero loss after recovery,
+    and the seconds from the receiver listening again to the first push it took.
+    ``--max-backoff-retries``/``--max-backoff-period`` set the retry budget: with a
+    small one the retries run out inside the outage, and nothing may be lost.
 
-Run: ``python benchmarks/bench_push.py [--entries 1000000] [--outage 30]``.
+Run: ``python benchmarks/bench_push.py [--entries 1000000] [--outage 30]
+[--max-backoff-retries 0] [--max-backoff-period 1]``.
 """
 
 from __future__ import annotations
@@ -36,8 +40,12 @@ def free_port() -> int:
         return port
 
 
-def _receiver_main(port: int, counter: Synchronized[int], ready: Any) -> None:
-    """The receiver process: decompress, count entries, answer 204."""
+def _receiver_main(
+    port: int, counter: Synchronized[int], ready: Any, times: Any = None
+) -> None:
+    """The receiver process: decompress, count entries, answer 204; ``GET /ready``
+    answers 200 as Loki's does. ``times`` (two doubles) gets the wall time it started
+    listening and of the first push with entries."""
     from aiohttp import web
 
     from minilog import encode
@@ -54,25 +62,37 @@ def _receiver_main(port: int, counter: Synchronized[int], ready: Any) -> None:
     async def handle(request: web.Request) -> web.Response:
         raw = encode.decompress(await request.read())
         n = count(raw)
+        if n and times is not None and not times[1]:
+            times[1] = time.time()
         with counter.get_lock():
             counter.value += n
         return web.Response(status=204)
 
+    async def ready_route(request: web.Request) -> web.Response:
+        return web.Response(text="ready\n")
+
     async def main() -> None:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/loki/api/v1/push", handle)
+        app.router.add_get("/ready", ready_route)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
+        if times is not None:
+            times[0] = time.time()
         ready.set()
         await asyncio.Event().wait()
 
     asyncio.run(main())
 
 
-def start_receiver(port: int, counter: Synchronized[int]) -> mp.Process:
+def start_receiver(
+    port: int, counter: Synchronized[int], times: Any = None
+) -> mp.Process:
     ready = mp.Event()
-    proc = mp.Process(target=_receiver_main, args=(port, counter, ready), daemon=True)
+    proc = mp.Process(
+        target=_receiver_main, args=(port, counter, ready, times), daemon=True
+    )
     proc.start()
     if not ready.wait(20):
         raise RuntimeError("receiver did not start")
@@ -184,9 +204,10 @@ async def outage(args: argparse.Namespace) -> None:
         url,
         labels={"job": "outage"},
         queue_capacity=64 << 20,
-        max_backoff_retries=0,  # retry forever: the point is zero loss
+        # Outages never drop: a small budget only reports the endpoint as failing.
+        max_backoff_retries=args.max_backoff_retries,
         min_backoff_period=0.1,
-        max_backoff_period=1.0,
+        max_backoff_period=args.max_backoff_period,
         drain_timeout=120.0,
     )
     async with shipper:
@@ -209,23 +230,38 @@ async def outage(args: argparse.Namespace) -> None:
             peak = max(peak, rss_mib())
         queued = shipper.queued_bytes
         end_rss = rss_mib()
-        proc = start_receiver(port, counter)
+        failing = shipper.registry.get_sample_value(
+            "minilog_write_endpoint_failing", {"host": f"127.0.0.1:{port}"}
+        )
+        times = mp.Array("d", 2)
+        proc = start_receiver(port, counter, times)
         recover0 = time.monotonic()
         await shipper.flush()
         ok = await wait_count(counter, sent, 120)
         recovered = time.monotonic() - recover0
+        dropped = sum(
+            s.value
+            for family in shipper.registry.collect()
+            for s in family.samples
+            if s.name == "loki_write_dropped_entries_total"
+        )
     proc.kill()
     proc.join()
     verdict = "zero loss" if ok and counter.value == sent else "LOSS"
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    first_push = times[1] - times[0] if times[1] else float("nan")
     print(
-        f"(b) outage {args.outage:.0f} s, queue_capacity 64 MiB: {sent} entries "
-        f"({raw / 2**20:.0f} MiB of lines) accepted while Loki was "
+        f"(b) outage {args.outage:.0f} s, queue_capacity 64 MiB, "
+        f"max_backoff_retries {args.max_backoff_retries}, "
+        f"max_backoff_period {args.max_backoff_period:g} s: "
+        f"{sent} entries ({raw / 2**20:.0f} MiB of lines) accepted while Loki was "
         f"down, producer blocked {blocked:.1f} s, {queued / 2**20:.1f} MiB counted; "
         f"RSS {base_rss:.0f} MiB before, peak {peak:.0f} MiB "
         f"(ru_maxrss {maxrss:.0f} MiB), {end_rss:.0f} MiB at the end of the outage; "
-        f"after recovery received {counter.value} of {sent} sent in "
-        f"{recovered:.1f} s -> {verdict}"
+        f"endpoint reported failing: {'yes' if failing else 'no'}; first push "
+        f"{first_push:.2f} s after the receiver listened again; received "
+        f"{counter.value} of {sent} sent in {recovered:.1f} s, {sent - counter.value} "
+        f"lost, {dropped:.0f} counted dropped -> {verdict}"
     )
 
 
@@ -235,6 +271,8 @@ def main() -> None:
     parser.add_argument("--per-line", type=int, default=200_000)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--outage", type=float, default=30.0)
+    parser.add_argument("--max-backoff-retries", type=int, default=0)
+    parser.add_argument("--max-backoff-period", type=float, default=1.0)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-outage", action="store_true")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ agent that replaces Grafana Alloy is the ``minilog`` command (``minilog run``).
 from __future__ import annotations
 
 from minilog.errors import (
+    BrokenError,
     ClientRequestError,
     ClosedError,
     ConfigError,
@@ -30,6 +31,7 @@ from minilog.shipper import Shipper, SyncShipper
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokenError",
     "ClientRequestError",
     "ClosedError",
     "ConfigError",

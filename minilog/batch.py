@@ -76,8 +76,9 @@ class Batch:
 
     ``streams`` maps the canonical label text to the entries of that stream, in arrival
     order. ``deliveries`` holds one reference per piece of a ``StreamBatch`` in this
-    batch; :meth:`settle` releases them all. ``seq`` numbers batches in the order they
-    became ready.
+    batch, and ``delivery_keys`` the stream each piece belongs to, so a batch Loki took
+    only in part can keep the references of what it refused; :meth:`settle` releases
+    them all. ``seq`` numbers batches in the order they became ready.
     """
 
     tenant: str
@@ -87,17 +88,55 @@ class Batch:
     size_bytes: int = 0
     entry_count: int = 0
     deliveries: list[Delivery] = field(default_factory=list)
+    delivery_keys: list[str] = field(default_factory=list)
     seq: int = 0
     #: The encoded request once the writer compacted the batch (``streams`` emptied).
     body: bytes | None = None
+    #: The stream keys of a compacted batch (its ``streams`` are gone).
+    compacted_keys: tuple[str, ...] = ()
 
     def stream_items(self) -> list[tuple[str, list[LogEntry]]]:
         """The ``(labels, entries)`` pairs the encoder takes."""
         return list(self.streams.items())
 
+    def stream_keys(self) -> tuple[str, ...]:
+        """The canonical label text of every stream in the batch."""
+        return tuple(self.streams) if self.body is None else self.compacted_keys
+
+    def compact(self, body: bytes) -> None:
+        """Keep only the encoded request: the entries go, their stream keys stay."""
+        self.compacted_keys = tuple(self.streams)
+        self.body = body
+        self.streams = {}
+
+    def add_stream(self, key: str, entries: list[LogEntry], size: int) -> None:
+        """Append ``entries`` (``size`` bytes) to the stream ``key``."""
+        stream = self.streams.get(key)
+        if stream is None:
+            self.streams[key] = list(entries)
+        else:
+            stream.extend(entries)
+        self.size_bytes += size
+        self.entry_count += len(entries)
+
+    def take_deliveries(self, keys: set[str] | frozenset[str]) -> list[Delivery]:
+        """Remove and return the delivery references of the streams in ``keys``."""
+        taken: list[Delivery] = []
+        kept: list[Delivery] = []
+        kept_keys: list[str] = []
+        for delivery, key in zip(self.deliveries, self.delivery_keys, strict=True):
+            if key in keys:
+                taken.append(delivery)
+            else:
+                kept.append(delivery)
+                kept_keys.append(key)
+        self.deliveries, self.delivery_keys = kept, kept_keys
+        return taken
+
     def settle(self, *, abandoned: bool = False) -> None:
         """Release every delivery reference this batch holds (once)."""
         deliveries, self.deliveries = self.deliveries, []
+        self.delivery_keys = []
         for delivery in deliveries:
             delivery.release(abandoned=abandoned)
 
@@ -203,6 +242,7 @@ class Batcher:
         self.added_entries += len(entries)
         if delivery is not None:
             current.deliveries.append(delivery)
+            current.delivery_keys.append(key)
         if current.size_bytes >= self.batch_size:
             # Exactly full: only empty lines could still join, so send it now.
             self._cut(tenant)
@@ -277,6 +317,7 @@ class Batcher:
         self.added_entries += len(entries)
         if delivery is not None:
             batch.deliveries.append(delivery)
+            batch.delivery_keys.append(key)
         return added
 
     def _drop(

@@ -12,6 +12,7 @@
     │   ├── PushConnectionError   transport error or timeout (retriable)
     │   └── ClientRequestError    any other 4xx (never retried)
     ├── ClosedError               an object was used after ``aclose()``/``close()``
+    │   └── BrokenError           ...or cannot be used: a task inside it died of a bug
     └── WouldBlockError           a ``*_nowait`` call could not proceed without waiting
 
 Foreign exceptions are mapped to these once, at the boundary module that meets them.
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "BrokenError",
     "ClientRequestError",
     "ClosedError",
     "ConfigError",
@@ -103,17 +105,29 @@ class DockerUnavailableError(DockerError):
 class PushError(MinilogError):
     """A push to Loki failed.
 
-    ``retriable`` is the retry policy: ask the error, keep no list.
+    ``retriable`` is the retry policy: ask the error, keep no list. ``body`` is the
+    first line of Loki's answer (what its clients log), ``response_text`` the whole
+    answer as far as it was read (what says which streams were refused), and
+    ``retry_after`` the seconds a ``Retry-After`` header asked for (``None`` without
+    one).
     """
 
     retriable: bool = False
 
     def __init__(
-        self, message: str, *, status: int | None = None, body: str = ""
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body: str = "",
+        response_text: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.response_text = response_text or body
+        self.retry_after = retry_after
 
 
 class RateLimitedError(PushError):
@@ -142,6 +156,13 @@ class ClientRequestError(PushError):
 
 class ClosedError(MinilogError):
     """The object was used after it was closed."""
+
+
+class BrokenError(ClosedError):
+    """The object cannot be used any more: a task it relies on died of a bug.
+
+    A ``ClosedError``, so code that handles a closed writer handles a broken one.
+    """
 
 
 class WouldBlockError(MinilogError):

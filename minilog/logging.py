@@ -8,6 +8,8 @@ buffered.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -114,9 +116,17 @@ class LokiHandler(logging.Handler):
             self.handleError(record)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until every record emitted so far was delivered (or finally
-        dropped)."""
-        if not self.shipper.closed:
+        """Block until every record emitted so far was delivered (or refused for
+        good), at most ``timeout`` seconds (default: the shipper's ``drain_timeout``).
+
+        Loki being away never blocks logging for longer (``logging.shutdown`` flushes
+        every handler): the records stay queued for ``close`` to deliver or abandon.
+        """
+        if self.shipper.closed:
+            return
+        if timeout is None:
+            timeout = self.shipper.drain_timeout
+        with contextlib.suppress(concurrent.futures.TimeoutError):
             self.shipper.flush(timeout)
 
     def close(self) -> None:

@@ -37,10 +37,16 @@ class Delivery:
     reference to its delivery, and handing the batch on hands the reference on. A
     component that fans one batch out to N receivers calls ``retain(N - 1)`` first; one
     that splits a batch in two retains once more; one that discards a batch (filtered
-    out) calls ``release()``. The writer releases when Loki accepted the entries or they
-    were finally dropped (4xx, retries exhausted): both settle them. Only entries given
-    up at shutdown are ``abandoned``; the callback then receives ``False``, so the
-    source does not advance past them and reads them again on its next start.
+    out) calls ``release()``.
+
+    The writer releases only when Loki accepted the entries or refused them for good
+    (a 4xx other than 429, or a 429 with ``retry_on_http_429`` off): both settle them.
+    An outage (no connection, timeout, 5xx, 429) never does, however long it lasts:
+    the entries stay queued and are retried. When Loki takes a batch only in part, the
+    writer keeps the references of what it refused for now until that is accepted too,
+    so a delivery settles once every entry it covers is. Only entries given up at
+    shutdown are ``abandoned``; the callback then receives ``False``, so the source
+    does not advance past them and reads them again on its next start.
     """
 
     __slots__ = ("_abandoned", "_callback", "_pending")

@@ -42,8 +42,9 @@ _log = logging.getLogger("minilog.shipper")
 PUSH_PATH = "/loki/api/v1/push"
 _PUSH_PATHS = (PUSH_PATH, "/api/prom/push")
 
-#: Told whether entries settled (``True``: accepted by Loki, or finally dropped and
-#: counted) or were abandoned at close (``False``). A future gets that as its result.
+#: Told whether entries settled (``True``: accepted by Loki, or refused by it for good
+#: and counted; never for an outage, which is waited out) or were abandoned at close
+#: (``False``). A future gets that as its result.
 OnDelivery: TypeAlias = (
     "Callable[[bool], None] | asyncio.Future[bool] | concurrent.futures.Future[bool]"
 )
@@ -135,10 +136,14 @@ class Shipper:
             accepted = await delivered
 
     Lines are batched per stream (``batch_size`` bytes or ``batch_wait`` seconds,
-    whichever comes first), compressed and pushed with retries (429, 5xx, connection
-    errors; other 4xx are dropped, counted and logged once). Memory is bounded by
-    ``queue_capacity``: when it is full ``send`` waits and ``send_nowait`` raises
-    ``WouldBlockError``.
+    whichever comes first), compressed and pushed. While Loki cannot be reached or
+    answers 429/5xx, lines are kept and retried until it takes them, however long that
+    is (``max_backoff_retries`` only says when the endpoint is reported as failing);
+    what Loki refuses for good (another 4xx) is dropped, counted by reason and logged.
+    Memory is bounded by ``queue_capacity``: when it is full ``send`` waits and
+    ``send_nowait`` raises ``WouldBlockError``; lines of a stream Loki refused for now
+    (a 429 naming it) wait the same way while other streams go on. ``aclose``
+    abandons what its drain timeout could not deliver (``on_delivery`` gets ``False``).
 
     Args:
         url: Loki's base URL (``/loki/api/v1/push`` is appended) or the full push URL.
@@ -237,7 +242,8 @@ class Shipper:
 
         Raises:
             LabelError: an invalid label name (nothing was queued).
-            ClosedError: the shipper is closed.
+            ClosedError: the shipper is closed (``BrokenError``, a ``ClosedError``:
+                its send loop died of a bug).
         """
         entry = _entry(line, timestamp_ns, metadata)
         await self._writer.send(self._stream(labels, [entry], on_delivery))
@@ -275,7 +281,11 @@ class Shipper:
         await self._writer.send(self._stream(labels, list(entries), on_delivery))
 
     async def flush(self) -> None:
-        """Wait until everything queued so far was accepted (or finally dropped)."""
+        """Wait until everything queued so far was accepted (or refused for good).
+
+        While Loki is away that is until it is back: bound it with ``asyncio.timeout``
+        if you cannot wait; nothing is lost by giving up the wait.
+        """
         await self._writer.flush()
 
     async def aclose(self, drain_timeout: float | None = None) -> None:
@@ -503,7 +513,11 @@ class SyncShipper:
         self._put(self._item(labels, list(entries), on_delivery), True, timeout)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Block until everything sent so far was accepted (or finally dropped)."""
+        """Block until everything sent so far was accepted (or refused for good).
+
+        While Loki is away that is until it is back, or ``timeout`` seconds
+        (``concurrent.futures.TimeoutError``; the lines stay queued).
+        """
         if self._closed:
             return
         self._call(self._aflush(), timeout)
@@ -551,6 +565,12 @@ class SyncShipper:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def drain_timeout(self) -> float:
+        """Seconds ``close`` gives queued lines by default (Alloy's
+        ``queue_config.drain_timeout``)."""
+        return self._shipper.config.drain_timeout
 
     def __enter__(self) -> SyncShipper:
         return self

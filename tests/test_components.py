@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
+from agent_helpers import wait_until
+from prometheus_client import CollectorRegistry, generate_latest
 
 from minilog._logging_setup import component_logger
 from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
@@ -588,3 +589,64 @@ async def test_loki_write_metrics_survive_an_update() -> None:
             {"host": f"127.0.0.1:{loki.port}", "tenant": ""},
         )
         assert sent == 2
+
+
+async def test_loki_write_shows_no_credential_in_debug_info_or_metrics() -> None:
+    async with FakeLoki() as loki:
+        url = loki.push_url.replace("http://", "http://tenant1:url-secret@")
+        comp = build(
+            f'loki.write "w" {{\n  endpoint {{\n    url = "{url}"\n'
+            '    bearer_token = "token-secret"\n'
+            '    headers = {"X-Api-Key" = "header-secret"}\n  }\n}'
+        )
+        await comp.start()
+        task = asyncio.create_task(comp.run())
+        try:
+            await comp.exports()["receiver"].send(batch({"a": "1"}, "x"))
+            await loki.wait_for_entries(1)
+            info = repr(comp.debug_info())
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        metrics = generate_latest(comp.opts.registry).decode()
+        for secret in ("url-secret", "tenant1", "token-secret", "header-secret"):
+            assert secret not in info
+            assert secret not in metrics
+        assert loki.push_url in info  # the URL itself, without userinfo
+        assert f'host="127.0.0.1:{loki.port}"' in metrics
+        # The URL's userinfo is the credential sent (as Go's client does: before the
+        # bearer token), and the headers go as configured.
+        assert loki.requests.last_headers["Authorization"].startswith("Basic ")
+        assert loki.requests.last_headers["X-Api-Key"] == "header-secret"
+
+
+async def test_loki_write_is_unhealthy_while_an_endpoint_fails_past_its_retries() -> (
+    None
+):
+    """Entries are held, not dropped, once the retries run out: the component says
+    so until Loki accepts them, then is healthy again."""
+    async with FakeLoki() as loki:
+        loki.faults.respond(500, "ingester unavailable")
+        comp = build(
+            f'loki.write "w" {{\n  endpoint {{\n    url = "{loki.push_url}"\n'
+            '    batch_wait = "10ms"\n    min_backoff_period = "10ms"\n'
+            '    max_backoff_period = "20ms"\n    max_backoff_retries = 2\n  }\n}'
+        )
+        await comp.start()
+        task = asyncio.create_task(comp.run())
+        try:
+            assert comp.health().state == "healthy"
+            await comp.exports()["receiver"].send(batch({"a": "1"}, "held"))
+            await wait_until(
+                lambda: comp.health().state == "unhealthy", 10, "unhealthy"
+            )
+            message = comp.health().message
+            assert "failing past its retries, 1 entries held" in message
+            assert f"127.0.0.1:{loki.port}" in message
+            loki.faults.clear()
+            await loki.wait_for_entries(1)
+            await wait_until(lambda: comp.health().state == "healthy", 10, "healthy")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert loki.lines() == ["held"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 
@@ -133,3 +134,36 @@ def test_close_delivers_everything_buffered(
     logger.removeHandler(handler)
     handler.close()
     assert [e.line for _, e in tloki.stub.entries] == [f"line {i}" for i in range(300)]
+
+
+def test_flush_while_loki_is_away_returns_after_the_drain_timeout(
+    logger: logging.Logger,
+) -> None:
+    """``logging.shutdown`` flushes every handler: an outage must not hang it. The
+    record is not dropped by the flush; close abandons it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    registry = CollectorRegistry()
+    handler = LokiHandler(
+        f"http://127.0.0.1:{port}",
+        labels={"job": "t"},
+        registry=registry,
+        drain_timeout=0.2,
+        **FAST,
+    )
+    logger.addHandler(handler)
+    logger.warning("kept while Loki is away")
+    handler.flush()  # returns (bounded by drain_timeout; a hang fails by timeout)
+    dropped = registry.get_sample_value(
+        "loki_write_dropped_entries_total",
+        {"host": f"127.0.0.1:{port}", "tenant": "", "reason": "drain_timeout"},
+    )
+    assert not dropped  # flushing gave up waiting, nothing was dropped
+    logger.removeHandler(handler)
+    handler.close()
+    dropped = registry.get_sample_value(
+        "loki_write_dropped_entries_total",
+        {"host": f"127.0.0.1:{port}", "tenant": "", "reason": "drain_timeout"},
+    )
+    assert dropped == 1  # abandoned at close, after its drain timeout

@@ -220,10 +220,6 @@ def test_no_secret_other_than_url_userinfo_in_metrics(outputs: Outputs) -> None:
 # The writer's ``host`` label is the host:port of the URL once the writer fix of
 # issue 16 (helper i16-write: strip userinfo from the host label) is merged; until
 # then this fails in this branch only. The lead removes the mark when merging both.
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the writer fix: the loki_write host label strips URL userinfo",
-)
 def test_no_url_userinfo_in_metrics(outputs: Outputs) -> None:
     for secret in URL_SECRETS:
         assert secret not in outputs.metrics, secret

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from test_write import StubLoki
+from stub_loki import StubLoki
 
 from minilog.errors import ClosedError, LabelError, WouldBlockError
 from minilog.model import LogEntry

@@ -10,73 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from agent_helpers import free_port
-from aiohttp import web
 from prometheus_client import CollectorRegistry
+from stub_loki import StubLoki
 
-from minilog.encode import decode_push_request, decompress
 from minilog.errors import ClosedError, ConfigError, WouldBlockError
 from minilog.model import Delivery, LogEntry, StreamBatch
-from minilog.write import ENTRY_OVERHEAD_BYTES, EndpointConfig, Writer
-
-
-class StubLoki:
-    """A recording push endpoint: decodes bodies, answers scripted statuses, hangs."""
-
-    def __init__(self) -> None:
-        self.requests: list[
-            tuple[dict[str, str], list[tuple[str, list[LogEntry]]]]
-        ] = []
-        self.entries: list[tuple[str, LogEntry]] = []
-        self.statuses: list[tuple[int, bytes]] = []
-        self.open = asyncio.Event()
-        self.open.set()
-        self.arrived = asyncio.Event()
-        self.changed = asyncio.Event()
-        self.url = ""
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        streams = decode_push_request(decompress(await request.read()))
-        self.requests.append((dict(request.headers), streams))
-        self.arrived.set()
-        await self.open.wait()
-        if self.statuses:
-            status, body = self.statuses.pop(0)
-            self.changed.set()
-            return web.Response(status=status, body=body)
-        self.entries.extend((labels, e) for labels, entries in streams for e in entries)
-        self.changed.set()
-        return web.Response(status=204)
-
-    async def start(self, port: int = 0) -> None:
-        app = web.Application()
-        app.router.add_post("/loki/api/v1/push", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{self.port}/loki/api/v1/push"
-
-    async def aclose(self) -> None:
-        self.open.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def wait_for(self, predicate: object, within: float = 5.0) -> None:
-        async with asyncio.timeout(within):
-            while not predicate():  # type: ignore[operator]
-                self.changed.clear()
-                await self.changed.wait()
-
-    async def wait_for_entries(self, n: int, within: float = 5.0) -> None:
-        await self.wait_for(lambda: len(self.entries) >= n, within)
-
-    async def wait_for_requests(self, n: int, within: float = 5.0) -> None:
-        async with asyncio.timeout(within):
-            while len(self.requests) < n:
-                self.arrived.clear()
-                await self.arrived.wait()
+from minilog.write import DROP_REASONS, ENTRY_OVERHEAD_BYTES, EndpointConfig, Writer
 
 
 @pytest.fixture
@@ -259,21 +198,56 @@ async def test_429_is_dropped_when_retry_on_http_429_is_off(loki: StubLoki) -> N
     assert sample(registry, "loki_write_dropped_entries_total", **labels) == 1
 
 
-async def test_batch_is_dropped_after_max_backoff_retries_attempts(
-    loki: StubLoki,
+async def test_an_outage_past_max_backoff_retries_drops_nothing(
+    loki: StubLoki, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Retries used up on 5xx: the endpoint is reported failing, the batch is kept and
+    delivered once Loki accepts it; its delivery settles only then. (Until issue 16
+    the batch was dropped after ``max_backoff_retries`` attempts, as Alloy does.)"""
     registry = CollectorRegistry()
     loki.statuses = [(500, b"down\n")] * 10
-    async with Writer(
-        [config(loki.url, max_backoff_retries=3)], registry=registry
-    ) as writer:
-        await writer.send(batch({"a": "1"}, "x"))
-        await writer.flush()
-    assert len(loki.requests) == 3  # attempts in total
+    settled: list[tuple[bool, int]] = []
     host = f"127.0.0.1:{loki.port}"
-    assert sample(registry, "loki_write_batch_retries_total", host=host, tenant="") == 2
-    labels = {"host": host, "tenant": "", "reason": "ingester_error"}
-    assert sample(registry, "loki_write_dropped_entries_total", **labels) == 1
+    failing: list[float] = []
+
+    def on_delivery(ok: bool) -> None:
+        settled.append((ok, len(loki.entries)))
+        failing.append(sample(registry, "minilog_write_endpoint_failing", host=host))
+
+    with caplog.at_level(logging.DEBUG, logger="minilog.write"):
+        async with Writer(
+            [config(loki.url, max_backoff_retries=3)], registry=registry
+        ) as writer:
+            await writer.send(batch({"a": "1"}, "x", delivery=Delivery(on_delivery)))
+            await writer.flush()
+    assert len(loki.requests) == 11  # ten 500s, then accepted
+    assert settled == [(True, 1)]  # settled once Loki held the entry, not before
+    assert failing == [0.0]  # the success ended the failing state
+    assert (
+        sample(registry, "loki_write_batch_retries_total", host=host, tenant="") == 10
+    )
+    assert sample(registry, "loki_write_sent_entries_total", host=host, tenant="") == 1
+    assert (
+        sum(
+            sample(
+                registry,
+                "loki_write_dropped_entries_total",
+                host=host,
+                tenant="",
+                reason=r,
+            )
+            for r in DROP_REASONS
+        )
+        == 0
+    )
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    errors = [m for lvl, m in levels if lvl == logging.ERROR]
+    warnings = [m for lvl, m in levels if lvl == logging.WARNING]
+    assert len(errors) == 1 and "max_backoff_retries = 3" in errors[0]
+    assert "not dropped" in errors[0]
+    assert len(warnings) == 1  # the outage's start; each retry is debug
+    assert not any("dropping" in m for _, m in levels)
+    assert any("answers again" in m for lvl, m in levels if lvl == logging.INFO)
 
 
 async def test_send_waits_while_queue_is_full_and_nowait_raises(loki: StubLoki) -> None:

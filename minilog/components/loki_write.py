@@ -18,6 +18,7 @@ from minilog.components.base import (
     TLS_CONFIG_SCHEMA,
     Component,
     ComponentOptions,
+    Health,
     StableReceiver,
     positioned,
     register,
@@ -275,10 +276,26 @@ class LokiWrite(Component):
             if exc is not None:
                 self.log.error("draining the replaced writer failed", exc_info=exc)
 
+    def health(self) -> Health:
+        # An endpoint past max_backoff_retries holds its entries rather than dropping
+        # them: the component says so, as Alloy's would only by its drop counters.
+        failing = [s for s in self._writer.endpoint_states() if s["failing"]]
+        if failing:
+            self.report_problem(
+                "endpoints",
+                "; ".join(
+                    f"endpoint {s['name']} ({s['url']}) failing past its retries, "
+                    f"{s['pending_entries']} entries held"
+                    for s in failing
+                ),
+            )
+        else:
+            self.clear_problem("endpoints", "endpoints answering again")
+        return super().health()
+
     def debug_info(self) -> Any:
+        # URLs without userinfo, no credential: what the writer itself reports.
         return {
-            "endpoints": [
-                {"name": e.name, "url": e.url} for e in self.args["endpoint_configs"]
-            ],
+            "endpoints": self._writer.endpoint_states(),
             "queued_bytes": self._writer.queued_bytes(),
         }
