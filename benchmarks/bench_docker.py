@@ -157,8 +157,8 @@ class Shared:
 def _receiver_main(shared: Shared) -> None:
     import asyncio
 
+    from minilog.loki.receiver import PushReceiver
     from minilog.model import StreamBatch
-    from minilog.receiver import PushReceiver
 
     async def handler(batches: list[StreamBatch]) -> None:
         # CLOCK_MONOTONIC is system-wide on Linux: comparable with the parent's clock.

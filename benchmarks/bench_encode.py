@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from minilog.encode import compress, encode_push_request, encode_push_request_pb
+from minilog.loki.wire import compress, encode_push_request, encode_push_request_pb
 from minilog.model import LogEntry
 
 __all__ = ["main", "make_batches"]

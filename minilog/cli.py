@@ -26,11 +26,11 @@ from urllib.parse import urlsplit, urlunsplit
 import prometheus_client
 
 from minilog._httpguard import raise_nofile_limit
-from minilog._logging_setup import configure_logging
+from minilog.agent.logsetup import configure_logging
 from minilog.errors import ConfigError, MinilogError
 
 if TYPE_CHECKING:
-    from minilog.pipeline import Agent
+    from minilog.agent.runtime import Agent
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -274,7 +274,7 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from minilog.pipeline import Agent
+    from minilog.agent.runtime import Agent
 
     try:
         Agent(args.path, stability_level=args.stability_level).load()
@@ -309,9 +309,9 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
+    from minilog.agent.runtime import Agent, LoggingConfig
+    from minilog.agent.server import AgentServer, parse_listen_addr
     from minilog.config import parse_duration
-    from minilog.pipeline import Agent, LoggingConfig
-    from minilog.server import AgentServer, parse_listen_addr
 
     def on_logging(cfg: LoggingConfig) -> None:
         configure_logging(cfg.level, cfg.format)

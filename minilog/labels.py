@@ -1,27 +1,97 @@
-"""Loki label sets as text: canonical formatting, name validation and parsing.
+"""Label names and label sets: the names minilog gives meaning to, canonical text,
+name validation and parsing.
 
-Owns Go ``strconv.Quote`` (the quoting Loki and Promtail use for label values), the
-canonical ``{a="x", b="y"}`` form, legacy label-name checks and a parser for the
-Prometheus label-set grammar Loki accepts in a push (``promql/parser.ParseMetric``).
-Pure: no I/O, no clock.
+Owns every label name minilog reads or writes by name (``__tenant_id__``,
+``service_name``, the ``__meta_docker_*`` names of Docker discovery), the rule that
+``__``-prefixed labels are internal, the canonical ``{a="x", b="y"}`` form (values
+quoted as Go's ``strconv.Quote``, see ``_go``), legacy label-name checks and a parser
+for the Prometheus label-set grammar Loki accepts in a push
+(``promql/parser.ParseMetric``). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from minilog.errors import LabelError
 
 __all__ = [
+    "ADDRESS_LABEL",
+    "DOCKER_CONTAINER_ID",
+    "DOCKER_CONTAINER_LABEL_PREFIX",
+    "DOCKER_CONTAINER_NAME",
+    "DOCKER_CONTAINER_NETWORK_MODE",
+    "DOCKER_LOG_STREAM",
+    "DOCKER_META_PREFIX",
+    "DOCKER_NETWORK_ID",
+    "DOCKER_NETWORK_INGRESS",
+    "DOCKER_NETWORK_INTERNAL",
+    "DOCKER_NETWORK_IP",
+    "DOCKER_NETWORK_LABEL_PREFIX",
+    "DOCKER_NETWORK_NAME",
+    "DOCKER_NETWORK_SCOPE",
+    "DOCKER_PORT_PRIVATE",
+    "DOCKER_PORT_PUBLIC",
+    "DOCKER_PORT_PUBLIC_IP",
+    "INTERNAL_PREFIX",
+    "SERVICE_NAME",
+    "TENANT_LABEL",
     "format_labels",
     "format_pairs",
     "go_quote",
+    "is_internal",
     "is_valid_label_name",
     "parse_label_pairs",
     "parse_labels",
+    "public_labels",
     "validate_label_name",
 ]
+
+# -------------------------------------------------------------------------------------
+# Label names with a meaning
+
+#: Labels whose names start with this are internal: they steer minilog (and Alloy)
+#: and never reach Loki.
+INTERNAL_PREFIX: Final = "__"
+#: The internal label that routes an entry to a tenant (``X-Scope-OrgID``).
+TENANT_LABEL: Final = "__tenant_id__"
+#: The label Loki 3 adds to a stream that lacks it (``discover_service_name``).
+SERVICE_NAME: Final = "service_name"
+#: Prometheus' target address label, which Docker discovery sets.
+ADDRESS_LABEL: Final = "__address__"
+
+#: What ``discovery.docker`` exports, as Prometheus' Docker SD names it.
+DOCKER_META_PREFIX: Final = "__meta_docker_"
+DOCKER_CONTAINER_ID: Final = DOCKER_META_PREFIX + "container_id"
+DOCKER_CONTAINER_NAME: Final = DOCKER_META_PREFIX + "container_name"
+DOCKER_CONTAINER_NETWORK_MODE: Final = DOCKER_META_PREFIX + "container_network_mode"
+DOCKER_CONTAINER_LABEL_PREFIX: Final = DOCKER_META_PREFIX + "container_label_"
+DOCKER_NETWORK_ID: Final = DOCKER_META_PREFIX + "network_id"
+DOCKER_NETWORK_NAME: Final = DOCKER_META_PREFIX + "network_name"
+DOCKER_NETWORK_SCOPE: Final = DOCKER_META_PREFIX + "network_scope"
+DOCKER_NETWORK_INTERNAL: Final = DOCKER_META_PREFIX + "network_internal"
+DOCKER_NETWORK_INGRESS: Final = DOCKER_META_PREFIX + "network_ingress"
+DOCKER_NETWORK_LABEL_PREFIX: Final = DOCKER_META_PREFIX + "network_label_"
+DOCKER_NETWORK_IP: Final = DOCKER_META_PREFIX + "network_ip"
+DOCKER_PORT_PRIVATE: Final = DOCKER_META_PREFIX + "port_private"
+DOCKER_PORT_PUBLIC: Final = DOCKER_META_PREFIX + "port_public"
+DOCKER_PORT_PUBLIC_IP: Final = DOCKER_META_PREFIX + "port_public_ip"
+#: Set by ``loki.source.docker`` on each stream (``stdout`` or ``stderr``) before its
+#: ``relabel_rules`` run.
+DOCKER_LOG_STREAM: Final = DOCKER_META_PREFIX + "container_log_stream"
+
+
+def is_internal(name: str) -> bool:
+    """Whether ``name`` is an internal label (``__``-prefixed): never sent to Loki."""
+    return name.startswith(INTERNAL_PREFIX)
+
+
+def public_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """``labels`` without the internal ones: what Loki gets to see."""
+    return {k: v for k, v in labels.items() if not k.startswith(INTERNAL_PREFIX)}
+
 
 # Characters that strconv.Quote copies verbatim without looking further: printable ASCII
 # minus '"' and '\'. A string made only of them is quoted by wrapping it.

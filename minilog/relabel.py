@@ -1,8 +1,10 @@
-"""The relabel engine: Alloy's ``rule`` block, its validation, and the 11 actions.
+"""The relabel engine: Alloy's ``rule`` block, its validation, the 11 actions, and
+the per-stream label step of the Loki sources.
 
-Pure logic shared by ``discovery.relabel`` (targets) and the ``relabel_rules`` of
-``loki.source.docker`` (streams). Semantics follow Prometheus ``model/relabel`` as Alloy
-copies it (``internal/component/common/relabel``); ``$`` templates follow Go
+Pure logic shared by ``discovery.relabel`` (targets), ``loki.relabel`` (batches) and
+the ``relabel_rules`` of ``loki.source.docker`` and ``loki.source.api`` (streams, in
+:func:`relabel_stream`). Semantics follow Prometheus ``model/relabel`` as Alloy copies
+it (``internal/component/common/relabel``); ``$`` templates follow Go
 ``Regexp.Expand``. The RE2 dialect translation lives in ``_re2.py``.
 """
 
@@ -13,11 +15,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Final, Protocol
 
 from minilog._re2 import Re2Error, compile_re2, group_index
 from minilog.errors import ConfigError
-from minilog.labels import go_quote
+from minilog.labels import DOCKER_LOG_STREAM, go_quote, is_internal
 
 __all__ = [
     "DEFAULT_REGEX",
@@ -25,9 +27,11 @@ __all__ = [
     "DEFAULT_SEPARATOR",
     "Action",
     "RelabelRules",
+    "RelabelRulesLike",
     "Rule",
     "RuleError",
     "compile_rules",
+    "docker_stream_labels",
     "expand",
     "go_lower",
     "go_upper",
@@ -35,6 +39,7 @@ __all__ = [
     "is_utf8_label_name",
     "parse_action",
     "process",
+    "relabel_stream",
 ]
 
 DEFAULT_SEPARATOR: Final = ";"
@@ -596,3 +601,40 @@ def compile_rules(rules: Sequence[Rule], *, legacy_names: bool = False) -> Relab
 def process(labels: Mapping[str, str], rules: RelabelRules) -> dict[str, str] | None:
     """Function form of ``RelabelRules.process``."""
     return rules.process(labels)
+
+
+class RelabelRulesLike(Protocol):
+    """What a source's ``relabel_rules`` must offer (``RelabelRules`` does)."""
+
+    def process(self, labels: Mapping[str, str]) -> dict[str, str] | None: ...
+
+
+def relabel_stream(
+    labels: Mapping[str, str],
+    rules: RelabelRulesLike | None,
+    *,
+    keep: frozenset[str] = frozenset(),
+) -> dict[str, str] | None:
+    """The per-stream label step of the Loki sources, as Alloy's: ``rules`` applied
+    (when there are any), then the internal ``__`` labels dropped, those in ``keep``
+    excepted (``loki.source.api`` keeps the tenant: it is how the writer picks
+    ``X-Scope-OrgID``).
+
+    Returns ``None`` when a rule dropped the stream or left it without any label; an
+    empty dict when only internal labels were left.
+    """
+    if rules is not None:
+        relabelled = rules.process(labels)
+        if not relabelled:
+            return None
+        labels = relabelled
+    return {k: v for k, v in labels.items() if not is_internal(k) or k in keep}
+
+
+def docker_stream_labels(
+    target_labels: Mapping[str, str], stream: str, rules: RelabelRulesLike | None
+) -> dict[str, str] | None:
+    """The labels one stream (``stdout``/``stderr``) of a container reaches Loki with:
+    the target's labels and ``__meta_docker_container_log_stream``, then
+    :func:`relabel_stream` (``None``: not sent)."""
+    return relabel_stream({**target_labels, DOCKER_LOG_STREAM: stream}, rules)

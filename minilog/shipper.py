@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from minilog.errors import ClosedError, WouldBlockError
 from minilog.labels import validate_label_name
+from minilog.loki.push import BasicAuth, TLSConfig
 from minilog.model import Delivery, LogEntry, Metadata, StreamBatch
-from minilog.push import BasicAuth, TLSConfig
 from minilog.write import EndpointConfig, Writer
 
 __all__ = [

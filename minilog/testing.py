@@ -1,6 +1,6 @@
 """Public test doubles for embedders: ``FakeLoki``, a push receiver that records.
 
-``FakeLoki`` is a :class:`~minilog.receiver.PushReceiver` listening on 127.0.0.1 that
+``FakeLoki`` is a ``minilog.loki.receiver.PushReceiver`` on 127.0.0.1 that
 keeps every accepted entry, judges pushes as Loki 3.6 does (content type, encoding,
 labels, status codes), and can be scripted to answer 429/5xx, to hang, or to go down
 (``aclose()`` then ``start()`` on the same port).
@@ -13,14 +13,14 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from minilog.labels import format_labels
-from minilog.model import LogEntry, StreamBatch
-from minilog.receiver import (
+from minilog.loki.receiver import (
     DEFAULT_MAX_RECV_MSG_SIZE,
     TENANT_LABEL,
     Faults,
     PushReceiver,
     RequestLog,
 )
+from minilog.model import LogEntry, StreamBatch
 
 __all__ = ["FakeLoki", "Faults", "RequestLog"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from minilog.encode import compress, encode_push_request
+from minilog.loki.wire import compress, encode_push_request
 from minilog.model import LogEntry
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from minilog.receiver import DISCOVER_SERVICE_NAME, SERVICE_NAME, UNKNOWN_SERVICE
+from minilog.loki.receiver import DISCOVER_SERVICE_NAME, SERVICE_NAME, UNKNOWN_SERVICE
 
 __all__ = [
     "DETECTED_LEVEL",

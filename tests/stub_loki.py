@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from minilog.encode import decode_push_request, decompress
+from minilog.loki.wire import decode_push_request, decompress
 from minilog.model import LogEntry
 
 __all__ = ["Answer", "Judge", "Scripted", "Streams", "StubLoki"]

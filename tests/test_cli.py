@@ -287,7 +287,7 @@ def test_logfmt_and_json_formats_like_alloy() -> None:
     import json
     import logging
 
-    from minilog._logging_setup import component_logger, configure_logging
+    from minilog.agent.logsetup import component_logger, configure_logging
 
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)

@@ -14,7 +14,7 @@ import pytest
 from agent_helpers import wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 
-from minilog._logging_setup import component_logger
+from minilog.agent.logsetup import component_logger
 from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
 from minilog.components.base import Fanout, StableReceiver
 from minilog.config import Scope, decode_block, parse

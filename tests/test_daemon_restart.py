@@ -20,7 +20,7 @@ import pytest
 from agent_helpers import REPO, docker_config, docker_lines
 from docker_helpers import TEST_IMAGE, TEST_LABEL, docker_unavailable_reason
 
-from minilog.pipeline import Agent
+from minilog.agent.runtime import Agent
 from minilog.testing import FakeLoki
 
 pytestmark = [

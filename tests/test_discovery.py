@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from minilog._docker import DockerClient
-from minilog.discovery import (
+from minilog.docker.client import DockerClient
+from minilog.docker.discovery import (
     DockerDiscovery,
     build_targets,
     merge_filters,
@@ -607,7 +607,7 @@ async def test_refresh_failure_keeps_targets_and_counts() -> None:
 async def test_unavailable_daemon_is_logged_once_and_recovery_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="minilog.discovery")
+    caplog.set_level(logging.DEBUG, logger="minilog.docker.discovery")
     fake = FakeDocker()
     fake.fail = DockerUnavailableError("Docker socket /x does not exist")
     publish = Published()

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from minilog._docker import DockerClient, DockerTLS, _parse_host, _unavailable
+from minilog.docker.client import DockerClient, DockerTLS, _parse_host, _unavailable
 from minilog.errors import ClosedError, ConfigError, DockerError, DockerUnavailableError
 
 DATA = Path(__file__).parent / "data" / "docker"

@@ -33,7 +33,7 @@ from agent_helpers import (
 from docker_helpers import ContainerStarter
 from prometheus_client import generate_latest
 
-from minilog.pipeline import Agent
+from minilog.agent.runtime import Agent
 from minilog.testing import FakeLoki
 
 __all__: list[str] = []

@@ -11,7 +11,8 @@ from google.protobuf import timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilog.encode import (
+from minilog.errors import DecodeError
+from minilog.loki.wire import (
     BodyTooLargeError,
     compress,
     count_push_entries,
@@ -22,7 +23,6 @@ from minilog.encode import (
     encode_push_request_pb,
     snappy_decoded_length,
 )
-from minilog.errors import DecodeError
 from minilog.model import LogEntry
 
 DATA = Path(__file__).parent / "data" / "loki-push"

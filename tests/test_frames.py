@@ -1,5 +1,5 @@
-"""Tests for minilog._frames: real Docker bytes, every chunk boundary, partial lines,
-timestamps.
+"""Tests for minilog.docker.frames: real Docker bytes, every chunk boundary, partial
+lines, timestamps.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minilog._frames import (
+from minilog.docker.frames import (
     PARTIAL_SIZE,
     Decoded,
     FrameDecoder,

@@ -32,11 +32,11 @@ from fs_helpers import (
 from prometheus_client import CollectorRegistry
 from test_discovery import FakeDocker, Published
 
-from minilog._logging_setup import component_logger
+from minilog.agent.logsetup import component_logger
 from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
 from minilog.config import Scope, parse
 from minilog.config.ast import Block
-from minilog.discovery import DockerDiscovery
+from minilog.docker.discovery import DockerDiscovery
 from minilog.errors import DockerUnavailableError
 from minilog.testing import FakeLoki
 

@@ -21,7 +21,7 @@ from minilog._httpguard import (
     ServerLimits,
     connection_headroom,
 )
-from minilog.server import AgentServer
+from minilog.agent.server import AgentServer
 
 __all__: list[str] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from minilog._logging_setup import (
+from minilog.agent.logsetup import (
     LogfmtFormatter,
     RepeatLimitedHandler,
     RepeatLimiter,

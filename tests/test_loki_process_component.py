@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from minilog._logging_setup import component_logger
+from minilog.agent.logsetup import component_logger
+from minilog.agent.runtime import Agent
 from minilog.components import COMPONENT_TYPES, ComponentOptions
 from minilog.components.loki_process import LokiProcess
 from minilog.config import Scope, parse
 from minilog.config.ast import Block
 from minilog.errors import ConfigError
 from minilog.model import Delivery, LogEntry, StreamBatch
-from minilog.pipeline import Agent
 
 _T0 = 1_764_216_000_000_000_000  # 2025-11-27T04:00:00Z
 

@@ -35,11 +35,11 @@ from loki_helpers import (
 from prometheus_client import CollectorRegistry
 from real_loki import LokiStarter
 
-from minilog.encode import compress, encode_push_request
+from minilog.agent.runtime import Agent
 from minilog.labels import format_labels
 from minilog.logging import LokiHandler
+from minilog.loki.wire import compress, encode_push_request
 from minilog.model import LogEntry
-from minilog.pipeline import Agent
 from minilog.shipper import Shipper
 from minilog.testing import FakeLoki
 

@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 from prometheus_client import generate_latest
 
+from minilog.agent.runtime import Agent, LoggingConfig
 from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
 from minilog.components.base import StableReceiver
 from minilog.config import Attr, Schema
 from minilog.errors import ConfigError
-from minilog.pipeline import Agent, LoggingConfig
 from minilog.testing import FakeLoki
 
 PIPELINE = """

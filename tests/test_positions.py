@@ -1,5 +1,5 @@
-"""Tests for minilog.positions: format, atomic save with a backup, damaged files and
-failing saves (a real full and read-only tmpfs where root may mount one)."""
+"""Tests for minilog.docker.positions: format, atomic save with a backup, damaged files
+and failing saves (a real full and read-only tmpfs where root may mount one)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fs_helpers import fill, fs_fault_unavailable_reason, remount, tiny_tmpfs
 
-from minilog.positions import BACKUP_SUFFIX, CORRUPT_INFIX, Position, Positions
+from minilog.docker.positions import BACKUP_SUFFIX, CORRUPT_INFIX, Position, Positions
 
 CID = "a" * 64
 CID2 = "b" * 64
@@ -23,14 +23,14 @@ CID2 = "b" * 64
 
 @pytest.fixture
 def warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
-    """The messages ``minilog.positions`` logged at warning level or above."""
-    caplog.set_level(logging.INFO, logger="minilog.positions")
+    """The messages ``minilog.docker.positions`` logged at warning level or above."""
+    caplog.set_level(logging.INFO, logger="minilog.docker.positions")
 
     def get() -> list[str]:
         return [
             r.getMessage()
             for r in caplog.records
-            if r.name == "minilog.positions" and r.levelno >= logging.WARNING
+            if r.name == "minilog.docker.positions" and r.levelno >= logging.WARNING
         ]
 
     return get
@@ -293,7 +293,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 async def test_a_full_then_read_only_disk_is_retried_said_once_and_recovers(
     tmpfs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="minilog.positions")
+    caplog.set_level(logging.INFO, logger="minilog.docker.positions")
     path = tmpfs / "positions.json"
     results: asyncio.Queue[OSError | None] = asyncio.Queue()
     pos = Positions(path, on_save=results.put_nowait)
@@ -327,7 +327,7 @@ async def test_a_full_then_read_only_disk_is_retried_said_once_and_recovers(
     messages = [
         (r.levelname, r.getMessage())
         for r in caplog.records
-        if r.name == "minilog.positions"
+        if r.name == "minilog.docker.positions"
     ]
     assert [level for level, _ in messages] == ["WARNING", "INFO", "WARNING", "INFO"]
     assert "No space left on device" in messages[0][1]

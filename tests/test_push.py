@@ -14,6 +14,7 @@ from agent_helpers import free_port
 from aiohttp import web
 
 import minilog
+from minilog.backoff import Backoff
 from minilog.errors import (
     ClientRequestError,
     ClosedError,
@@ -22,8 +23,7 @@ from minilog.errors import (
     RateLimitedError,
     ServerError,
 )
-from minilog.push import (
-    Backoff,
+from minilog.loki.push import (
     BasicAuth,
     LokiPusher,
     TLSConfig,

@@ -32,9 +32,9 @@ from loki_helpers import (
 )
 from prometheus_client import CollectorRegistry
 
-from minilog.encode import compress, encode_push_request
+from minilog.loki.receiver import PushReceiver
+from minilog.loki.wire import compress, encode_push_request
 from minilog.model import LogEntry, StreamBatch
-from minilog.receiver import PushReceiver
 from minilog.testing import FakeLoki
 
 DATA = Path(__file__).parent / "data" / "loki-push"

@@ -25,9 +25,9 @@ from loki_helpers import tenant_headers, wait_ready
 from prometheus_client import CollectorRegistry
 
 from minilog._httpguard import ServerLimits
-from minilog.encode import compress, encode_push_request
+from minilog.loki.receiver import EntryLimits, PushReceiver
+from minilog.loki.wire import compress, encode_push_request
 from minilog.model import LogEntry, StreamBatch
-from minilog.receiver import EntryLimits, PushReceiver
 
 __all__: list[str] = []
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from minilog._logging_setup import JsonFormatter, LogfmtFormatter
+from minilog.agent.logsetup import JsonFormatter, LogfmtFormatter
+from minilog.agent.runtime import Agent
 from minilog.components import COMPONENT_TYPES
 from minilog.config import Block, Scope, Secret, parse
 from minilog.errors import ConfigError
-from minilog.pipeline import Agent
 from minilog.redact import (
     SECRET_TEXT,
     RedactingFilter,

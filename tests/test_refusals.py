@@ -14,14 +14,14 @@ from __future__ import annotations
 import loki_messages as messages
 import pytest
 
-from minilog.model import LogEntry
-from minilog.refusals import (
+from minilog.loki.refusals import (
     RefusedEntry,
     StreamRefusal,
     parse_refusal,
     plan_refusal,
     same_stream,
 )
+from minilog.model import LogEntry
 
 __all__: list[str] = []
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from minilog.docker.positions import Positions
 from minilog.model import LogEntry, StreamBatch
-from minilog.positions import Positions
 from minilog.testing import FakeLoki
 from minilog.write import EndpointConfig, WriteMetrics, Writer
 

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from minilog.agent.runtime import Agent
+from minilog.agent.server import AgentServer, parse_listen_addr
 from minilog.errors import ConfigError, Diagnostic
-from minilog.pipeline import Agent
-from minilog.server import AgentServer, parse_listen_addr
 from minilog.testing import FakeLoki
 
 

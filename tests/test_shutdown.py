@@ -81,7 +81,7 @@ def client_tasks() -> list[asyncio.Task[object]]:
         if code is None:
             continue
         path = Path(code.co_filename)
-        if path.parent == _MINILOG_DIR and path.name not in _SERVER_FILES:
+        if _MINILOG_DIR in path.parents and path.name not in _SERVER_FILES:
             found.append(task)
     return found
 

@@ -1,4 +1,4 @@
-"""Tests for minilog.tail (``loki.source.docker``).
+"""Tests for minilog.docker.source (``loki.source.docker``).
 
 A fake Docker API drives the delivery and position logic; the real Docker Engine checks
 the end-to-end behaviour (those tests skip without it).
@@ -18,17 +18,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from minilog._frames import FrameDecoder, parse_timestamp
+from minilog.docker.frames import FrameDecoder, parse_timestamp
+from minilog.docker.metrics import SourceMetrics
+from minilog.docker.positions import Position, Positions
+from minilog.docker.source import DockerSource
+from minilog.docker.targets import dedupe_targets, fingerprint
 from minilog.errors import DockerError, DockerUnavailableError
+from minilog.labels import DOCKER_CONTAINER_ID, DOCKER_LOG_STREAM
 from minilog.model import StreamBatch
-from minilog.positions import Position, Positions
-from minilog.tail import (
-    LABEL_CONTAINER_ID,
-    LABEL_LOG_STREAM,
-    DockerSource,
-    dedupe_targets,
-    fingerprint,
-)
 
 DATA = Path(__file__).parent / "data" / "docker"
 MIXED_TS = (DATA / "mixed-logs-timestamps.bin").read_bytes()
@@ -55,9 +52,9 @@ class StreamLabel:
     """A relabel rule set: copies the log stream into ``stream`` (legacy names)."""
 
     def process(self, labels: dict[str, str]) -> dict[str, str] | None:
-        if labels.get("drop") == labels[LABEL_LOG_STREAM]:
+        if labels.get("drop") == labels[DOCKER_LOG_STREAM]:
             return None
-        return {**labels, "stream": labels[LABEL_LOG_STREAM]}
+        return {**labels, "stream": labels[DOCKER_LOG_STREAM]}
 
 
 class Recorder:
@@ -188,7 +185,7 @@ class FakeDocker:
 def target(cid: str = CID, **extra: str) -> dict[str, str]:
     """A discovery target; ``job`` gives it a label that survives the ``__`` cleanup."""
     return {
-        LABEL_CONTAINER_ID: cid,
+        DOCKER_CONTAINER_ID: cid,
         "__meta_docker_container_name": "/app",
         "job": "j",
         **extra,
@@ -216,8 +213,7 @@ def make_source(
         receivers,
         positions=kwargs.pop("positions", None)
         or Positions(tmp_path / "positions.json"),
-        registry=kwargs.pop("registry", None) or CollectorRegistry(),
-        **kwargs,
+        **{"registry": CollectorRegistry(), **kwargs},
     )
 
 
@@ -520,12 +516,16 @@ async def test_positions_of_removed_untailed_containers_are_collected(
     assert Positions(tmp_path / "positions.json").ids() == [CID]
 
 
-async def test_sources_on_one_registry_share_metrics(tmp_path: Path) -> None:
+async def test_sources_given_one_metrics_object_share_its_series(
+    tmp_path: Path,
+) -> None:
+    """A component rebuilding its source on reload hands each one its metrics."""
     registry = CollectorRegistry()
+    metrics = SourceMetrics(registry)
     recs = [Recorder(), Recorder()]
     sources = [
         make_source(
-            FakeDocker([line(T0 + 1, "x")]), [rec], tmp_path / str(i), registry=registry
+            FakeDocker([line(T0 + 1, "x")]), [rec], tmp_path / str(i), metrics=metrics
         )
         for i, rec in enumerate(recs)
     ]
@@ -726,7 +726,7 @@ async def client() -> AsyncGenerator[Any, None]:
     reason = docker_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    from minilog._docker import DockerClient
+    from minilog.docker.client import DockerClient
 
     c = DockerClient()
     try:
@@ -743,7 +743,7 @@ def containers(docker_containers: Any) -> Iterator[Any]:
 def real_target(container: Any) -> dict[str, str]:
     """A target for a docker SDK container (or a container ID)."""
     cid = container if isinstance(container, str) else container.id
-    return {LABEL_CONTAINER_ID: cid, "__meta_docker_container_name": "/x", "job": "t"}
+    return {DOCKER_CONTAINER_ID: cid, "__meta_docker_container_name": "/x", "job": "t"}
 
 
 async def to_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -985,7 +985,7 @@ async def test_fifty_containers_leak_no_tasks_or_fds(
 ) -> None:
     # Warm the thread pool first: its threads are not ours.
     await _remove_batch(await _start_batch(10, "warm"))
-    from minilog._docker import DockerClient
+    from minilog.docker.client import DockerClient
 
     baseline_fds = _fd_count()
     baseline_tasks = len(asyncio.all_tasks())

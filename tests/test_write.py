@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from agent_helpers import free_port
@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from stub_loki import StubLoki
 
 from minilog.errors import ClosedError, ConfigError, WouldBlockError
+from minilog.loki.wire import encode_push_request
 from minilog.model import Delivery, LogEntry, StreamBatch
 from minilog.write import DROP_REASONS, ENTRY_OVERHEAD_BYTES, EndpointConfig, Writer
 
@@ -412,22 +413,20 @@ async def test_delivery_settles_once_every_endpoint_is_done(loki: StubLoki) -> N
 
 
 async def test_big_batches_are_encoded_off_the_event_loop_thread(
-    loki: StubLoki, monkeypatch: pytest.MonkeyPatch
+    loki: StubLoki,
 ) -> None:
     """A 1 MiB batch takes ~8 ms to encode: too long to hold the loop for."""
-    import minilog.write
-
     threads: list[tuple[int, bool]] = []
-    real = minilog.write.encode_push_request
 
-    def recording(streams: list[tuple[str, list[LogEntry]]]) -> bytes:
+    def recording(streams: Sequence[tuple[str, Sequence[LogEntry]]]) -> bytes:
         count = sum(len(entries) for _, entries in streams)
         threads.append((count, threading.current_thread() is threading.main_thread()))
-        return real(streams)
+        return encode_push_request(streams)
 
-    monkeypatch.setattr(minilog.write, "encode_push_request", recording)
     line = "x" * 150
-    async with Writer([config(loki.url, batch_size=1 << 21)]) as writer:
+    async with Writer(
+        [config(loki.url, batch_size=1 << 21)], encode=recording
+    ) as writer:
         await writer.send(
             StreamBatch({"a": "1"}, [LogEntry(i, line) for i in range(7000)])
         )
@@ -537,31 +536,26 @@ async def test_send_nowait_is_all_or_nothing_across_endpoints(loki: StubLoki) ->
     assert [e.line for _, e in loki.entries] == ["12345"]
 
 
-async def test_batches_waiting_out_an_outage_are_compacted_and_delivered(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_batches_waiting_out_an_outage_are_compacted_and_delivered() -> None:
     """Batches queued behind the next one are encoded (compressed) while they wait.
 
     The queue then counts their compressed size instead of their entries' memory: five
     batches pass a queue that holds three uncompressed ones while Loki is down, without
     blocking.
     """
-    import minilog.write
-
     encoded: list[int] = []
-    real = minilog.write.encode_push_request
 
-    def recording(streams: list[tuple[str, list[LogEntry]]]) -> bytes:
+    def recording(streams: Sequence[tuple[str, Sequence[LogEntry]]]) -> bytes:
         encoded.append(sum(len(entries) for _, entries in streams))
-        return real(streams)
+        return encode_push_request(streams)
 
-    monkeypatch.setattr(minilog.write, "encode_push_request", recording)
     one = 10 * (100 + ENTRY_OVERHEAD_BYTES)  # what one uncompressed batch weighs
     port = free_port()
     loki = StubLoki()
     url = f"http://127.0.0.1:{port}/loki/api/v1/push"
     writer = Writer(
-        [config(url, batch_size=1000, queue_capacity=3 * one, max_backoff_retries=0)]
+        [config(url, batch_size=1000, queue_capacity=3 * one, max_backoff_retries=0)],
+        encode=recording,
     )
     try:
         async with asyncio.timeout(5):

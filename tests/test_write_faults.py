@@ -24,8 +24,8 @@ from minilog.errors import (
     PushConnectionError,
     WouldBlockError,
 )
+from minilog.loki.push import BasicAuth, LokiPusher
 from minilog.model import Delivery, LogEntry, StreamBatch
-from minilog.push import BasicAuth, LokiPusher
 from minilog.write import (
     ENTRY_OVERHEAD_BYTES,
     RATE_LIMITED_MAX_DELAY_S,

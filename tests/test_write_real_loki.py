@@ -28,9 +28,9 @@ import pytest
 from agent_helpers import free_port
 from prometheus_client import CollectorRegistry
 
-from minilog.encode import compress, encode_push_request
+from minilog.loki.refusals import parse_refusal
+from minilog.loki.wire import compress, encode_push_request
 from minilog.model import Delivery, LogEntry, StreamBatch
-from minilog.refusals import parse_refusal
 from minilog.write import EndpointConfig, Writer
 
 __all__: list[str] = []

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from minilog.components.base import Component, ComponentOptions, positioned, register
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, BlockSpec, Schema
-from minilog.discovery import DockerDiscovery
+from minilog.docker.discovery import DiscoveryMetrics, DockerDiscovery
 from minilog.redact import strip_userinfo
 
 __all__ = ["DiscoveryDocker", "check_docker_args"]
@@ -111,11 +111,11 @@ class DiscoveryDocker(Component):
         self._restart = asyncio.Event()
         self._first_published = asyncio.Event()
         self._registry = opts.registry
-        self._discovery = self._build(args, self._registry)
+        # Kept for the component's life: the refresh counters go on across a rebuild.
+        self._metrics = DiscoveryMetrics(opts.registry)
+        self._discovery = self._build(args)
 
-    def _build(
-        self, args: Mapping[str, Any], registry: CollectorRegistry
-    ) -> DockerDiscovery:
+    def _build(self, args: Mapping[str, Any]) -> DockerDiscovery:
         filters = [
             (str(f["name"]), [str(v) for v in f.get("values") or []])
             for f in args.get("filter") or []
@@ -127,7 +127,7 @@ class DiscoveryDocker(Component):
             host_networking_host=str(args.get("host_networking_host", "localhost")),
             match_first_network=bool(args.get("match_first_network", True)),
             refresh_interval=float(args.get("refresh_interval", 60.0)),
-            registry=registry,
+            metrics=self._metrics,
             on_status=self._on_status,
         )
 
@@ -185,9 +185,7 @@ class DiscoveryDocker(Component):
         if dict(args) == dict(self.args):
             return
         self.args = args
-        # Same registry: the refresh metrics are kept per registry, so the counters go
-        # on across the rebuild, as Alloy's do.
-        self._discovery = self._build(args, self._registry)
+        self._discovery = self._build(args)
         self._restart.set()
 
     def metrics_registry(self) -> CollectorRegistry:

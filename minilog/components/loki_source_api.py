@@ -37,8 +37,7 @@ from minilog.components.base import (
 from minilog.components.loki_source_docker import legacy_rules
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, BlockSpec, Schema
-from minilog.model import LogEntry, StreamBatch
-from minilog.receiver import (
+from minilog.loki.receiver import (
     DEFAULT_CREATION_GRACE_PERIOD,
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_LINE_SIZE,
@@ -47,6 +46,7 @@ from minilog.receiver import (
     EntryLimits,
     PushReceiver,
 )
+from minilog.model import LogEntry, StreamBatch
 from minilog.relabel import RelabelRules
 
 __all__ = ["LokiSourceAPI"]

@@ -20,7 +20,6 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
-from minilog._docker import DockerClient
 from minilog.components.base import (
     Component,
     ComponentOptions,
@@ -31,12 +30,14 @@ from minilog.components.base import (
 from minilog.components.discovery_docker import check_docker_args
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, Schema
-from minilog.discovery import SLOW_AFTER_S
+from minilog.docker.client import DockerClient
+from minilog.docker.discovery import SLOW_AFTER_S
+from minilog.docker.metrics import SourceMetrics
+from minilog.docker.positions import Positions
+from minilog.docker.source import DockerSource
 from minilog.errors import ClosedError, DockerError, LabelError
 from minilog.labels import parse_labels
-from minilog.positions import Positions
-from minilog.relabel import RelabelRules
-from minilog.tail import DockerSource
+from minilog.relabel import RelabelRules, docker_stream_labels
 
 __all__ = ["LokiSourceDocker", "legacy_rules"]
 
@@ -104,19 +105,20 @@ class LokiSourceDocker(Component):
         self._client = DockerClient(str(args["host"]))
         self._old_clients: list[DockerClient] = []
         self._registry = opts.registry
-        self._source = self._build(args, self._registry)
+        # One set of series for the component's life: a source rebuilt on reload
+        # counts on in it, as Alloy's does.
+        self._metrics = SourceMetrics(opts.registry)
+        self._source = self._build(args)
         self._replaced = asyncio.Event()
 
-    def _build(
-        self, args: Mapping[str, Any], registry: CollectorRegistry
-    ) -> DockerSource:
+    def _build(self, args: Mapping[str, Any]) -> DockerSource:
         source = DockerSource(
             self._client,
             [self._fanout],
             labels=dict(args.get("labels") or {}),
             relabel_rules=args.get("legacy_rules"),
             positions=self._positions,
-            registry=registry,
+            metrics=self._metrics,
         )
         source.update_targets(list(args.get("targets") or []))
         return source
@@ -203,7 +205,7 @@ class LokiSourceDocker(Component):
                 # Built only now: its tailers read their start positions when created,
                 # and the old source has just recorded the final ones. Same registry:
                 # the counters go on across the reload, as Alloy's do.
-                self._source = self._build(self.args, self._registry)
+                self._source = self._build(self.args)
         finally:
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
@@ -239,20 +241,10 @@ class LokiSourceDocker(Component):
         ``__``-prefixed names.
         """
         rules: RelabelRules | None = self.args.get("legacy_rules")
-        out: dict[str, Any] = {}
-        for stream in ("stdout", "stderr"):
-            labels: dict[str, str] | None = {
-                **target_labels,
-                "__meta_docker_container_log_stream": stream,
-            }
-            if rules is not None and labels is not None:
-                labels = rules.process(labels)
-            out[stream] = (
-                None
-                if labels is None
-                else {k: v for k, v in labels.items() if not k.startswith("__")}
-            )
-        return out
+        return {
+            stream: docker_stream_labels(target_labels, stream, rules)
+            for stream in ("stdout", "stderr")
+        }
 
     def debug_info(self) -> Any:
         targets = []

@@ -26,7 +26,7 @@ from minilog.components.base import (
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, BlockSpec, Schema
 from minilog.errors import ConfigError, Diagnostic
-from minilog.push import BasicAuth, TLSConfig
+from minilog.loki.push import BasicAuth, TLSConfig
 from minilog.write import EndpointConfig, WriteMetrics, Writer
 
 __all__ = ["LokiWrite", "endpoint_configs"]

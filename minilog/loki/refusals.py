@@ -29,10 +29,10 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from minilog.batch import entries_size
 from minilog.errors import LabelError
 from minilog.labels import parse_labels
 from minilog.model import LogEntry
+from minilog.write.batch import entries_size
 
 __all__ = [
     "ENTRY_REASONS",

@@ -14,19 +14,36 @@ import functools
 import logging
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Summary
 
-from minilog._docker import DockerClient
+from minilog.backoff import Backoff
+from minilog.docker.client import DockerClient, since_arg
 from minilog.errors import ConfigError, DockerError, DockerUnavailableError
+from minilog.labels import (
+    ADDRESS_LABEL,
+    DOCKER_CONTAINER_ID,
+    DOCKER_CONTAINER_LABEL_PREFIX,
+    DOCKER_CONTAINER_NAME,
+    DOCKER_CONTAINER_NETWORK_MODE,
+    DOCKER_NETWORK_ID,
+    DOCKER_NETWORK_INGRESS,
+    DOCKER_NETWORK_INTERNAL,
+    DOCKER_NETWORK_IP,
+    DOCKER_NETWORK_LABEL_PREFIX,
+    DOCKER_NETWORK_NAME,
+    DOCKER_NETWORK_SCOPE,
+    DOCKER_PORT_PRIVATE,
+    DOCKER_PORT_PUBLIC,
+    DOCKER_PORT_PUBLIC_IP,
+)
 
 __all__ = [
     "SLOW_AFTER_S",
     "ClientSource",
+    "DiscoveryMetrics",
     "DockerAPI",
     "DockerDiscovery",
     "build_targets",
@@ -36,22 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_META: Final = "__meta_docker_"
-LABEL_CONTAINER_ID: Final = _META + "container_id"
-LABEL_CONTAINER_NAME: Final = _META + "container_name"
-LABEL_CONTAINER_NETWORK_MODE: Final = _META + "container_network_mode"
-LABEL_CONTAINER_LABEL: Final = _META + "container_label_"
-LABEL_NETWORK_ID: Final = _META + "network_id"
-LABEL_NETWORK_NAME: Final = _META + "network_name"
-LABEL_NETWORK_SCOPE: Final = _META + "network_scope"
-LABEL_NETWORK_INTERNAL: Final = _META + "network_internal"
-LABEL_NETWORK_INGRESS: Final = _META + "network_ingress"
-LABEL_NETWORK_LABEL: Final = _META + "network_label_"
-LABEL_NETWORK_IP: Final = _META + "network_ip"
-LABEL_PORT_PRIVATE: Final = _META + "port_private"
-LABEL_PORT_PUBLIC: Final = _META + "port_public"
-LABEL_PORT_PUBLIC_IP: Final = _META + "port_public_ip"
-ADDRESS_LABEL: Final = "__address__"
 
 #: Events after which the container list may differ. Network connect/disconnect change a
 #: container's networks (and so its targets); the rest change the set of containers.
@@ -105,15 +106,15 @@ def _network_labels(networks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str
     by_id: dict[str, dict[str, str]] = {}
     for net in networks:
         labels = {
-            LABEL_NETWORK_ID: str(net.get("Id") or ""),
-            LABEL_NETWORK_NAME: str(net.get("Name") or ""),
-            LABEL_NETWORK_SCOPE: str(net.get("Scope") or ""),
-            LABEL_NETWORK_INTERNAL: "true" if net.get("Internal") else "false",
-            LABEL_NETWORK_INGRESS: "true" if net.get("Ingress") else "false",
+            DOCKER_NETWORK_ID: str(net.get("Id") or ""),
+            DOCKER_NETWORK_NAME: str(net.get("Name") or ""),
+            DOCKER_NETWORK_SCOPE: str(net.get("Scope") or ""),
+            DOCKER_NETWORK_INTERNAL: "true" if net.get("Internal") else "false",
+            DOCKER_NETWORK_INGRESS: "true" if net.get("Ingress") else "false",
         }
         for key, value in sorted((net.get("Labels") or {}).items()):
-            labels[LABEL_NETWORK_LABEL + sanitize_label_name(key)] = str(value)
-        by_id[labels[LABEL_NETWORK_ID]] = labels
+            labels[DOCKER_NETWORK_LABEL_PREFIX + sanitize_label_name(key)] = str(value)
+        by_id[labels[DOCKER_NETWORK_ID]] = labels
     return by_id
 
 
@@ -153,15 +154,17 @@ def build_targets(
             continue
         mode = _network_mode(c)
         common = {
-            LABEL_CONTAINER_ID: str(c.get("Id") or ""),
-            LABEL_CONTAINER_NAME: str(names[0]),
-            LABEL_CONTAINER_NETWORK_MODE: mode,
+            DOCKER_CONTAINER_ID: str(c.get("Id") or ""),
+            DOCKER_CONTAINER_NAME: str(names[0]),
+            DOCKER_CONTAINER_NETWORK_MODE: mode,
         }
         for key, value in sorted((c.get("Labels") or {}).items()):
-            common[LABEL_CONTAINER_LABEL + sanitize_label_name(key)] = str(value)
+            common[DOCKER_CONTAINER_LABEL_PREFIX + sanitize_label_name(key)] = str(
+                value
+            )
 
         nets = _networks_of(c)
-        chain_mode, seen = mode, {common[LABEL_CONTAINER_ID]}
+        chain_mode, seen = mode, {common[DOCKER_CONTAINER_ID]}
         # Follow container:<id> until a container with networks; Prometheus loops
         # unguarded, the seen-set only stops a cycle from hanging us.
         while not nets and chain_mode.startswith("container:"):
@@ -186,17 +189,17 @@ def build_targets(
             extra = net_labels.get(str(net.get("NetworkID") or ""), {})
             for p in ports:
                 private = str(int(p.get("PrivatePort") or 0))
-                target = {LABEL_NETWORK_IP: ip, LABEL_PORT_PRIVATE: private}
+                target = {DOCKER_NETWORK_IP: ip, DOCKER_PORT_PRIVATE: private}
                 public = int(p.get("PublicPort") or 0)
                 if public > 0:
-                    target[LABEL_PORT_PUBLIC] = str(public)
-                    target[LABEL_PORT_PUBLIC_IP] = str(p.get("IP") or "")
+                    target[DOCKER_PORT_PUBLIC] = str(public)
+                    target[DOCKER_PORT_PUBLIC_IP] = str(p.get("IP") or "")
                 target.update(common)
                 target.update(extra)
                 target[ADDRESS_LABEL] = _join_host_port(ip, private)
                 targets.append(target)
             if not ports:
-                target = {LABEL_NETWORK_IP: ip, **common, **extra}
+                target = {DOCKER_NETWORK_IP: ip, **common, **extra}
                 # Host-mode containers publish no ports: the address is the host itself.
                 target[ADDRESS_LABEL] = (
                     host_networking_host
@@ -209,7 +212,7 @@ def build_targets(
 
 @runtime_checkable
 class DockerAPI(Protocol):
-    """What discovery uses of :class:`minilog._docker.DockerClient` (a test seam)."""
+    """What discovery uses of ``docker.client.DockerClient`` (a test seam)."""
 
     async def containers(
         self, *, all: bool = False, filters: Mapping[str, Sequence[str]] | None = None
@@ -227,46 +230,33 @@ class DockerAPI(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass(slots=True)
-class _Metrics:
-    failures: Any
-    duration: Any
-    histogram: Any
+class DiscoveryMetrics:
+    """Prometheus' service-discovery refresh metrics (``mechanism="docker"``) on one
+    registry. The component keeps one for its life and hands it to each discovery it
+    builds, so the counters go on across a rebuild, as Alloy's do."""
 
+    __slots__ = ("duration", "failures", "histogram")
 
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _metrics(registry: CollectorRegistry) -> _Metrics:
-    # One family per registry, shared by every discovery on it (as Prometheus shares
-    # them across SD mechanisms), so two components can use one registry.
-    found = _METRICS.get(registry)
-    if found is None:
-        found = _Metrics(
-            failures=Counter(
-                "prometheus_sd_refresh_failures",
-                "Refreshes of service discovery that failed.",
-                ["mechanism"],
-                registry=registry,
-            ).labels(mechanism="docker"),
-            duration=Summary(
-                "prometheus_sd_refresh_duration_seconds",
-                "Time taken by one service discovery refresh.",
-                ["mechanism"],
-                registry=registry,
-            ).labels(mechanism="docker"),
-            histogram=Histogram(
-                "prometheus_sd_refresh_duration_histogram_seconds",
-                "Time taken by one service discovery refresh.",
-                ["mechanism"],
-                registry=registry,
-                buckets=(0.01, 0.1, 1, 10),  # Prometheus discovery/refresh metrics
-            ).labels(mechanism="docker"),
-        )
-        _METRICS[registry] = found
-    return found
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.failures = Counter(
+            "prometheus_sd_refresh_failures",
+            "Refreshes of service discovery that failed.",
+            ["mechanism"],
+            registry=registry,
+        ).labels(mechanism="docker")
+        self.duration = Summary(
+            "prometheus_sd_refresh_duration_seconds",
+            "Time taken by one service discovery refresh.",
+            ["mechanism"],
+            registry=registry,
+        ).labels(mechanism="docker")
+        self.histogram = Histogram(
+            "prometheus_sd_refresh_duration_histogram_seconds",
+            "Time taken by one service discovery refresh.",
+            ["mechanism"],
+            registry=registry,
+            buckets=(0.01, 0.1, 1, 10),  # Prometheus discovery/refresh metrics
+        ).labels(mechanism="docker")
 
 
 ClientSource = DockerAPI | Callable[[], DockerAPI] | str | None
@@ -329,6 +319,7 @@ class DockerDiscovery:
         refresh_interval: float = 60.0,
         exited_grace_s: float = 60.0,
         registry: CollectorRegistry | None = None,
+        metrics: DiscoveryMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_status: Callable[[str | None], None] | None = None,
@@ -351,9 +342,11 @@ class DockerDiscovery:
         self._match_first_network = match_first_network
         self._refresh_interval = refresh_interval
         self._grace = exited_grace_s
-        self._metrics = _metrics(
-            registry if registry is not None else CollectorRegistry()
-        )
+        if metrics is None:
+            metrics = DiscoveryMetrics(
+                registry if registry is not None else CollectorRegistry()
+            )
+        self._metrics = metrics
         self._clock = clock
         self._wall_clock = wall_clock
         self._wakeup = asyncio.Event()
@@ -411,12 +404,12 @@ class DockerDiscovery:
     async def _refresh_loop(
         self, client: DockerAPI, publish: Callable[[list[dict[str, str]]], None]
     ) -> None:
-        backoff = _Backoff(0.25, min(self._refresh_interval, 10.0))
+        backoff = Backoff(0.25, min(self._refresh_interval, 10.0))
         while True:
             self._wakeup.clear()
             targets = await self.refresh(client)
             if targets is None:
-                delay = backoff.next()
+                delay = backoff.next_delay()
             else:
                 backoff.reset()
                 delay = self._refresh_interval
@@ -534,7 +527,7 @@ class DockerDiscovery:
         # Replay from a little before start, so a container started while the first
         # list call was in flight still gets its event.
         since = f"{self._wall_clock() - 1.0:.9f}"
-        backoff = _Backoff(0.1, 5.0)
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 async for event in client.events(filters=_EVENT_FILTERS, since=since):
@@ -544,31 +537,12 @@ class DockerDiscovery:
             except DockerError as exc:
                 # The refresh loop reports an unreachable daemon; this would repeat it.
                 log.debug("discovery.docker: events stream failed: %s", exc)
-            await asyncio.sleep(backoff.next())
+            await asyncio.sleep(backoff.next_delay())
 
 
 def _event_since(event: Mapping[str, Any], default: str) -> str:
     nanos = event.get("timeNano")
     if isinstance(nanos, int) and nanos > 0:
-        return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
+        return since_arg(nanos) or default
     seconds = event.get("time")
     return str(seconds) if isinstance(seconds, int) else default
-
-
-class _Backoff:
-    """Doubling delay between ``initial`` and ``maximum`` seconds."""
-
-    __slots__ = ("_delay", "_initial", "_maximum")
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self._initial = initial
-        self._maximum = max(maximum, initial)
-        self._delay = initial
-
-    def reset(self) -> None:
-        self._delay = self._initial
-
-    def next(self) -> float:
-        delay = self._delay
-        self._delay = min(self._delay * 2, self._maximum)
-        return delay

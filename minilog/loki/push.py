@@ -1,12 +1,12 @@
-"""One Loki endpoint's HTTP side: a POST of an encoded push body, a readiness probe,
-and the retry backoff.
+"""One Loki endpoint's HTTP side: a POST of an encoded push body and a readiness
+probe.
 
 ``LokiPusher`` owns the aiohttp session of one URL (headers, basic/bearer auth or the
 URL's own userinfo, TLS, the per-request timeout) and is the only place that meets
 aiohttp on the push path: it maps every outcome to ``minilog.errors``, with Loki's
-whole error answer and its ``Retry-After``. ``Backoff`` is dskit's jittered exponential
-backoff. Batching, encoding and the retry loop itself live in ``batch.py`` and
-``write.py``; what an error answer means, in ``refusals.py``.
+whole error answer and its ``Retry-After``. ``PushTransport`` is what the writer needs
+of it (the seam tests fake). Batching, encoding and the retry loop live in
+``minilog.write``; what an error answer means, in ``refusals.py``.
 
 A URL's userinfo (``http://user:pass@host/...``) is a credential: it is sent as basic
 auth, as Go's HTTP client does, and never shown. :func:`url_without_userinfo` and
@@ -18,15 +18,15 @@ from __future__ import annotations
 import base64
 import email.utils
 import logging
-import random as _random
 import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -42,9 +42,11 @@ from minilog.errors import (
 )
 
 __all__ = [
-    "Backoff",
+    "MAX_RESPONSE_TEXT",
+    "ONE_CREDENTIAL",
     "BasicAuth",
     "LokiPusher",
+    "PushTransport",
     "TLSConfig",
     "default_user_agent",
     "error_for_status",
@@ -53,7 +55,7 @@ __all__ = [
     "url_without_userinfo",
 ]
 
-_log = logging.getLogger("minilog.push")
+_log = logging.getLogger(__name__)
 
 
 def default_user_agent() -> str:
@@ -81,7 +83,8 @@ MAX_RESPONSE_TEXT = 4 << 20
 # The push paths Loki serves; what precedes them is a gateway's prefix, under which
 # ``/ready`` is looked for.
 _PUSH_SUFFIXES = ("/loki/api/v1/push", "/api/v1/push", "/api/prom/push")
-_ONE_CREDENTIAL = (
+#: Alloy's message for two credentials in one endpoint.
+ONE_CREDENTIAL = (
     "at most one of basic_auth, bearer_token & bearer_token_file must be configured"
 )
 
@@ -172,63 +175,18 @@ def error_for_status(
     )
 
 
-class Backoff:
-    """dskit's backoff: each delay is uniform in ``[lo, hi)``, both bounds doubling up
-    to ``max``.
+class PushTransport(Protocol):
+    """What the writer needs of one endpoint's HTTP side (``LokiPusher`` is one)."""
 
-    The first delay is in ``[min, 2*min)``; once ``hi`` reaches ``max`` the range stays
-    fixed. With ``min >= max`` every delay is ``min``. ``max_retries`` bounds the
-    attempts (0 = forever): :meth:`ongoing` is false once ``max_retries`` delays were
-    taken.
+    async def push(self, body: bytes, *, tenant: str = "") -> int:
+        """POST one compressed push body; the 2xx status, else a ``PushError``."""
+        ...
 
-    Args:
-        random: source of floats in ``[0, 1)``, injectable for tests.
-    """
+    async def probe(self, timeout: float) -> bool:  # noqa: ASYNC109 - a per-request bound
+        """Whether the endpoint answers again."""
+        ...
 
-    __slots__ = (
-        "_hi",
-        "_lo",
-        "_random",
-        "max_period",
-        "max_retries",
-        "min_period",
-        "retries",
-    )
-
-    def __init__(
-        self,
-        min_period: float,
-        max_period: float,
-        max_retries: int = 0,
-        *,
-        random: Callable[[], float] = _random.random,
-    ) -> None:
-        self.min_period = min_period
-        self.max_period = max_period
-        self.max_retries = max_retries
-        self.retries = 0
-        self._random = random
-        self._lo = min_period
-        self._hi = min(2 * min_period, max_period)
-
-    def ongoing(self) -> bool:
-        return self.max_retries == 0 or self.retries < self.max_retries
-
-    def reset(self) -> None:
-        self.retries = 0
-        self._lo = self.min_period
-        self._hi = min(2 * self.min_period, self.max_period)
-
-    def next_delay(self) -> float:
-        """The next sleep in seconds; counts one retry."""
-        self.retries += 1
-        if self.min_period >= self.max_period:
-            return self.min_period
-        delay = self._lo + self._random() * (self._hi - self._lo)
-        if self._hi < self.max_period:
-            self._lo = min(2 * self._lo, self.max_period)
-            self._hi = min(2 * self._hi, self.max_period)
-        return delay
+    async def aclose(self) -> None: ...
 
 
 class LokiPusher:
@@ -270,7 +228,7 @@ class LokiPusher:
                 "need http(s)://host[:port]/path"
             )
         if sum(map(bool, (basic_auth, bearer_token, bearer_token_file))) > 1:
-            raise ConfigError(_ONE_CREDENTIAL)
+            raise ConfigError(ONE_CREDENTIAL)
         self.url = url_without_userinfo(url)
         self.host = url_host(url)
         self.ready_url = _ready_url(self.url)

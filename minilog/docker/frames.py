@@ -1,8 +1,10 @@
 """Docker log streams to ``LogEntry`` lists: bytes in, entries out (pure, no I/O).
 
-Owns the 8-byte multiplexed framing, raw TTY streams, the 16 KiB partial-line rejoin
-(alloy-spec §3.4), RFC 3339 nano timestamps as integer ns, and the resume position.
-It knows nothing of labels, deliveries or sockets: ``tail.py`` feeds it what it reads.
+Owns the 8-byte multiplexed framing (the streaming decoder, and whole replies split
+into frames for the tailer's resume window), raw TTY streams, the 16 KiB partial-line
+rejoin (alloy-spec §3.4), RFC 3339 nano timestamps as integer ns, and the resume
+position. It knows nothing of labels, deliveries or sockets: ``tailer`` feeds it what
+it reads.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ __all__ = [
     "Decoded",
     "FrameDecoder",
     "RawLineSplitter",
+    "frame_timestamp",
     "parse_timestamp",
+    "split_frames",
 ]
 
 #: Docker's json-file/local drivers cut longer messages into parts of this size
@@ -81,6 +85,34 @@ def parse_timestamp(ts: bytes) -> int:
         ValueError: the text is not such a timestamp.
     """
     return _parse_slow(ts)
+
+
+def split_frames(data: bytes) -> list[bytes] | None:
+    """The stdout/stderr frames (header included) of a whole multiplexed reply;
+    ``None`` when ``data`` is not framed (a TTY's raw stream) or ends inside a frame."""
+    frames = []
+    i = 0
+    n = len(data)
+    while i < n:
+        if n - i < _HEADER_SIZE or data[i + 1 : i + 4] != b"\0\0\0":
+            return None
+        kind, size = _HEADER.unpack_from(data, i)
+        end = i + _HEADER_SIZE + size
+        if kind > 3 or end > n:
+            return None
+        if kind != 3:
+            frames.append(data[i:end])
+        i = end
+    return frames
+
+
+def frame_timestamp(frame: bytes) -> int | None:
+    """The Docker timestamp of one whole frame's message, or ``None``."""
+    stamp = frame[_HEADER_SIZE:].split(b" ", 1)[0]
+    try:
+        return parse_timestamp(stamp)
+    except ValueError:
+        return None
 
 
 @dataclass(slots=True)

@@ -33,19 +33,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from minilog._httpguard import ConnectionGuard, GuardedServer, ServerLimits
-from minilog.encode import (
-    BodyTooLargeError,
-    decode_push_request,
-    decompress,
-    scan_push_request,
-    snappy_decoded_length,
-)
 from minilog.errors import DecodeError, LabelError
 from minilog.labels import (
     format_pairs,
     go_quote,
     is_valid_label_name,
     parse_label_pairs,
+)
+from minilog.loki.wire import (
+    BodyTooLargeError,
+    decode_push_request,
+    decompress,
+    scan_push_request,
+    snappy_decoded_length,
 )
 from minilog.model import LogEntry, StreamBatch
 

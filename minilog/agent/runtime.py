@@ -26,18 +26,18 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from minilog import config as cfg
-from minilog._logging_setup import component_logger
+from minilog.agent.logsetup import component_logger
 from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
 from minilog.components.base import Phase
 from minilog.config import Attr, Schema, Scope, decode_block
 from minilog.config.ast import Attribute, Block, File
 from minilog.errors import ConfigError, Diagnostic, MinilogError
+from minilog.labels import DOCKER_CONTAINER_ID
 from minilog.redact import Redactor
-from minilog.tail import LABEL_CONTAINER_ID
 
 __all__ = ["PHASES", "Agent", "LoggingConfig"]
 
-log = logging.getLogger("minilog.pipeline")
+log = logging.getLogger(__name__)
 
 #: Shutdown order.
 PHASES: tuple[Phase, ...] = ("discovery", "source", "process", "write")
@@ -742,9 +742,9 @@ def _container_ids(targets: Any) -> set[str]:
     if not isinstance(targets, list):
         return set()
     return {
-        str(t[LABEL_CONTAINER_ID])
+        str(t[DOCKER_CONTAINER_ID])
         for t in targets
-        if isinstance(t, Mapping) and t.get(LABEL_CONTAINER_ID)
+        if isinstance(t, Mapping) and t.get(DOCKER_CONTAINER_ID)
     }
 
 
@@ -770,7 +770,7 @@ def _decode(node: _Node, exports: Mapping[str, Mapping[str, Any]]) -> dict[str, 
 
 
 def _decode_logging(block: Block) -> LoggingConfig:
-    from minilog._logging_setup import FORMATS, LEVELS
+    from minilog.agent.logsetup import FORMATS, LEVELS
 
     values = decode_block(block, _LOGGING_SCHEMA, Scope())
     level = str(values.get("level", "info"))

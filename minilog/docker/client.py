@@ -32,6 +32,7 @@ __all__ = [
     "DockerClient",
     "DockerTLS",
     "encode_filters",
+    "since_arg",
 ]
 
 DEFAULT_HOST: Final = "unix:///var/run/docker.sock"
@@ -153,6 +154,19 @@ def encode_filters(filters: Mapping[str, Sequence[str]]) -> str:
     return orjson.dumps(
         {name: dict.fromkeys(values, True) for name, values in filters.items()}
     ).decode()
+
+
+def since_arg(ts_ns: int) -> str | None:
+    """A Unix-nanosecond time as the ``since`` argument of ``/logs`` and ``/events``;
+    ``None`` for none (0 or less).
+
+    Docker parses ``seconds.nanoseconds`` (moby ``timetypes.ParseTimestamps``) and its
+    filter keeps records whose timestamp is not before it: inclusive at nanosecond
+    precision.
+    """
+    if ts_ns <= 0:
+        return None
+    return f"{ts_ns // 1_000_000_000}.{ts_ns % 1_000_000_000:09d}"
 
 
 def _error_message(body: bytes, status: int) -> str:

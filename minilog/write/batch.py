@@ -2,8 +2,8 @@
 
 Pure logic (no I/O, no asyncio; the clock is a parameter). Owns stream keys (canonical
 label text without ``__*`` labels), tenant selection, Alloy's size and ``max_streams``
-rules and the delivery references a batch carries. Encoding and sending belong to
-``write.py``/``push.py``.
+rules and the delivery references a batch carries (``DeliveryRefs``). A ``Batch`` only
+ever holds entries: what waits encoded is the accumulator's (``accumulator.Encoded``).
 """
 
 from __future__ import annotations
@@ -15,19 +15,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
-from minilog.labels import format_labels
+from minilog.labels import TENANT_LABEL, format_labels
 from minilog.model import Delivery, LogEntry, StreamBatch
 
 __all__ = [
-    "TENANT_LABEL",
     "Batch",
     "Batcher",
+    "DeliveryRefs",
     "DropCallback",
     "entries_size",
 ]
-
-#: The reserved label that routes an entry to a tenant (removed from the stream labels).
-TENANT_LABEL = "__tenant_id__"
 
 #: ``on_drop(tenant, reason, entries, bytes)``.
 DropCallback = Callable[[str, str, int, int], None]
@@ -70,15 +67,52 @@ def _entry_size(entry: LogEntry) -> int:
     return size
 
 
+class DeliveryRefs:
+    """The delivery references a batch holds, each with the stream key it covers, so
+    that a batch Loki took only in part can keep the references of what it refused."""
+
+    __slots__ = ("_deliveries", "_keys")
+
+    def __init__(self) -> None:
+        self._deliveries: list[Delivery] = []
+        self._keys: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._deliveries)
+
+    def add(self, delivery: Delivery, key: str) -> None:
+        self._deliveries.append(delivery)
+        self._keys.append(key)
+
+    def take(self, keys: set[str] | frozenset[str]) -> list[Delivery]:
+        """Remove and return the references of the streams in ``keys``."""
+        taken: list[Delivery] = []
+        kept: list[Delivery] = []
+        kept_keys: list[str] = []
+        for delivery, key in zip(self._deliveries, self._keys, strict=True):
+            if key in keys:
+                taken.append(delivery)
+            else:
+                kept.append(delivery)
+                kept_keys.append(key)
+        self._deliveries, self._keys = kept, kept_keys
+        return taken
+
+    def settle(self, *, abandoned: bool = False) -> None:
+        """Release every reference held (once)."""
+        deliveries, self._deliveries = self._deliveries, []
+        self._keys = []
+        for delivery in deliveries:
+            delivery.release(abandoned=abandoned)
+
+
 @dataclass(slots=True, eq=False)
 class Batch:
     """Entries of one tenant ready to become one push request.
 
     ``streams`` maps the canonical label text to the entries of that stream, in arrival
-    order. ``deliveries`` holds one reference per piece of a ``StreamBatch`` in this
-    batch, and ``delivery_keys`` the stream each piece belongs to, so a batch Loki took
-    only in part can keep the references of what it refused; :meth:`settle` releases
-    them all. ``seq`` numbers batches in the order they became ready.
+    order. ``refs`` holds one delivery reference per piece of a ``StreamBatch`` in this
+    batch. ``seq`` numbers batches in the order they became ready.
     """
 
     tenant: str
@@ -87,13 +121,8 @@ class Batch:
     streams: dict[str, list[LogEntry]] = field(default_factory=dict)
     size_bytes: int = 0
     entry_count: int = 0
-    deliveries: list[Delivery] = field(default_factory=list)
-    delivery_keys: list[str] = field(default_factory=list)
+    refs: DeliveryRefs = field(default_factory=DeliveryRefs)
     seq: int = 0
-    #: The encoded request once the writer compacted the batch (``streams`` emptied).
-    body: bytes | None = None
-    #: The stream keys of a compacted batch (its ``streams`` are gone).
-    compacted_keys: tuple[str, ...] = ()
 
     def stream_items(self) -> list[tuple[str, list[LogEntry]]]:
         """The ``(labels, entries)`` pairs the encoder takes."""
@@ -101,13 +130,7 @@ class Batch:
 
     def stream_keys(self) -> tuple[str, ...]:
         """The canonical label text of every stream in the batch."""
-        return tuple(self.streams) if self.body is None else self.compacted_keys
-
-    def compact(self, body: bytes) -> None:
-        """Keep only the encoded request: the entries go, their stream keys stay."""
-        self.compacted_keys = tuple(self.streams)
-        self.body = body
-        self.streams = {}
+        return tuple(self.streams)
 
     def add_stream(self, key: str, entries: list[LogEntry], size: int) -> None:
         """Append ``entries`` (``size`` bytes) to the stream ``key``."""
@@ -121,24 +144,11 @@ class Batch:
 
     def take_deliveries(self, keys: set[str] | frozenset[str]) -> list[Delivery]:
         """Remove and return the delivery references of the streams in ``keys``."""
-        taken: list[Delivery] = []
-        kept: list[Delivery] = []
-        kept_keys: list[str] = []
-        for delivery, key in zip(self.deliveries, self.delivery_keys, strict=True):
-            if key in keys:
-                taken.append(delivery)
-            else:
-                kept.append(delivery)
-                kept_keys.append(key)
-        self.deliveries, self.delivery_keys = kept, kept_keys
-        return taken
+        return self.refs.take(keys)
 
     def settle(self, *, abandoned: bool = False) -> None:
         """Release every delivery reference this batch holds (once)."""
-        deliveries, self.deliveries = self.deliveries, []
-        self.delivery_keys = []
-        for delivery in deliveries:
-            delivery.release(abandoned=abandoned)
+        self.refs.settle(abandoned=abandoned)
 
 
 class Batcher:
@@ -241,8 +251,7 @@ class Batcher:
         current.entry_count += len(entries)
         self.added_entries += len(entries)
         if delivery is not None:
-            current.deliveries.append(delivery)
-            current.delivery_keys.append(key)
+            current.refs.add(delivery, key)
         if current.size_bytes >= self.batch_size:
             # Exactly full: only empty lines could still join, so send it now.
             self._cut(tenant)
@@ -316,8 +325,7 @@ class Batcher:
         batch.entry_count += len(entries)
         self.added_entries += len(entries)
         if delivery is not None:
-            batch.deliveries.append(delivery)
-            batch.delivery_keys.append(key)
+            batch.refs.add(delivery, key)
         return added
 
     def _drop(

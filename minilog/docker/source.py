@@ -1,0 +1,308 @@
+"""``loki.source.docker``: the supervisor that keeps one tailer per target container.
+
+Owns target reconciliation (a discovery update starts, keeps or stops tailers;
+alloy-spec §3.2), the tailers' tasks (one task group: a crash is counted and
+restarted, a container that is gone or left discovery ends its task), positions of
+containers removed while nothing tailed them, and the drain at shutdown. A tailer is
+``tailer``, the metrics ``metrics``, the file ``positions``, HTTP ``client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Final
+
+from prometheus_client import CollectorRegistry
+
+from minilog.backoff import Backoff
+from minilog.docker.frames import DEFAULT_MAX_LINE_SIZE
+from minilog.docker.metrics import SourceMetrics, TargetRow
+from minilog.docker.positions import Positions
+from minilog.docker.tailer import (
+    ContainerTailer,
+    DockerLogsAPI,
+    TailerContext,
+    TargetInfo,
+)
+from minilog.docker.targets import dedupe_targets
+from minilog.errors import DockerError, MinilogError
+from minilog.labels import DOCKER_CONTAINER_NAME
+from minilog.model import LogsReceiver
+from minilog.relabel import RelabelRulesLike
+
+__all__ = ["DockerSource"]
+
+_log = logging.getLogger(__name__)
+
+_STALE_CHECK_S: Final = 600.0
+#: Restart delays of a crashed tailer.
+_CRASH_BACKOFF_MIN_S: Final = 0.5
+_CRASH_BACKOFF_MAX_S: Final = 30.0
+
+
+class DockerSource:
+    """``loki.source.docker``: tails the containers of ``targets``, forwards lines.
+
+    Args:
+        client: a ``docker.client.DockerClient`` (any ``DockerLogsAPI``); not closed.
+        forward_to: receivers, sent to in order (a blocked one blocks the rest).
+        labels: static labels merged over each target's labels.
+        relabel_rules: applied once per stream (stdout/stderr) with
+            ``__meta_docker_container_log_stream`` set; ``__``-prefixed names are then
+            dropped.
+        positions: committed positions; saved as soon as they move (at most once per
+            ``flush_interval_s``) and at close.
+        registry: metrics registry (a private one when ``None``; never the global one).
+        metrics: the metrics to count into, when several sources share them (a
+            component rebuilding its source on reload); else made on ``registry``.
+        max_line_size: longer lines are truncated to it and counted (see ``_frames``).
+        inspect_interval_s: how often a stopped container is checked (Alloy: 5 s).
+        tail_window: resume with ``since`` plus ``tail`` of this many records when a
+            probe shows that is exact (see ``ContainerTailer._resume_window``); 0: off.
+        flush_interval_s: the least time between two writes of the positions file.
+        clock: wall clock in Unix seconds, for the lag metric.
+
+    Call ``update_targets`` whenever discovery changes, ``poke(id)`` when it sees a
+    container start, ``run()`` in a task and ``aclose()`` to stop. Unlike Alloy, a
+    stopped container keeps its position (only removal deletes it), and the position is
+    the Docker timestamp in ns plus the number of lines at it, so a restart re-sends
+    nothing that was acknowledged.
+    """
+
+    def __init__(
+        self,
+        client: DockerLogsAPI,
+        forward_to: Sequence[LogsReceiver],
+        *,
+        labels: Mapping[str, str] | None = None,
+        relabel_rules: RelabelRulesLike | None = None,
+        positions: Positions,
+        registry: CollectorRegistry | None = None,
+        metrics: SourceMetrics | None = None,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+        inspect_interval_s: float = 5.0,
+        tail_window: int = 1000,
+        flush_interval_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if metrics is None:
+            metrics = SourceMetrics(
+                registry if registry is not None else CollectorRegistry()
+            )
+        self._metrics = metrics
+        metrics.sources.add(self)
+        self._settled = asyncio.Event()
+        self._ctx = TailerContext(
+            client=client,
+            forward_to=list(forward_to),
+            relabel_rules=relabel_rules,
+            positions=positions,
+            metrics=self._metrics,
+            max_line_size=max_line_size,
+            inspect_interval_s=inspect_interval_s,
+            tail_window=tail_window,
+            clock=clock,
+            on_settled=self._on_settled,
+        )
+        self._labels = dict(labels or {})
+        self._positions = positions
+        self._flush_interval_s = flush_interval_s
+        self._tailers: dict[str, ContainerTailer] = {}
+        # Finished tailers with deliveries still in flight, kept so that a returning
+        # target reuses their positions instead of racing them.
+        self._idle: dict[str, ContainerTailer] = {}
+        #: The tailers' task group while ``run`` runs.
+        self._group: asyncio.TaskGroup | None = None
+        self._running = False
+        self._closed = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    # -- discovery side --
+
+    def update_targets(self, targets: Sequence[Mapping[str, str]]) -> None:
+        """Reconcile tailers with ``targets`` (discovery output); call on the loop."""
+        desired = dedupe_targets(targets, self._labels)
+        self._metrics.targets.set(len(desired))
+        for cid, labels in desired.items():
+            tailer = self._tailers.get(cid)
+            if tailer is None:
+                tailer = self._idle.pop(cid, None) or ContainerTailer(
+                    self._ctx, cid, labels
+                )
+                self._tailers[cid] = tailer
+            tailer.set_labels(labels)
+            if tailer.detached:
+                tailer.attach()
+            if self._group is not None and not self._closed and tailer.task is None:
+                self._spawn(tailer)
+        for cid, tailer in self._tailers.items():
+            if cid not in desired and not tailer.detached:
+                tailer.detach()
+        for cid in [
+            c for c, t in self._tailers.items() if t.detached and t.task is None
+        ]:
+            self._retire(self._tailers.pop(cid))
+
+    def poke(self, container_id: str) -> None:
+        """Discovery saw ``container_id`` start: check it now, not at the next tick."""
+        tailer = self._tailers.get(container_id)
+        if tailer is not None:
+            tailer.poke()
+
+    def targets_info(self) -> list[TargetInfo]:
+        return [t.info() for t in self._tailers.values()]
+
+    # -- what the metrics read at scrape time --
+
+    def target_rows(self) -> Iterator[tuple[str, TargetRow]]:
+        now = self._ctx.clock()
+        for tailer in list(self._tailers.values()):
+            cid = tailer.container_id
+            name = tailer.labels.get(DOCKER_CONTAINER_NAME, "").lstrip("/")
+            yield cid, (name, cid[:12], tailer.is_running, tailer.lag_s(now))
+
+    def max_lag(self) -> float:
+        now = self._ctx.clock()
+        return max((t.lag_s(now) for t in self._tailers.values()), default=0.0)
+
+    def positions_unsaved_for(self, now: float) -> float:
+        return self._positions.unsaved_for(now)
+
+    # -- lifetime --
+
+    async def run(self) -> None:
+        """Tail until cancelled (or ``aclose()``); saves positions on the way out.
+
+        Owns every tailer's task, the stale-position sweep and the positions flusher
+        in one task group: cancelling ``run`` stops them all, and waits for them.
+        """
+        if self._running or self._closed:
+            raise RuntimeError("DockerSource.run() called twice or after aclose()")
+        self._running = True
+        self._run_task = asyncio.current_task()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                for tailer in self._tailers.values():
+                    if tailer.task is None:
+                        self._spawn(tailer)
+                group.create_task(
+                    self._collect_stale_positions(), name="docker positions sweep"
+                )
+                await self._positions.run_flusher(self._flush_interval_s)
+        finally:
+            self._group = None
+            self._closed = True
+            await self._save()
+            self._stopped.set()
+
+    async def aclose(self, drain_timeout_s: float = 5.0) -> None:
+        """Stop tailing, wait up to ``drain_timeout_s`` for deliveries in flight, then
+        save positions.
+
+        Idempotent. Deliveries settling later still update the in-memory positions; call
+        ``positions.save()`` again if the writer drains after this returns.
+        """
+        if self._run_task is not None and not self._stopped.is_set():
+            self._run_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stopped.wait()
+        elif not self._closed:
+            self._closed = True  # never ran: no tailer task to stop
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_timeout_s):
+                while self._in_flight():
+                    self._settled.clear()
+                    await self._settled.wait()
+        await self._save()
+
+    async def _collect_stale_positions(self) -> None:
+        """Drop positions of containers removed while nothing tailed them.
+
+        A position is only removed by a tailer that sees its container gone; one
+        removed while the agent was down, or after it left discovery, would otherwise
+        stay in the file for ever. Checked at start and every ``_STALE_CHECK_S``.
+        """
+        while True:
+            for cid in self._positions.ids():
+                if cid in self._tailers or cid in self._idle:
+                    continue
+                try:
+                    await self._ctx.client.inspect(cid)
+                except DockerError as exc:
+                    if exc.status != 404:
+                        break  # the daemon is away: try again next round
+                    if cid not in self._tailers:
+                        self._positions.remove(cid)
+                except MinilogError:
+                    break  # e.g. the client was closed: nothing to do this round
+            await asyncio.sleep(_STALE_CHECK_S)
+
+    def _on_settled(self) -> None:
+        self._settled.set()
+        if self._idle:
+            for cid in [c for c, t in self._idle.items() if not t.in_flight]:
+                del self._idle[cid]
+
+    def _in_flight(self) -> int:
+        return sum(t.in_flight for t in (*self._tailers.values(), *self._idle.values()))
+
+    async def _save(self) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await self._positions.asave()
+        except OSError:
+            pass  # Positions says so (once per run of failures) and keeps save_error
+        except TimeoutError:
+            _log.error(
+                "saving positions file %s took over 10 s; gave up",
+                self._positions.path,
+            )
+
+    def _spawn(self, tailer: ContainerTailer) -> None:
+        assert self._group is not None
+        tailer.task = self._group.create_task(
+            self._supervise(tailer), name=f"docker-tailer-{tailer.container_id[:12]}"
+        )
+
+    async def _supervise(self, tailer: ContainerTailer) -> None:
+        """Run ``tailer`` until its container is gone or left discovery; a crash is
+        caught, counted and restarted with backoff, so one bad container never ends
+        the source."""
+        backoff = Backoff(_CRASH_BACKOFF_MIN_S, _CRASH_BACKOFF_MAX_S)
+        try:
+            while True:
+                try:
+                    await tailer.run()
+                except Exception as exc:  # noqa: BLE001 - counted, logged, restarted
+                    self._metrics.crashes.inc()
+                    tailer.last_error = f"tailer crashed: {exc!r}"
+                    _log.exception(
+                        "tailer of container %s crashed", tailer.container_id[:12]
+                    )
+                    await asyncio.sleep(backoff.next_delay())
+                    tailer.rewind()
+                    continue
+                if self._closed:
+                    return
+                current = self._tailers.get(tailer.container_id) is tailer
+                if current and not tailer.gone and not tailer.detached:
+                    continue  # re-attached between its decision to stop and now
+                break
+        finally:
+            tailer.task = None
+        if self._tailers.get(tailer.container_id) is tailer:
+            del self._tailers[tailer.container_id]
+        self._retire(tailer)
+
+    def _retire(self, tailer: ContainerTailer) -> None:
+        if tailer.in_flight and not tailer.gone:
+            self._idle[tailer.container_id] = tailer
+        # Prune idle tailers whose deliveries have all settled.
+        for cid in [c for c, t in self._idle.items() if not t.in_flight]:
+            del self._idle[cid]

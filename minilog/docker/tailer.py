@@ -1,0 +1,512 @@
+"""One container's tailer for ``loki.source.docker``: follow its log, forward it.
+
+Owns the container's lifecycle as the source sees it (alloy-spec §3.3: follow while it
+runs, read a stopped one once more per run, stop when it is removed or leaves
+discovery), the cheap resume from a position (``since`` plus a ``tail`` window, checked
+against a probe), the labels of each stream (stdout, stderr) and the fan-out of each
+read chunk with one delivery. Decoding is ``frames``, positions ``ledger``, HTTP
+``client``; the supervisor that runs tailers is ``source``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from minilog.backoff import Backoff
+from minilog.docker.client import since_arg
+from minilog.docker.frames import (
+    Decoded,
+    FrameDecoder,
+    RawLineSplitter,
+    frame_timestamp,
+    split_frames,
+)
+from minilog.docker.ledger import Chunk, Ledger, Position
+from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
+from minilog.docker.positions import Positions
+from minilog.errors import DockerError
+from minilog.labels import format_labels
+from minilog.model import Delivery, LogsReceiver, StreamBatch
+from minilog.relabel import RelabelRulesLike, docker_stream_labels
+
+__all__ = ["ContainerTailer", "DockerLogsAPI", "TailerContext", "TargetInfo"]
+
+_log = logging.getLogger(__name__)
+
+_UNREADABLE_RETRY_S: Final = 60.0
+#: First delay after a failed inspect or log stream (growing to the inspect interval).
+_RETRY_MIN_S: Final = 0.5
+# A resume probe larger than this is not worth it: follow with since alone.
+_PROBE_MAX_BYTES: Final = 4 << 20
+
+
+class DockerLogsAPI(Protocol):
+    """The part of ``client.DockerClient`` a tailer uses (a seam for fakes)."""
+
+    async def inspect(self, container_id: str) -> dict[str, Any]: ...
+
+    def logs(
+        self,
+        container_id: str,
+        *,
+        follow: bool,
+        stdout: bool = True,
+        stderr: bool = True,
+        timestamps: bool = True,
+        since: str | None = None,
+        tail: str | None = None,
+    ) -> AsyncGenerator[bytes, None]: ...
+
+
+@dataclass(slots=True)
+class TailerContext:
+    """What every tailer of one source shares."""
+
+    client: DockerLogsAPI
+    forward_to: Sequence[LogsReceiver]
+    relabel_rules: RelabelRulesLike | None
+    positions: Positions
+    metrics: SourceMetrics
+    max_line_size: int
+    inspect_interval_s: float
+    tail_window: int
+    clock: Callable[[], float]
+    on_settled: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """Debug state of one tailer, for the UI (Alloy's ``targets_info``)."""
+
+    id: str
+    labels: str
+    is_running: bool
+    last_error: str
+    position_ns: int
+    read_position_ns: int
+
+
+def _finished_ns(text: object) -> int:
+    """``State.FinishedAt`` to Unix ns; -1 when unset (``0001-01-01...``) or invalid."""
+    if not isinstance(text, str) or text.startswith("0001-"):
+        return -1
+    main, _, frac = text.rstrip("Z").partition(".")
+    try:
+        seconds = datetime.fromisoformat(main + "+00:00").timestamp()
+    except ValueError:
+        return -1
+    digits = "".join(c for c in frac if c.isdigit())[:9]
+    return int(seconds) * 1_000_000_000 + (int(digits.ljust(9, "0")) if digits else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """A cheap resume: follow with ``since`` and ``tail``; the reply starts with
+    ``anchor`` (one whole frame) or the window was too small."""
+
+    since: str | None
+    tail: int
+    anchor: bytes
+
+
+class ContainerTailer:
+    """Follows one container's log stream and forwards it; created by ``DockerSource``.
+
+    Two positions are kept: the *read* position (what was decoded; a reconnect within
+    this process resumes from it, so nothing in flight is read twice) and the
+    *committed* one (the newest entries whose deliveries all settled, in read order;
+    only this reaches the positions file). A delivery abandoned at shutdown freezes the
+    committed position, so the next start reads those entries again. Entries whose
+    labels a relabel rule dropped, or that end up with no label at all, are not sent but
+    count as settled (Loki would refuse them, and re-reading them forever would not
+    help).
+    """
+
+    def __init__(
+        self, ctx: TailerContext, container_id: str, labels: Mapping[str, str]
+    ) -> None:
+        self.container_id = container_id
+        self._ctx = ctx
+        self._labels: dict[str, str] = {}
+        self._labels_text = ""
+        self._stream_labels: dict[str, dict[str, str] | None] = {}
+        self.set_labels(labels)
+        saved = ctx.positions.get(container_id)
+        start = (saved.ts_ns, saved.count_at_ts) if saved is not None else (0, 0)
+        self._ledger = Ledger(start, self._commit)
+        self.is_running = False
+        self.last_error = ""
+        self.gone = False
+        self._detached = False
+        self._wake = asyncio.Event()
+        # FinishedAt of the stopped run whose logs were last read to the end: a stopped
+        # container is read once per run (Docker's clock only; no clock skew matters).
+        self._read_finished_at: int | None = None
+        self._reading = False
+        self._interrupt = False
+        self.task: asyncio.Task[None] | None = None
+
+    # -- state seen by the source --
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self._labels
+
+    @property
+    def detached(self) -> bool:
+        return self._detached
+
+    @property
+    def in_flight(self) -> int:
+        return self._ledger.in_flight
+
+    @property
+    def committed_position(self) -> Position:
+        return self._ledger.committed
+
+    @property
+    def read_position(self) -> Position:
+        return self._ledger.read
+
+    def info(self) -> TargetInfo:
+        return TargetInfo(
+            id=self.container_id,
+            labels=self._labels_text,
+            is_running=self.is_running,
+            last_error=self.last_error,
+            position_ns=self._ledger.committed[0],
+            read_position_ns=self._ledger.read[0],
+        )
+
+    def lag_s(self, now_s: float) -> float:
+        """Seconds since the newest acknowledged line while newer ones are unsettled."""
+        return self._ledger.lag_s(now_s)
+
+    def set_labels(self, labels: Mapping[str, str]) -> None:
+        """Use ``labels`` for later batches; the stream and position are untouched."""
+        if dict(labels) != self._labels:
+            self._labels = dict(labels)
+            self._labels_text = format_labels(self._labels)
+            self._stream_labels.clear()
+
+    def poke(self) -> None:
+        """Check the container now instead of at the next inspect tick."""
+        self._wake.set()
+
+    def attach(self) -> None:
+        self._detached = False
+        self._wake.set()
+
+    def detach(self) -> None:
+        """The target left discovery: stop (after a last read if it stopped)."""
+        self._detached = True
+        self._wake.set()
+        if self._reading and self.task is not None:
+            # Only interrupt a read: a send cut short would leave its delivery
+            # unsettled.
+            self._interrupt = True
+            self.task.cancel()
+
+    def rewind(self) -> None:
+        """After a crash: forget deliveries in flight and read again from the committed
+        position (at-least-once: entries in flight may be sent twice)."""
+        self._ledger.rewind()
+        self.is_running = False
+
+    # -- the loop --
+
+    async def run(self) -> None:
+        """Follow the container until removed (404) or detached; errors are retried."""
+        interval = self._ctx.inspect_interval_s
+        retry = Backoff(min(_RETRY_MIN_S, interval), interval)
+        restream_s = 0.0
+        # Right after a stream ends the container is often being removed or restarted:
+        # look again soon (0.1 s, growing) before settling on the inspect interval.
+        idle_s = self._ctx.inspect_interval_s
+        while True:
+            try:
+                info = await self._ctx.client.inspect(self.container_id)
+            except DockerError as exc:
+                if exc.status == 404:
+                    self._mark_gone()
+                    return
+                self.last_error = str(exc)
+                await self._wait(retry.next_delay())
+                continue
+            state = info.get("State") or {}
+            running = bool(state.get("Running"))
+            finished = _finished_ns(state.get("FinishedAt"))
+            if self._detached and running:
+                return
+            # A stopped container is read once more per run (alloy #3408): lines written
+            # just before it stopped, or while nothing followed it, are not lost.
+            if running or (finished >= 0 and finished != self._read_finished_at):
+                if running and restream_s:
+                    # The last stream of a running container ended at once: do not spin.
+                    await self._wait(restream_s)
+                    if self._detached:
+                        continue
+                tty = bool((info.get("Config") or {}).get("Tty"))
+                started = time.monotonic()
+                try:
+                    complete = await self._stream(tty, running)
+                except DockerError as exc:
+                    if exc.status == 404:
+                        self._mark_gone()
+                        return
+                    if str(exc) != self.last_error:  # once per distinct error
+                        _log.warning(
+                            "log stream of container %s failed: %s", self._short, exc
+                        )
+                    self.last_error = str(exc)
+                    # 501: the container's logging driver cannot be read (none, syslog,
+                    # ...); that will not change soon, so ask far less often.
+                    delay = retry.next_delay()
+                    await self._wait(
+                        _UNREADABLE_RETRY_S if exc.status == 501 else delay
+                    )
+                    continue
+                retry.reset()
+                if complete and not running:
+                    self._read_finished_at = finished
+                long_stream = time.monotonic() - started > 1.0
+                restream_s = 0.0 if long_stream else min(max(restream_s * 2, 0.5), 5.0)
+                idle_s = 0.1
+                continue
+            if self._detached:
+                return
+            await self._wait(min(idle_s, self._ctx.inspect_interval_s))
+            idle_s *= 2.5
+
+    @property
+    def _short(self) -> str:
+        return self.container_id[:12]
+
+    def _mark_gone(self) -> None:
+        _log.info("container %s no longer exists, stopping its tailer", self._short)
+        self.gone = True
+        self._ledger.stop()
+        self._ctx.positions.remove(self.container_id)
+
+    async def _wait(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _stream(self, tty: bool, running: bool) -> bool:
+        """Read one log stream to its end; False when a detach interrupted it.
+
+        ``running``: the container ran when the stream opened; a detach then ends the
+        stream, while a stopped container's last read goes on to its end.
+        """
+        pos, count = self._ledger.read
+        decoder: FrameDecoder | RawLineSplitter
+        kind = RawLineSplitter if tty else FrameDecoder
+        decoder = kind(
+            position_ns=pos,
+            count_at_position=count,
+            max_line_size=self._ctx.max_line_size,
+        )
+        # TTY records are not frames, so they cannot be checked: plain since for them.
+        window = None if tty else await self._resume_window(pos)
+        self.is_running = True
+        self._ctx.metrics.active.inc()
+        try:
+            while True:
+                done = await self._read_stream(decoder, pos, window, running)
+                if done is not None:
+                    return done
+                # The tail window moved before the follow request: resume the slow way.
+                self._ctx.metrics.resumes.labels("window_missed").inc()
+                window = None
+        finally:
+            self.is_running = False
+            self._ctx.metrics.active.dec()
+
+    async def _read_stream(
+        self,
+        decoder: FrameDecoder | RawLineSplitter,
+        pos: int,
+        window: _Window | None,
+        running: bool,
+    ) -> bool | None:
+        """Follow the log into ``decoder``; None when ``window`` failed its check."""
+        if window is None:
+            since, tail, expect = since_arg(pos), None, b""
+            if pos > 0:
+                self._ctx.metrics.resumes.labels("since").inc()
+        else:
+            since, tail, expect = window.since, str(window.tail), window.anchor
+        stream = self._ctx.client.logs(
+            self.container_id,
+            follow=True,
+            stdout=True,
+            stderr=True,
+            timestamps=True,
+            since=since,
+            tail=tail,
+        )
+        head = b""
+        try:
+            while True:
+                self._reading = True
+                try:
+                    chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if self._interrupt and task is not None and task.uncancel() == 0:
+                        self._interrupt = False
+                        return False
+                    raise
+                finally:
+                    self._reading = False
+                if expect:
+                    # Nothing is decoded until the reply is known to start at the
+                    # anchor record: then no record since the position was cut off.
+                    head += chunk
+                    if len(head) < len(expect):
+                        continue
+                    if not head.startswith(expect):
+                        return None
+                    self._ctx.metrics.resumes.labels("window").inc()
+                    chunk, head, expect = head, b"", b""
+                await self._forward(decoder.feed(chunk))
+                if self._detached and running:
+                    # Detached while a send waited (only reads are interrupted).
+                    return False
+            if expect:
+                return None
+            await self._forward(decoder.finish())
+            return True
+        finally:
+            await stream.aclose()
+
+    async def _resume_window(self, pos: int) -> _Window | None:
+        """A ``tail`` bound for the follow request, so dockerd need not scan the log.
+
+        ``since`` alone makes dockerd read every retained record (seconds of CPU for a
+        large log); ``since`` plus ``tail=N`` reads N. It is exact only if fewer than N
+        records are at or after the position, which a non-follow probe tells; the follow
+        reply must then start with the probe's first record (or, when nothing is newer
+        than the position, with the newest record), else records slipped out of the
+        window in between and the caller falls back to ``since`` alone.
+        """
+        n = self._ctx.tail_window
+        if n <= 0 or pos <= 0:
+            return None
+        frames = await self._probe(since_arg(pos), n)
+        if frames is None or len(frames) >= n:
+            return None
+        if frames:
+            return _Window(since_arg(pos), n, frames[0])
+        newest = await self._probe(None, 1)
+        if not newest:
+            return None
+        newest_ns = frame_timestamp(newest[0])
+        if newest_ns is None or newest_ns >= pos:
+            return None  # the log changed between the probes
+        return _Window(since_arg(newest_ns), n, newest[0])
+
+    async def _probe(self, since: str | None, tail: int) -> list[bytes] | None:
+        """Frames of a non-follow read; None when it is too large or not framed."""
+        data = bytearray()
+        stream = self._ctx.client.logs(
+            self.container_id,
+            follow=False,
+            stdout=True,
+            stderr=True,
+            timestamps=True,
+            since=since,
+            tail=str(tail),
+        )
+        try:
+            async for chunk in stream:
+                data += chunk
+                if len(data) > _PROBE_MAX_BYTES:
+                    return None
+        finally:
+            await stream.aclose()
+        return split_frames(bytes(data))
+
+    def _stream_labels_for(self, stream: str) -> dict[str, str] | None:
+        try:
+            return self._stream_labels[stream]
+        except KeyError:
+            pass
+        labels = docker_stream_labels(self._labels, stream, self._ctx.relabel_rules)
+        self._stream_labels[stream] = labels
+        return labels
+
+    async def _forward(self, res: Decoded) -> None:
+        metrics = self._ctx.metrics
+        if res.parsing_errors:
+            metrics.parsing_errors.inc(res.parsing_errors)
+        if res.daemon_errors:
+            self.last_error = f"error from daemon in stream: {res.daemon_errors[-1]}"
+            _log.warning("container %s: %s", self._short, self.last_error)
+        if res.invalid_utf8:
+            metrics.mutated.labels("invalid_utf8").inc(res.invalid_utf8)
+        if res.truncated:
+            metrics.mutated.labels("truncated").inc(res.truncated)
+        position = (res.position_ns, res.count_at_position)
+        ledger = self._ledger
+        if position == ledger.read and not res.stdout and not res.stderr:
+            return
+        batches = []
+        for stream, entries in (("stdout", res.stdout), ("stderr", res.stderr)):
+            if not entries:
+                continue
+            labels = self._stream_labels_for(stream)
+            if not labels:
+                reason = DROPPED_BY_RELABEL if labels is None else DROPPED_NO_LABELS
+                metrics.dropped.labels(reason).inc(len(entries))
+                continue
+            batches.append((labels, entries))
+        receivers = self._ctx.forward_to
+        total = len(batches) * len(receivers)
+        chunk = ledger.read_to(position)
+        if not total:
+            self._settle(chunk, True)
+            return
+        delivery = Delivery(functools.partial(self._settle, chunk))
+        if total > 1:
+            delivery.retain(total - 1)
+        metrics.entries.inc(sum(len(entries) for _, entries in batches))
+        handed = 0
+        try:
+            for i, receiver in enumerate(receivers):
+                for labels, entries in batches:
+                    # Each receiver gets its own containers: a stage may edit what it
+                    # gets.
+                    batch = StreamBatch(
+                        dict(labels), entries if i == 0 else list(entries), delivery
+                    )
+                    handed += 1
+                    await receiver.send(batch)
+        except BaseException:
+            # The batch whose send failed belongs to that receiver; release the ones
+            # never handed over, so this chunk can settle (as abandoned: it must be read
+            # again).
+            for _ in range(total - handed):
+                delivery.release(abandoned=True)
+            raise
+
+    def _settle(self, chunk: Chunk, ok: bool) -> None:
+        if self._ledger.settle(chunk, ok):
+            self._ctx.on_settled()
+
+    def _commit(self, position: Position) -> None:
+        self._ctx.positions.set(
+            self.container_id, position[0], position[1], self._labels_text
+        )
