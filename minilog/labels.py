@@ -15,6 +15,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from minilog._go import (
+    EscapeError,
+    as_go_sees_it,
+    go_quote,
+    quote_rune,
+    sharp_u,
+    surrogate_free,
+    unquote_char,
+)
 from minilog.errors import LabelError
 
 __all__ = [
@@ -40,7 +49,6 @@ __all__ = [
     "TENANT_LABEL",
     "format_labels",
     "format_pairs",
-    "go_quote",
     "is_internal",
     "is_valid_label_name",
     "parse_label_pairs",
@@ -93,114 +101,7 @@ def public_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if not k.startswith(INTERNAL_PREFIX)}
 
 
-# Characters that strconv.Quote copies verbatim without looking further: printable ASCII
-# minus '"' and '\'. A string made only of them is quoted by wrapping it.
-_PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z")
 _LEGACY_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-_HEX = "0123456789abcdef"
-_SIMPLE_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    '"': '\\"',
-    "\\": "\\\\",
-}
-
-
-def _hex_byte(b: int) -> str:
-    return "\\x" + _HEX[b >> 4] + _HEX[b & 0xF]
-
-
-def _escape_rune(ch: str, quote: str) -> str:
-    """One code point as strconv.appendEscapedRune writes it."""
-    if ch == quote or ch == "\\":
-        return "\\" + ch
-    if ch.isprintable():
-        # Python's isprintable() is Go's unicode.IsPrint: letters, marks, numbers,
-        # punctuation, symbols and the ASCII space (as of the Unicode version each
-        # ships: Python 3.11 has 14.0, Go 1.2x has 15.0).
-        return ch
-    simple = _SIMPLE_ESCAPES.get(ch)
-    if simple is not None:
-        return simple
-    cp = ord(ch)
-    if cp < 0x20 or cp == 0x7F:
-        return _hex_byte(cp)
-    if cp < 0x10000:
-        return f"\\u{cp:04x}"
-    return f"\\U{cp:08x}"
-
-
-def _quote(s: str, quote: str) -> str:
-    parts = [quote]
-    append = parts.append
-    for ch in s:
-        if "\udc80" <= ch <= "\udcff":
-            # surrogateescape's stand-in for a byte that was not valid UTF-8: Go
-            # sees the raw byte and writes it as \xHH.
-            append(_hex_byte(ord(ch) - 0xDC00))
-        else:
-            append(_escape_rune(ch, quote))
-    append(quote)
-    return "".join(parts)
-
-
-def _as_go_sees_it(s: str) -> str:
-    """Turn lone surrogates into the bytes Go would hold, re-decoded (surrogateescape).
-
-    Escaped bytes that together form valid UTF-8 become that character again, and other
-    lone surrogates (``surrogatepass`` input) become their three invalid bytes.
-    """
-    raw = bytearray()
-    for ch in s:
-        cp = ord(ch)
-        if 0xDC80 <= cp <= 0xDCFF:
-            raw.append(cp - 0xDC00)
-        else:
-            raw += ch.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def go_quote(s: str) -> str:
-    """Quote ``s`` exactly as Go's ``strconv.Quote`` does.
-
-    Escapes ``"`` and ``\\``, uses ``\\a \\b \\f \\n \\r \\t \\v``, ``\\xHH`` for
-    other control bytes, 0x7F and invalid UTF-8 (lone surrogates from
-    ``surrogateescape``), ``\\uHHHH`` / ``\\UHHHHHHHH`` for other non-printable runes,
-    and keeps printable non-ASCII as is.
-    """
-    if _PLAIN.match(s):
-        return '"' + s + '"'
-    if s.isascii() or _surrogate_free(s):
-        return _quote(s, '"')
-    return _quote(_as_go_sees_it(s), '"')
-
-
-def _surrogate_free(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _go_quote_rune(ch: str) -> str:
-    """Go ``%q`` of a rune (``strconv.QuoteRune``), for error messages."""
-    if ch == "":
-        return "EOF"
-    return _quote(ch, "'")
-
-
-def _go_sharp_u(ch: str) -> str:
-    """Go ``%#U`` of a rune: ``U+002F '/'``."""
-    text = f"U+{ord(ch):04X}"
-    if ch.isprintable():
-        text += f" '{ch}'"
-    return text
 
 
 def format_pairs(pairs: Iterable[tuple[str, str]]) -> str:
@@ -351,13 +252,11 @@ class _LabelParser:
                 return _Token(_PUNCT, pos, "!" + nxt)
             raise self._error(
                 pos,
-                f"unexpected character after '!' inside braces: {_go_quote_rune(nxt)}",
+                f"unexpected character after '!' inside braces: {quote_rune(nxt)}",
             )
         if ch == "{":
             raise self._error(pos, "unexpected left brace '{'")
-        raise self._error(
-            pos, f"unexpected character inside braces: {_go_quote_rune(ch)}"
-        )
+        raise self._error(pos, f"unexpected character inside braces: {quote_rune(ch)}")
 
     def _lex_string(self, quote: str) -> _Token:
         text, n = self._text, self._n
@@ -373,9 +272,9 @@ class _LabelParser:
                 out.append(text[chunk_start:pos])
                 self._pos = pos + 1
                 value = "".join(out)
-                if not _surrogate_free(value):
+                if not surrogate_free(value):
                     # Byte escapes (\xHH, \NNN) that spell UTF-8 together form one rune.
-                    value = _as_go_sees_it(value)
+                    value = as_go_sees_it(value)
                 return _Token(_STRING, start, text[start : pos + 1], value)
             if ch == "\n":
                 raise self._error(start, "unterminated quoted string")
@@ -389,59 +288,26 @@ class _LabelParser:
             pos += 1
 
     def _lex_escape(self, start: int, pos: int, quote: str, out: list[str]) -> int:
-        """Decode the escape after a backslash at ``pos``; return the next position."""
-        text, n = self._text, self._n
-        if pos >= n:
-            raise self._error(start, "escape sequence not terminated")
-        ch = text[pos]
-        simple = {
-            "a": "\a",
-            "b": "\b",
-            "f": "\f",
-            "n": "\n",
-            "r": "\r",
-            "t": "\t",
-            "v": "\v",
-            "\\": "\\",
-        }.get(ch)
-        if simple is not None:
-            out.append(simple)
-            return pos + 1
-        if ch == quote:
-            out.append(ch)
-            return pos + 1
-        if ch in "01234567":
-            digits, base, limit = 3, 8, 255
-        elif ch == "x":
-            digits, base, limit = 2, 16, 255
-            pos += 1
-        elif ch == "u":
-            digits, base, limit = 4, 16, 0x10FFFF
-            pos += 1
-        elif ch == "U":
-            digits, base, limit = 8, 16, 0x10FFFF
-            pos += 1
-        else:
-            raise self._error(start, f"unknown escape sequence {_go_sharp_u(ch)}")
-        value = 0
-        for _ in range(digits):
-            if pos >= n:
-                raise self._error(start, "escape sequence not terminated")
-            d = text[pos]
-            digit = int(d, 16) if d in "0123456789abcdefABCDEF" else 16
-            if digit >= base:
-                raise self._error(
-                    start, f"illegal character {_go_sharp_u(d)} in escape sequence"
-                )
-            value = value * base + digit
-            pos += 1
-        if value > limit or 0xD800 <= value < 0xE000:
-            raise self._error(start, "escape sequence is an invalid Unicode code point")
-        if ch in "01234567x":
+        """Decode the escape after a backslash at ``pos``; return the next position.
+
+        Errors are Prometheus' lexer's, at the start of the string.
+        """
+        try:
+            value, pos, is_byte = unquote_char(self._text, pos, quote)
+        except EscapeError as exc:
+            if exc.kind == "unterminated":
+                message = "escape sequence not terminated"
+            elif exc.kind == "unknown":
+                message = f"unknown escape sequence {sharp_u(exc.char)}"
+            elif exc.kind == "illegal":
+                message = f"illegal character {sharp_u(exc.char)} in escape sequence"
+            else:
+                message = "escape sequence is an invalid Unicode code point"
+            raise self._error(start, message) from None
+        if is_byte:
             # \NNN and \xHH are single bytes, not code points (Go strconv.Unquote).
-            out.append(bytes((value,)).decode("utf-8", "surrogateescape"))
-        else:
-            out.append(chr(value))
+            value = bytes((ord(value),)).decode("utf-8", "surrogateescape")
+        out.append(value)
         return pos
 
     def _lex_raw_string(self) -> _Token:
@@ -478,7 +344,7 @@ class _LabelParser:
         text, pos = self._text, self._pos
         ch = text[pos]
         if not (ch.isascii() and (ch.isalpha() or ch in "_:")):
-            raise self._error(pos, f"unexpected character: {_go_quote_rune(ch)}")
+            raise self._error(pos, f"unexpected character: {quote_rune(ch)}")
         end = pos + 1
         while (
             end < self._n
@@ -493,7 +359,7 @@ class _LabelParser:
         ch = self._text[self._pos]
         if ch == "}":
             return "unexpected right brace '}'"
-        return f"unexpected character: {_go_quote_rune(ch)}"
+        return f"unexpected character: {quote_rune(ch)}"
 
     def _label_set(self, pairs: list[tuple[str, str]]) -> None:
         tok = self._next_in_braces()

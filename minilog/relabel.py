@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Protocol
 
+from minilog._go import go_quote
 from minilog._re2 import Re2Error, compile_re2, group_index
 from minilog.errors import ConfigError
-from minilog.labels import DOCKER_LOG_STREAM, go_quote, is_internal
+from minilog.labels import DOCKER_LOG_STREAM, is_internal
 
 __all__ = [
     "DEFAULT_REGEX",

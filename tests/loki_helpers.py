@@ -18,7 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from minilog.loki.receiver import DISCOVER_SERVICE_NAME, SERVICE_NAME, UNKNOWN_SERVICE
+from minilog.labels import SERVICE_NAME
+from minilog.loki.validation import DISCOVER_SERVICE_NAME, UNKNOWN_SERVICE
 
 __all__ = [
     "DETECTED_LEVEL",

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loki_helpers import tenant_headers
 
+from minilog._go import go_quote
 from minilog.errors import LabelError
 from minilog.labels import (
     _LabelParser,
     format_labels,
     format_pairs,
-    go_quote,
     is_valid_label_name,
     parse_label_pairs,
     parse_labels,

@@ -25,7 +25,8 @@ from loki_helpers import tenant_headers, wait_ready
 from prometheus_client import CollectorRegistry
 
 from minilog._httpguard import ServerLimits
-from minilog.loki.receiver import EntryLimits, PushReceiver
+from minilog.loki.receiver import PushReceiver
+from minilog.loki.validation import EntryLimits
 from minilog.loki.wire import compress, encode_push_request
 from minilog.model import LogEntry, StreamBatch
 

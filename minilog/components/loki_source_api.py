@@ -37,14 +37,13 @@ from minilog.components.base import (
 from minilog.components.loki_source_docker import legacy_rules
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, BlockSpec, Schema
-from minilog.loki.receiver import (
+from minilog.loki.pushrequest import DEFAULT_MAX_RECV_MSG_SIZE
+from minilog.loki.receiver import DEFAULT_MAX_INFLIGHT_BYTES, PushReceiver
+from minilog.loki.validation import (
     DEFAULT_CREATION_GRACE_PERIOD,
-    DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_LINE_SIZE,
-    DEFAULT_MAX_RECV_MSG_SIZE,
     DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE,
     EntryLimits,
-    PushReceiver,
 )
 from minilog.model import LogEntry, StreamBatch
 from minilog.relabel import RelabelRules

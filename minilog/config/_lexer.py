@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
+from minilog._go import EscapeError, sharp_u, unquote_char
 from minilog.config.ast import Pos
 from minilog.errors import Diagnostic
 
@@ -54,18 +55,6 @@ DOUBLE_OP_PREFIXES: Final = tuple(sorted(DOUBLE_OPS))
 INSERT_AFTER: Final = frozenset(
     {IDENT, NUMBER, FLOAT, STRING, BOOL, NULL, ")", "]", "}"}
 )
-SIMPLE_ESCAPES: Final = {
-    "a": "\a",
-    "b": "\b",
-    "f": "\f",
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "v": "\v",
-    "\\": "\\",
-    '"': '"',
-}
-HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
 BAD_CHARS: Final = frozenset("\x00\ufeff") | frozenset(map(chr, range(0xDC80, 0xDD00)))
 _BAD_CHAR_RE: Final = re.compile("[\x00\ufeff\udc80-\udcff]")
 OCTAL_DIGITS: Final = frozenset("01234567")
@@ -224,15 +213,10 @@ def tokenize(src: str, path: str = "<config>") -> tuple[list[Token], list[Diagno
             i += 1
 
 
-def _char_name(c: str) -> str:
-    """Go's ``%#U``: ``U+0041 'A'``."""
-    return f"U+{ord(c):04X} '{c}'" if c.isprintable() else f"U+{ord(c):04X}"
-
-
 def _illegal_message(c: str) -> str:
     if c == "#":
-        return f"illegal character {_char_name(c)}; comments start with // or /*"
-    return f"illegal character {_char_name(c)}"
+        return f"illegal character {sharp_u(c)}; comments start with // or /*"
+    return f"illegal character {sharp_u(c)}"
 
 
 def _report_bad_chars(sc: _Scanner) -> None:
@@ -347,54 +331,27 @@ def _scan_string(sc: _Scanner, i: int) -> tuple[str, int]:
         chunk = i
 
 
-_ESCAPE_FORMS: Final = {
-    "x": (2, 16, 0xFF),
-    "u": (4, 16, 0x10FFFF),
-    "U": (8, 16, 0x10FFFF),
-}
-
-
 def _scan_escape(sc: _Scanner, i: int) -> tuple[str, int]:
     """Decode the escape at ``src[i] == '\\'``: its text and the offset after it.
 
     Errors are positioned, as Alloy's are, at the character after the backslash; a bad
     escape is dropped and scanning resumes at the offending character.
     """
-    src = sc.src
-    n = len(src)
     j = i + 1
-    c = src[j] if j < n else ""
-    simple = SIMPLE_ESCAPES.get(c)
-    if simple is not None:
-        return simple, j + 1
-    if c and c in OCTAL_DIGITS:
-        count, base, top, k = 3, 8, 0xFF, j
-    elif c in _ESCAPE_FORMS:
-        count, base, top = _ESCAPE_FORMS[c]
-        k = j + 1
-    else:
-        if c in ("", "\n"):
+    try:
+        # NOTE: Go turns \xNN and \NNN into raw bytes; here they become code points.
+        value, end, _ = unquote_char(sc.src, j, '"')
+    except EscapeError as exc:
+        if exc.kind == "unterminated" or exc.char == "\n":
             sc.error(j, "escape sequence not terminated")
+        elif exc.kind == "unknown":
+            sc.error(j, f"unknown escape sequence \\{exc.char}")
+        elif exc.kind == "illegal":
+            sc.error(j, f"illegal character {sharp_u(exc.char)} in escape sequence")
         else:
-            sc.error(j, f"unknown escape sequence \\{c}")
-        return "", j
-    digits = OCTAL_DIGITS if base == 8 else HEX_DIGITS
-    value = 0
-    for _ in range(count):
-        d = src[k] if k < n else ""
-        if not d or d not in digits:
-            if d in ("", "\n"):
-                sc.error(j, "escape sequence not terminated")
-            else:
-                sc.error(j, f"illegal character {_char_name(d)} in escape sequence")
-            return "", k
-        value = value * base + int(d, 16)
-        k += 1
-    if value > top or 0xD800 <= value < 0xE000:
-        sc.error(j, "escape sequence is invalid Unicode code point")
-        return "", k
-    # NOTE: Go turns \xNN and \NNN into raw bytes; here they become code points.
-    return chr(value), k
+            sc.error(j, "escape sequence is invalid Unicode code point")
+        return "", exc.resume
+    return value, end
 
 
 def _scan_raw_string(sc: _Scanner, i: int) -> tuple[str, int]:

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from minilog._go import go_quote
 from minilog.config._lexer import COMMENT, EOF, IDENT, STRING, TERM, Token, tokenize
 from minilog.config._parser import BINARY_PRECEDENCE, parse_file
 from minilog.errors import ConfigError
-from minilog.labels import go_quote
 
 __all__ = ["format_source"]
 

@@ -1,7 +1,7 @@
 """Declarative argument schemas and the decoder from block bodies to plain, typed dicts.
 
-Owns ``Attr``/``BlockSpec``/``Schema``, the Alloy type conversions ("duration", "bytes",
-"list(map(string))", ...) and Go's duration and alecthomas/units byte-size syntax.
+Owns ``Attr``/``BlockSpec``/``Schema`` and the Alloy type conversions ("duration",
+"bytes", "list(map(string))", ...); Go's duration and byte-size syntax are ``_go``'s.
 Components are not described here: the runtime declares one ``Schema`` per component and
 calls ``decode_block``, which reports every problem of the block, positioned, in one
 ``ConfigError``.
@@ -10,14 +10,15 @@ calls ``decode_block``, which reports every problem of the block, positioned, in
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from minilog._go import format_float, parse_duration
+from minilog._go import parse_base2_bytes as parse_bytes
 from minilog.config import ast
 from minilog.config._eval import Scope, evaluate
-from minilog.config.stdlib import Namespace, Secret, _go_float, type_name
+from minilog.config.stdlib import Namespace, Secret, type_name
 from minilog.errors import ConfigError, Diagnostic
 
 __all__ = [
@@ -110,84 +111,6 @@ class Schema:
     blocks: Sequence[BlockSpec] = ()
 
 
-# ---------------------------------------------------------------- Go syntaxes
-
-_DURATION_UNITS: Final = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "\u00b5s": 1e-6,  # micro sign
-    "\u03bcs": 1e-6,  # Greek mu
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART: Final = re.compile(r"(\d*)(?:\.(\d*))?([^\d.]*)")
-
-
-def parse_duration(text: str) -> float:
-    """Go's ``time.ParseDuration`` in seconds: ``"1h30m"``, ``"-250ms"``; no ``d``."""
-    s = text
-    negative = s.startswith("-")
-    if s[:1] in ("-", "+"):
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise ValueError(f'invalid duration "{text}"')
-    total = 0.0
-    pos = 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if (
-            m is None or m.end() == pos
-        ):  # pragma: no cover - the pattern always matches something here
-            raise ValueError(f'invalid duration "{text}"')
-        whole, frac, unit = m.group(1), m.group(2), m.group(3)
-        if not whole and not frac:
-            raise ValueError(f'invalid duration "{text}"')
-        if not unit:
-            raise ValueError(f'missing unit in duration "{text}"')
-        scale = _DURATION_UNITS.get(unit)
-        if scale is None:
-            raise ValueError(f'unknown unit "{unit}" in duration "{text}"')
-        total += float(f"{whole or 0}.{frac or 0}") * scale
-        pos = m.end()
-    return -total if negative else total
-
-
-_BYTE_UNITS: Final = {"B": 1}
-for _i, _prefix in enumerate("KMGTPE", start=1):
-    # alecthomas/units ParseBase2Bytes: "KB" and "KiB" both mean 1024.
-    _BYTE_UNITS[_prefix + "B"] = 1024**_i
-    _BYTE_UNITS[_prefix + "iB"] = 1024**_i
-_BYTES_PART: Final = re.compile(r"(\d*)(?:\.(\d*))?([A-Za-z]*)")
-
-
-def parse_bytes(text: str) -> int:
-    """A base-2 size as alecthomas/units reads it: ``"1MiB"``, ``"1MB"`` (2^20 too)."""
-    if text == "0":
-        return 0
-    if not text:
-        raise ValueError('invalid byte size ""')
-    total = 0.0
-    pos = 0
-    while pos < len(text):
-        m = _BYTES_PART.match(text, pos)
-        assert m is not None
-        whole, frac, unit = m.group(1), m.group(2), m.group(3)
-        if m.end() == pos or (not whole and not frac):
-            raise ValueError(f'invalid byte size "{text}"')
-        if not unit:
-            raise ValueError(f'missing unit in byte size "{text}"')
-        scale = _BYTE_UNITS.get(unit)
-        if scale is None:
-            raise ValueError(f'unknown unit "{unit}" in byte size "{text}"')
-        total += float(f"{whole or 0}.{frac or 0}") * scale
-        pos = m.end()
-    return int(total)
-
-
 # ---------------------------------------------------------------- conversions
 
 
@@ -250,7 +173,7 @@ def _convert_scalar(value: Any, typ: str) -> Any:
         if isinstance(value, str):
             return value
         if _is_number(value):
-            return _go_float(value) if isinstance(value, float) else str(value)
+            return format_float(value) if isinstance(value, float) else str(value)
         raise _Mismatch(f"expected string, got {type_name(value)}")
     if typ == "secret":
         if isinstance(value, str):

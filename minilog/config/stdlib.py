@@ -19,11 +19,10 @@ import socket
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from importlib import metadata
 from typing import Any, Final
 
-from minilog.labels import go_quote
+from minilog._go import format_float, go_quote
 
 __all__ = [
     "STDLIB_NAMES",
@@ -324,27 +323,6 @@ def _go_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _go_float(value: float) -> str:
-    """Go's ``%v`` of a float64: shortest digits; ``e`` form if exp < -4 or >= 6."""
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
-    sign = "-" if value < 0 else ""
-    # repr gives the shortest round-tripping digits, like Go's strconv with prec -1.
-    text = repr(abs(value))
-    exp = Decimal(text).adjusted()
-    digits = text.partition("e")[0].replace(".", "").strip("0") or "0"
-    if -4 <= exp < 6:
-        if "e" in text:
-            text = f"{abs(value):.{max(0, len(digits) - 1 - exp)}f}"
-        return sign + text.removesuffix(".0")
-    head = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-    return f"{sign}{head}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
-
-
 def _go_value(value: Any) -> str:
     """Go's ``%v`` of a value converted from Alloy."""
     if value is None:
@@ -352,7 +330,7 @@ def _go_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return _go_float(value)
+        return format_float(value)
     if isinstance(value, int | str):
         return str.__str__(value) if isinstance(value, str) else str(value)
     if isinstance(value, list | tuple):
@@ -404,7 +382,7 @@ def _format_one(verb: str, flags: str, width: str, prec: str | None, value: Any)
             return _bad_verb(verb, value)
         digits = 6 if prec is None else int(prec or 0)
         text = (
-            _go_float(value)
+            format_float(value)
             if verb in "gG" and prec is None
             else f"{value:{'+' if '+' in flags else ''}.{digits}{verb}}"
         )

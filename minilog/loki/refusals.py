@@ -30,7 +30,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from minilog.errors import LabelError
-from minilog.labels import parse_labels
+from minilog.labels import SERVICE_NAME, parse_labels
 from minilog.model import LogEntry
 from minilog.write.batch import entries_size
 
@@ -45,9 +45,6 @@ __all__ = [
     "same_stream",
 ]
 
-#: Loki's label for the service it discovered (``discover_service_name``): added to a
-#: stream that has none, so the labels Loki prints may carry it when the push did not.
-_SERVICE_NAME = "service_name"
 #: Labels Loki's distributor adds when it shards a stream (``shard_streams``, on by
 #: default: ``pkg/ingester/instance.go`` ``ShardLbName``; ``pkg/distributor``
 #: ``timeShardLabel``): a refused shard is part of the pushed stream.
@@ -131,8 +128,8 @@ def same_stream(refused: Sequence[tuple[str, str]], pushed: Mapping[str, str]) -
     add a shard label; all are allowed for.
     """
     names = dict(refused)
-    if _SERVICE_NAME in names and _SERVICE_NAME not in pushed:
-        del names[_SERVICE_NAME]
+    if SERVICE_NAME in names and SERVICE_NAME not in pushed:
+        del names[SERVICE_NAME]
     for shard in _SHARD_LABELS:
         names.pop(shard, None)
     return names == {k: v for k, v in pushed.items() if v}

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import orjson
 
+from minilog._go import EscapeError, unquote
 from minilog._re2 import Re2Error, compile_re2, translate
 
 __all__ = [
@@ -153,21 +154,6 @@ def _unquote_logfmt(raw: str) -> str:
 
 # -------------------------------------------------------------------------- Go strings
 
-_GO_ESCAPE: Final = re.compile(
-    r"\\(?:(?P<simple>[abfnrtv\\\"'])|x(?P<x>[0-9A-Fa-f]{2})|(?P<oct>[0-7]{3})"
-    r"|u(?P<u>[0-9A-Fa-f]{4})|U(?P<U>[0-9A-Fa-f]{8})|(?P<bad>.?))",
-    re.DOTALL,
-)
-_SIMPLE: Final = {
-    "a": "\a",
-    "b": "\b",
-    "f": "\f",
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "v": "\v",
-}
-
 
 def go_unquote(body: str) -> str:
     """Decode the inside of a Go double-quoted string literal (``strconv.Unquote``).
@@ -175,27 +161,12 @@ def go_unquote(body: str) -> str:
     Raises:
         ValueError: on an invalid escape.
     """
-    if "\\" not in body:
-        return body
-
-    def one(m: re.Match[str]) -> str:
-        if m.group("simple") is not None:
-            c = m.group("simple")
-            if c == "'":
-                raise ValueError("invalid escape \\' in a double-quoted string")
-            return _SIMPLE.get(c, c)
-        for group, base in (("x", 16), ("oct", 8), ("u", 16), ("U", 16)):
-            digits = m.group(group)
-            if digits is not None:
-                code = int(digits, base)
-                if group in ("x", "oct"):
-                    # A byte escape; treat it as Latin-1 since minilog handles text, not
-                    # bytes.
-                    return chr(code) if code < 0x80 else bytes([code]).decode("latin-1")
-                return chr(code)
-        raise ValueError(f"invalid escape \\{m.group('bad')}")
-
-    return _GO_ESCAPE.sub(one, body)
+    try:
+        return unquote(body)
+    except EscapeError as exc:
+        if exc.letter == "'":
+            raise ValueError("invalid escape \\' in a double-quoted string") from None
+        raise ValueError(f"invalid escape \\{exc.letter}") from None
 
 
 # ------------------------------------------------------------------------------- LogQL

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from minilog._go import go_quote
 from minilog.config import (
     STDLIB_NAMES,
     ConfigError,
@@ -19,7 +20,7 @@ from minilog.config import (
     toposort,
 )
 from minilog.config import ast as A
-from minilog.config.stdlib import build_stdlib, go_format, go_quote
+from minilog.config.stdlib import build_stdlib, go_format
 
 
 def ev(src: str, scope: Scope | None = None) -> Any:
