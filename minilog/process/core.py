@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from functools import partial
 from typing import Any, Final
 
 import orjson
 
+from minilog._go import format_float_f
 from minilog._re2 import Re2Error, translate
 from minilog.errors import MinilogError
 from minilog.model import Delivery, LogEntry, Metadata, StreamBatch
@@ -222,11 +222,7 @@ def go_string(value: Any) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e16:
-            return str(int(value))
-        if value != value or value in (float("inf"), float("-inf")):
-            return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
-        return format(Decimal(repr(value)), "f")
+        return format_float_f(value)
     if isinstance(value, str):
         return str(value)
     return None

@@ -8,7 +8,6 @@ segments, runs the stages and regroups the result. Pure; the caller passes the t
 from __future__ import annotations
 
 import random
-import re
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -16,64 +15,58 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prometheus_client import CollectorRegistry, Counter
 
+from minilog._go import parse_base2_bytes, parse_duration_ns
 from minilog._re2 import group_index
-from minilog.labels import is_valid_label_name
+from minilog.labels import TENANT_LABEL, is_valid_label_name
 from minilog.model import StreamBatch
-from minilog.process._core import (
+from minilog.process.core import (
     Segment,
     StageError,
     compile_regex,
     finish,
     go_string,
 )
-from minilog.process._gotime import compile_format
-from minilog.process._metrics import (
+from minilog.process.extract import JsonStage, LogfmtStage, RegexStage
+from minilog.process.filter import DropStage, LimitStage, MatchStage, SamplingStage
+from minilog.process.gotime import compile_format
+from minilog.process.labels import (
+    CopyLabelStage,
+    LabelDropStage,
+    LabelKeepStage,
+    LabelsStage,
+    StaticLabelsStage,
+    StructuredMetadataStage,
+)
+from minilog.process.lines import (
+    DecolorizeStage,
+    DockerStage,
+    OutputStage,
+    PackStage,
+    ReplaceStage,
+    TemplateStage,
+    TimestampStage,
+)
+from minilog.process.metrics import (
     MetricSpec,
     MetricsStage,
     SeriesCollector,
     is_valid_metric_name,
     register_collector,
 )
-from minilog.process._parsers import (
+from minilog.process.multiline import MultilineStage
+from minilog.process.parsers import (
     compile_jmespath,
     compile_template,
     parse_selector,
     template_fields,
 )
-from minilog.process._stages import (
-    CopyLabelStage,
-    DecolorizeStage,
-    DockerStage,
-    DropStage,
-    JsonStage,
-    LabelDropStage,
-    LabelKeepStage,
-    LabelsStage,
-    LimitStage,
-    LogfmtStage,
-    MatchStage,
-    MultilineStage,
-    OutputStage,
-    PackStage,
-    RegexStage,
-    ReplaceStage,
-    SamplingStage,
-    Stage,
-    StaticLabelsStage,
-    StructuredMetadataStage,
-    TemplateStage,
-    TimestampStage,
-    earliest_deadline,
-    flush_chain,
-    run_chain,
-)
+from minilog.process.stage import Stage, earliest_deadline, flush_chain, run_chain
 
 __all__ = ["STAGE_NAMES", "Pipeline", "StageSpec", "build_pipeline"]
 
 #: One stage block: its name (``stage.json``) and its decoded arguments by Alloy name.
 StageSpec = tuple[str, Mapping[str, Any]]
 
-_TENANT_LABEL: Final = "__tenant_id__"
 #: ``stage.metrics`` block names, with the actions each allows.
 _METRIC_ACTIONS: Final = {
     "metric.counter": ("inc", "add"),
@@ -298,10 +291,10 @@ class _Args:
         if isinstance(value, int | float):
             return round(value * _NS)
         if isinstance(value, str):
-            ns = parse_go_duration(value)
-            if ns is None:
-                raise self.error(f"{key!r}: invalid duration {value!r}")
-            return ns
+            try:
+                return parse_duration_ns(value.strip())
+            except ValueError:
+                raise self.error(f"{key!r}: invalid duration {value!r}") from None
         raise self.error(f"{key!r} must be a duration")
 
     def byte_size(self, key: str) -> int:
@@ -311,9 +304,10 @@ class _Args:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
         if isinstance(value, str):
-            size = parse_base2_bytes(value)
-            if size is not None:
-                return size
+            try:
+                return parse_base2_bytes(value.strip())
+            except ValueError:
+                pass
         raise self.error(f'{key!r}: invalid size {value!r} (for example "8KB")')
 
 
@@ -324,70 +318,6 @@ def _as_string(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return go_string(value)
     return None
-
-
-_DURATION_UNITS: Final = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "μs": 1_000,
-    "ms": 1_000_000,
-    "s": _NS,
-    "m": 60 * _NS,
-    "h": 3600 * _NS,
-}
-_DURATION_PART: Final = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
-
-
-def parse_go_duration(text: str) -> int | None:
-    """Go ``time.ParseDuration`` to nanoseconds (``"1m30s"``, ``"500ms"``, ``"0"``)."""
-    s = text.strip()
-    sign = -1 if s.startswith("-") else 1
-    s = s.lstrip("+-")
-    if s == "0":
-        return 0
-    total, pos = 0.0, 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if m is None or m.group(1) in ("", "."):
-            return None
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    return None if pos == 0 else sign * round(total)
-
-
-_SIZE_UNITS: Final = {
-    "b": 1,
-    "kb": 1 << 10,
-    "kib": 1 << 10,
-    "mb": 1 << 20,
-    "mib": 1 << 20,
-    "gb": 1 << 30,
-    "gib": 1 << 30,
-    "tb": 1 << 40,
-    "tib": 1 << 40,
-    "pb": 1 << 50,
-    "pib": 1 << 50,
-    "eb": 1 << 60,
-    "eib": 1 << 60,
-}
-_SIZE_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)")
-
-
-def parse_base2_bytes(text: str) -> int | None:
-    """``units.ParseBase2Bytes`` as Alloy reads ``longer_than``: ``"8KB"`` is 8192."""
-    s = text.strip()
-    total, pos = 0.0, 0
-    while pos < len(s):
-        m = _SIZE_PART.match(s, pos)
-        if m is None:
-            return None
-        unit = m.group(2).lower() or "b"
-        if unit not in _SIZE_UNITS:
-            return None
-        total += float(m.group(1)) * _SIZE_UNITS[unit]
-        pos = m.end()
-    return None if pos == 0 else int(total)
 
 
 class _Builder:
@@ -624,7 +554,7 @@ class _Builder:
                     collectors.append(register_collector(self._registry, spec))
                 except ValueError as exc:
                     raise a.error(f"metric {spec.name}: {exc}") from None
-        return MetricsStage(collectors, parse_go_duration)
+        return MetricsStage(collectors)
 
     def _metric_spec(self, stage: str, kind: str, raw: Mapping[str, Any]) -> MetricSpec:
         allowed = {"name", "description", "source", "prefix", "max_idle_duration"}
@@ -686,10 +616,10 @@ class _Builder:
         if len(given) != 1:
             raise a.error("exactly one of 'label', 'source' or 'value' must be set")
         if given[0] == "value":
-            return StaticLabelsStage({_TENANT_LABEL: a.string("value")})
+            return StaticLabelsStage({TENANT_LABEL: a.string("value")})
         if given[0] == "label":
-            return CopyLabelStage(_TENANT_LABEL, a.string("label"))
-        return LabelsStage({_TENANT_LABEL: a.string("source")})
+            return CopyLabelStage(TENANT_LABEL, a.string("label"))
+        return LabelsStage({TENANT_LABEL: a.string("source")})
 
     def drop(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = _Args(

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from minilog.process._core import (
+from minilog._go import parse_duration_ns
+from minilog.process.core import (
     MISSING,
     Segment,
     extracted_value,
     go_string,
     labels_key,
 )
-from minilog.process._stages import Stage
+from minilog.process.stage import Stage
 
 __all__ = ["MetricSpec", "MetricsStage", "SeriesCollector", "go_float"]
 
@@ -35,8 +36,6 @@ _GO_FLOAT: Final = re.compile(
 )
 
 Key = tuple[tuple[str, str], ...]
-#: Go ``time.ParseDuration`` to nanoseconds, or None.
-DurationParser = Callable[[str], "int | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +54,7 @@ class MetricSpec:
     max_idle_ns: int
 
 
-def go_float(value: Any, parse_duration: DurationParser) -> float | None:
+def go_float(value: Any) -> float | None:
     """Alloy's ``getFloat``: numbers, bools as 1/0, numeric or duration strings."""
     if value is True:
         return 1.0
@@ -66,8 +65,10 @@ def go_float(value: Any, parse_duration: DurationParser) -> float | None:
     if isinstance(value, str):
         if _GO_FLOAT.match(value):
             return float(value)
-        ns = parse_duration(value)
-        return None if ns is None else ns / _NS
+        try:
+            return parse_duration_ns(value.strip()) / _NS
+        except ValueError:
+            return None
     return None
 
 
@@ -165,11 +166,8 @@ class MetricsStage(Stage):
     #: How often idle series are looked for.
     SWEEP_NS: ClassVar[int] = _NS
 
-    def __init__(
-        self, collectors: Sequence[SeriesCollector], parse_duration: DurationParser
-    ) -> None:
+    def __init__(self, collectors: Sequence[SeriesCollector]) -> None:
         self._collectors = tuple(collectors)
-        self._parse_duration = parse_duration
         self._swept_ns = 0
 
     def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
@@ -236,7 +234,7 @@ class MetricsStage(Stage):
             yield value
 
     def _float(self, value: Any) -> float | None:
-        return go_float(value, self._parse_duration)
+        return go_float(value)
 
 
 def is_valid_metric_name(name: str) -> bool:
