@@ -274,10 +274,10 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from minilog.agent.runtime import Agent
+    from minilog.agent.graph import load_graph
 
     try:
-        Agent(args.path, stability_level=args.stability_level).load()
+        load_graph(args.path, stability_level=args.stability_level)
     except ConfigError as exc:
         _print_diagnostics(exc)
         return _EXIT_CONFIG
@@ -309,7 +309,8 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
-    from minilog.agent.runtime import Agent, LoggingConfig
+    from minilog.agent.graph import LoggingConfig
+    from minilog.agent.runtime import Agent
     from minilog.agent.server import AgentServer, parse_listen_addr
     from minilog.config import parse_duration
 
@@ -349,7 +350,7 @@ async def _serve(args: argparse.Namespace) -> int:
     GCCollector(registry=agent.registry)
     loop = asyncio.get_running_loop()
     signals_seen = 0
-    reloads: set[asyncio.Task[None]] = set()
+    reload_wanted = asyncio.Event()
 
     def on_stop(signum: int) -> None:
         nonlocal signals_seen
@@ -362,15 +363,17 @@ async def _serve(args: argparse.Namespace) -> int:
         )
         agent.request_stop()
 
-    async def reload() -> None:
-        # A failure is logged by the agent; the last good config keeps running.
-        with contextlib.suppress(MinilogError):
-            await agent.reload()
+    async def reloads() -> None:
+        # One reload at a time, each SIGHUP after the last one began: a failure is
+        # logged by the agent, and the last good config keeps running.
+        while True:
+            await reload_wanted.wait()
+            reload_wanted.clear()
+            with contextlib.suppress(MinilogError):
+                await agent.reload()
 
     def on_hup() -> None:
-        task = loop.create_task(reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        reload_wanted.set()
 
     loop.add_signal_handler(signal.SIGTERM, on_stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, on_stop, signal.SIGINT)
@@ -393,15 +396,25 @@ async def _serve(args: argparse.Namespace) -> int:
         _remove_handlers(loop)
         return 1
     log.info("now listening for http traffic", extra={"addr": server.url})
-    discovered = loop.create_task(_log_discovery(agent))
-
+    # Owned here and awaited at the end: a failure in them surfaces from this call.
+    helpers = [
+        loop.create_task(_log_discovery(agent), name="startup summary"),
+        loop.create_task(reloads(), name="reloads"),
+    ]
     try:
         await agent.wait_stopped()
     finally:
-        discovered.cancel()
+        for task in helpers:
+            task.cancel()
         await server.aclose()
         await agent.aclose()
         _remove_handlers(loop)
+        for task in helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if agent.failure is not None:
+        log.error("the agent stopped after an internal failure")
+        return 1
     log.info("shutdown complete")
     return 0
 

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from minilog.agent.logsetup import component_logger
 from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
 from minilog.components.base import Fanout, StableReceiver
+from minilog.components.loki_write import drain_deadline
 from minilog.config import Scope, decode_block, parse
 from minilog.config.ast import Block
 from minilog.errors import ClosedError, ConfigError
@@ -48,7 +49,7 @@ def prepare(
     block = block_of(text)
     cls = COMPONENT_TYPES[block.full_name]
     raw = cls.decode(block, Scope(components=dict(exports or {})))
-    return cls, cls.prepare(raw, block), block
+    return cls, cls.parse_args(raw, block), block
 
 
 def build(
@@ -332,8 +333,8 @@ def test_loki_write_needs_an_endpoint_and_gates_queue_config() -> None:
         'loki.write "w" {\n  endpoint {\n    url = "http://x:1/p"\n  }\n}'
     )
     raw = decode_block(block_of(text), cls.schema, Scope())
-    args = cls.prepare(raw, block_of(text), stability_level="experimental")
-    assert args["endpoint_configs"][0].queue_capacity == 1 << 20
+    args = cls.parse_args(raw, block_of(text), stability_level="experimental")
+    assert args.endpoints[0].queue_capacity == 1 << 20
 
 
 # ------------------------------------------------------------------ loki.source.api
@@ -464,15 +465,15 @@ def test_loki_source_api_http_block_takes_alloys_server_limits() -> None:
         '  max_inflight_push_requests_bytes = "8MiB"\n'
         "}"
     )
-    assert args["server_limits"] == ServerLimits(
+    assert args.server_limits == ServerLimits(
         read_timeout_s=5.0, write_timeout_s=6.0, idle_timeout_s=60.0, conn_limit=7
     )
-    assert args["max_inflight_push_requests_bytes"] == 8 << 20
+    assert args.max_inflight_push_requests_bytes == 8 << 20
     _, defaults, _ = prepare('loki.source.api "in" {\n  forward_to = []\n}')
-    assert defaults["server_limits"] == ServerLimits()
-    assert defaults["max_line_size"] == 256 << 10
-    assert defaults["reject_old_samples_max_age"] == 7 * 24 * 3600
-    assert defaults["creation_grace_period"] == 600
+    assert defaults.server_limits == ServerLimits()
+    assert defaults.max_line_size == 256 << 10
+    assert defaults.reject_old_samples_max_age == 7 * 24 * 3600
+    assert defaults.creation_grace_period == 600
     with pytest.raises(ConfigError, match="conn_limit must not be negative"):
         prepare(
             'loki.source.api "in" {\n  http {\n    conn_limit = -1\n  }\n'
@@ -495,7 +496,7 @@ async def test_loki_process_runs_stages_in_source_order() -> None:
         "}"
     )
     comp = build(text, {"sink.s": {"receiver": sink}})
-    assert [name for name, _ in comp.args["stages"]] == [
+    assert [name for name, _ in comp.args.stages] == [
         "stage.static_labels",
         "stage.json",
         "stage.labels",
@@ -533,8 +534,8 @@ async def test_loki_write_shutdown_deadline_caps_but_never_extends_the_drain() -
             f'loki.write "w" {{\n  endpoint {{\n    url = "{loki.push_url}"\n  }}\n}}'
         )
         cls = COMPONENT_TYPES[block.full_name]
-        args = cls.prepare(cls.decode(block, Scope()), block)
-        own = args["endpoint_configs"][0].drain_timeout
+        args = cls.parse_args(cls.decode(block, Scope()), block)
+        own = args.endpoints[0].drain_timeout
         assert own == 15.0
 
         def opts(deadline: float) -> ComponentOptions:
@@ -546,8 +547,9 @@ async def test_loki_write_shutdown_deadline_caps_but_never_extends_the_drain() -
                 drain_timeout=deadline,
             )
 
-        assert cls(opts(600.0), args)._drain_timeout() == own
-        assert cls(opts(0.2), args)._drain_timeout() == 0.2
+        assert drain_deadline(args.endpoints, 600.0) == own
+        assert drain_deadline(args.endpoints, 0.2) == 0.2
+        assert drain_deadline(args.endpoints, None) is None
         comp = cls(opts(0.2), args)
         await comp.start()
         task = asyncio.create_task(comp.run())

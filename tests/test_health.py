@@ -129,7 +129,7 @@ def build(text: str, data_path: Path) -> Any:
     block = parse(text, "test.alloy").body[0]
     assert isinstance(block, Block)
     cls = COMPONENT_TYPES[block.full_name]
-    args = cls.prepare(cls.decode(block, Scope(components={})), block)
+    args = cls.parse_args(cls.decode(block, Scope(components={})), block)
     opts = ComponentOptions(
         id=block.id,
         data_path=data_path / block.id,

@@ -67,7 +67,7 @@ def prepare(text: str, exports: Mapping[str, Any] | None = None) -> dict[str, An
     block = _block(text)
     cls = COMPONENT_TYPES[block.full_name]
     raw = cls.decode(block, Scope(components=dict(exports or {})))
-    return cls.prepare(raw, block)
+    return cls.parse_args(raw, block)
 
 
 def build(
@@ -159,7 +159,7 @@ def _ts(text: str) -> int:
 async def test_json_labels_timestamp_multiline_metrics_end_to_end() -> None:
     sink = Recorder()
     comp = build(FULL_CONFIG % {"wait": "50ms"}, {"sink.s": {"receiver": sink}})
-    assert [name for name, _ in comp.args["stages"]] == [
+    assert [name for name, _ in comp.args.stages] == [
         "stage.multiline",
         "stage.json",
         "stage.labels",
@@ -427,10 +427,10 @@ def test_bad_stage_arguments_are_positioned_diagnostics() -> None:
 
 def test_nested_metric_blocks_decode_in_order() -> None:
     args = prepare(FULL_CONFIG % {"wait": "3s"}, {"sink.s": {"receiver": Recorder()}})
-    (metrics,) = [a for n, a in args["stages"] if n == "stage.metrics"]
+    (metrics,) = [a for n, a in args.stages if n == "stage.metrics"]
     assert [m["name"] for m in metrics["metric.counter"]] == ["lines", "errors"]
     assert metrics["metric.histogram"][0]["buckets"] == [1, 10]
-    (multiline,) = [a for n, a in args["stages"] if n == "stage.multiline"]
+    (multiline,) = [a for n, a in args.stages if n == "stage.multiline"]
     assert multiline["max_wait_time"] == pytest.approx(3.0)
 
 

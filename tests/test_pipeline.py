@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from prometheus_client import generate_latest
 
-from minilog.agent.runtime import Agent, LoggingConfig
+from minilog.agent.graph import LoggingConfig
+from minilog.agent.runtime import Agent
 from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
 from minilog.components.base import StableReceiver
 from minilog.config import Attr, Schema

@@ -214,6 +214,6 @@ def test_a_bad_docker_host_diagnostic_shows_no_userinfo() -> None:
     assert isinstance(block, Block)
     cls = COMPONENT_TYPES["discovery.docker"]
     with pytest.raises(ConfigError) as caught:
-        cls.prepare(cls.decode(block, Scope()), block)
+        cls.parse_args(cls.decode(block, Scope()), block)
     assert "unsupported Docker host 'ftp://(secret)@h:1'" in str(caught.value)
     assert "pw-Hx91" not in str(caught.value)

@@ -1,11 +1,19 @@
-"""The agent runtime: builds the component graph, owns every task, reloads, shuts down.
+"""The agent runtime: builds components from a checked graph, owns every task,
+reloads, shuts down.
 
-    config (file | dir | text) -> AST -> component blocks -> DAG of references
-      -> toposort -> evaluate arguments (stdlib + exports)
-      -> construct / update components -> run tasks
+    graph.build_graph (config -> checked DAG) -> construct / update components in
+    dependency order -> run tasks; export changes cascade to dependents
 
 Exports flow along the DAG: when a component publishes new exports, its dependents are
-re-evaluated and updated (Alloy's controller cascade). Shutdown order, fixed here:
+re-evaluated and updated (Alloy's controller cascade). Task ownership:
+
+    Agent
+    ├── controller task        re-evaluates dependents of changed exports
+    └── one task per component  Component.run(); the component owns what it starts
+
+A component's task is a runtime coroutine around ``Component.run()``: its outcome
+(finished, failed) is recorded on the component's health where the agent sees it, and
+stopping a component cancels that task and awaits it. Shutdown order, fixed here:
 stop discovery -> stop sources (tailers record positions) -> processing drains ->
 writers flush within the drain timeout -> positions persisted, clients closed.
 """
@@ -13,8 +21,6 @@ writers flush within the drain timeout -> positions persisted, clients closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,17 +31,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from minilog import config as cfg
+from minilog.agent.graph import (
+    Graph,
+    LoggingConfig,
+    Node,
+    build_graph,
+    decode_args,
+    read_config,
+)
 from minilog.agent.logsetup import component_logger
-from minilog.components import COMPONENT_TYPES, Component, ComponentOptions
+from minilog.components import Component, ComponentOptions
 from minilog.components.base import Phase
-from minilog.config import Attr, Schema, Scope, decode_block
-from minilog.config.ast import Attribute, Block, File
+from minilog.config.ast import Block
 from minilog.errors import ConfigError, Diagnostic, MinilogError
 from minilog.labels import DOCKER_CONTAINER_ID
 from minilog.redact import Redactor
 
-__all__ = ["PHASES", "Agent", "LoggingConfig"]
+__all__ = ["PHASES", "Agent", "rewrite_write_urls"]
 
 log = logging.getLogger(__name__)
 
@@ -45,54 +57,17 @@ PHASES: tuple[Phase, ...] = ("discovery", "source", "process", "write")
 #: Bound on a component's stop when no drain timeout is given (only guards a bug).
 _MAX_DRAIN_S = 300.0
 
-#: Top-level blocks that configure the agent rather than declare a component.
-_CONFIG_BLOCKS = ("logging",)
-
-
-@dataclass(frozen=True, slots=True)
-class LoggingConfig:
-    """The top-level ``logging`` block."""
-
-    level: str = "info"
-    format: str = "logfmt"
-
-
-@dataclass(slots=True)
-class _Node:
-    """One component declaration in a loaded config."""
-
-    id: str
-    block: Block
-    cls: type[Component]
-    deps: set[str]
-
-
-@dataclass(slots=True)
-class _Graph:
-    """A validated config: nodes in dependency order plus the agent-level blocks."""
-
-    nodes: dict[str, _Node]
-    order: list[str]
-    logging: LoggingConfig
-
 
 @dataclass(slots=True)
 class _Live:
     """A running component and what the runtime tracks about it."""
 
-    node: _Node
-    component: Component
+    node: Node
+    component: Component[Any]
+    #: The evaluated arguments (the UI shows them; a change is what ``update`` gets).
     raw_args: dict[str, Any]
     task: asyncio.Task[None] | None = None
     dependents: set[str] = field(default_factory=set)
-
-
-def _diag(block: Block | Attribute, message: str) -> Diagnostic:
-    return Diagnostic(block.pos.file, block.pos.line, block.pos.col, message)
-
-
-def _supported() -> str:
-    return ", ".join(sorted(COMPONENT_TYPES))
 
 
 class _ComponentMetrics(Collector):
@@ -102,8 +77,10 @@ class _ComponentMetrics(Collector):
     ``loki.write``) can register the same metric names, as in Alloy.
     """
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(
+        self, registries: Callable[[], Iterable[tuple[str, CollectorRegistry]]]
+    ) -> None:
+        self._registries = registries
 
     def describe(self) -> list[Metric]:
         # No fixed names: the set changes with the config.
@@ -111,9 +88,9 @@ class _ComponentMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
-        for live in list(self._agent._live.values()):
-            extra = {"component_id": live.node.id, "component_path": "/"}
-            for family in live.component.metrics_registry().collect():
+        for component_id, registry in self._registries():
+            extra = {"component_id": component_id, "component_path": "/"}
+            for family in registry.collect():
                 out = merged.get(family.name)
                 if out is None:
                     out = Metric(
@@ -123,6 +100,23 @@ class _ComponentMetrics(Collector):
                 for s in family.samples:
                     out.samples.append(s._replace(labels={**s.labels, **extra}))
         yield from merged.values()
+
+
+def rewrite_write_urls(
+    args: dict[str, Any], overrides: Mapping[str, str]
+) -> dict[str, Any]:
+    """TEST-ONLY: ``loki.write`` arguments with endpoint URL prefixes rewritten
+    (``{"http://loki:3100": "http://127.0.0.1:4100"}``), so an unchanged config can be
+    pointed at a fake Loki."""
+    endpoints = []
+    for ep in args.get("endpoint") or []:
+        url = str(ep.get("url", ""))
+        for old, new in overrides.items():
+            if url.startswith(old):
+                url = new + url[len(old) :]
+                break
+        endpoints.append({**ep, "url": url})
+    return {**args, "endpoint": endpoints}
 
 
 class Agent:
@@ -164,7 +158,7 @@ class Agent:
         self.drain_timeout = drain_timeout
         self.url_overrides = dict(url_overrides or {})
         self._on_logging = on_logging
-        self._graph: _Graph | None = None
+        self._graph: Graph | None = None
         self._live: dict[str, _Live] = {}
         self._ready = False
         self._started = False
@@ -178,9 +172,11 @@ class Agent:
         self._stop = asyncio.Event()
         self._controller: asyncio.Task[None] | None = None
         self.last_error: ConfigError | None = None
+        #: Why the agent stopped by itself (its controller died of a bug), if it did.
+        self.failure: BaseException | None = None
         #: Every secret in the components' arguments, hidden from the UI and logs.
         self.redactor = Redactor()
-        self.registry.register(_ComponentMetrics(self))
+        self.registry.register(_ComponentMetrics(self._component_registries))
         self._load_ok = Gauge(
             "minilog_config_last_load_successful",
             "Whether the last configuration load succeeded (1) or not (0).",
@@ -249,7 +245,7 @@ class Agent:
             out.append(self.redactor.value(info))
         return out
 
-    def component(self, component_id: str) -> Component:
+    def component(self, component_id: str) -> Component[Any]:
         """The running component with that ID (``KeyError`` if there is none)."""
         return self._live[component_id].component
 
@@ -289,117 +285,25 @@ class Agent:
 
     # ---------------------------------------------------------------- loading
 
-    def _read(self) -> File:
-        if self.config_text is not None:
-            return cfg.parse(self.config_text, "<embedded>")
-        assert self.config_path is not None
-        return cfg.load(self.config_path)
+    def _component_registries(self) -> Iterator[tuple[str, CollectorRegistry]]:
+        for cid, live in list(self._live.items()):
+            yield cid, live.component.metrics_registry()
 
-    def load(self) -> _Graph:
-        """Parse and validate the config without starting anything.
+    def load(self) -> Graph:
+        """Parse and check the config without starting anything (``graph``).
 
         Raises:
             ConfigError: with every diagnostic found.
         """
-        return self._check(self._read())
+        file = read_config(self.config_path, self.config_text)
+        return build_graph(
+            file, stability_level=self.stability_level, learn=self.redactor.learn
+        )
 
-    def _check(self, file: File) -> _Graph:
-        diagnostics: list[Diagnostic] = []
-        nodes: dict[str, _Node] = {}
-        logging_cfg = LoggingConfig()
-        seen_config: set[str] = set()
-        for stmt in file.body:
-            if isinstance(stmt, Attribute):
-                diagnostics.append(
-                    _diag(stmt, f"unexpected attribute {stmt.name!r} at the top level")
-                )
-                continue
-            name = stmt.full_name
-            if name in _CONFIG_BLOCKS:
-                if stmt.label is not None:
-                    diagnostics.append(
-                        _diag(stmt, f"block {name!r} does not take a label")
-                    )
-                elif name in seen_config:
-                    diagnostics.append(
-                        _diag(stmt, f"block {name!r} declared more than once")
-                    )
-                else:
-                    seen_config.add(name)
-                    try:
-                        logging_cfg = _decode_logging(stmt)
-                    except ConfigError as exc:
-                        diagnostics.extend(exc.diagnostics)
-                continue
-            cls = COMPONENT_TYPES.get(name)
-            if cls is None:
-                diagnostics.append(
-                    _diag(
-                        stmt,
-                        f"unsupported component or block {name!r}; minilog supports: "
-                        f"{', '.join(_CONFIG_BLOCKS)}, {_supported()}",
-                    )
-                )
-                continue
-            if not stmt.label:
-                diagnostics.append(_diag(stmt, f'component "{name}" must have a label'))
-                continue
-            if stmt.id in nodes:
-                first = nodes[stmt.id].block.pos
-                diagnostics.append(
-                    _diag(stmt, f"component {stmt.id!r} already declared at {first}")
-                )
-                continue
-            nodes[stmt.id] = _Node(stmt.id, stmt, cls, set())
-
-        # References -> edges: a reference depends on the component whose ID prefixes
-        # its path; unknown names are reported by the evaluator below, with positions.
-        refs = {cid: cfg.references(node.block) for cid, node in nodes.items()}
-        order: list[str] = list(nodes)
-        try:
-            order = cfg.toposort(refs)
-        except ConfigError as exc:
-            diagnostics.extend(exc.diagnostics)
-        for cid, node in nodes.items():
-            for ref in refs[cid]:
-                target = _component_of(ref.path, nodes)
-                if target is not None and target != cid:
-                    node.deps.add(target)
-
-        # Evaluate every component against placeholder exports of its dependencies, so
-        # that type errors anywhere are reported at once, before anything starts.
-        scope: dict[str, Mapping[str, Any]] = {}
-        for cid in order:
-            node = nodes[cid]
-            try:
-                args = _decode(node, scope)
-                self.redactor.learn(args)
-                node.cls.prepare(
-                    self._override(node, args),
-                    node.block,
-                    stability_level=self.stability_level,
-                )
-            except ConfigError as exc:
-                diagnostics.extend(exc.diagnostics)
-            scope[cid] = node.cls.placeholder_exports(cid)
-        if diagnostics:
-            diagnostics.sort(key=lambda d: (d.path, d.line, d.column))
-            raise ConfigError(diagnostics)
-        return _Graph(nodes, order, logging_cfg)
-
-    def _override(self, node: _Node, args: dict[str, Any]) -> dict[str, Any]:
-        # TEST-ONLY hook (see the class docstring): rewrite loki.write endpoint URLs.
+    def _override(self, node: Node, args: dict[str, Any]) -> dict[str, Any]:
         if not self.url_overrides or node.cls.name != "loki.write":
             return args
-        endpoints = []
-        for ep in args.get("endpoint") or []:
-            url = str(ep.get("url", ""))
-            for old, new in self.url_overrides.items():
-                if url.startswith(old):
-                    url = new + url[len(old) :]
-                    break
-            endpoints.append({**ep, "url": url})
-        return {**args, "endpoint": endpoints}
+        return rewrite_write_urls(args, self.url_overrides)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -426,9 +330,8 @@ class Agent:
                 raise
             self._started = True
             self._controller = asyncio.create_task(
-                self._control(), name="minilog-controller"
+                self._run_controller(), name="minilog-controller"
             )
-            self._controller.add_done_callback(_report_crash)
             self._record_success(graph)
             self._ready = True
 
@@ -441,12 +344,19 @@ class Agent:
         await self._stop.wait()
 
     async def run(self) -> None:
-        """``start()``, run until ``request_stop()`` or cancellation, then shut down."""
+        """``start()``, run until ``request_stop()`` or cancellation, then shut down.
+
+        Raises:
+            BaseException: ``failure``, when the agent stopped because its controller
+                died of a bug.
+        """
         await self.start()
         try:
             await self._stop.wait()
         finally:
             await self.aclose()
+        if self.failure is not None:
+            raise self.failure
 
     async def aclose(self) -> None:
         """Graceful shutdown in the fixed order; idempotent."""
@@ -457,8 +367,8 @@ class Agent:
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await controller
+            # Its own failure is handled inside (see _run_controller).
+            await asyncio.gather(controller, return_exceptions=True)
         async with self._lock:
             await self._stop_all(list(self._live))
 
@@ -497,7 +407,7 @@ class Agent:
         self._load_ok.set(0)
         self._load_failures.inc()
 
-    def _record_success(self, graph: _Graph) -> None:
+    def _record_success(self, graph: Graph) -> None:
         self.last_error = None
         self._load_ok.set(1)
         if self._on_logging is not None:
@@ -508,7 +418,7 @@ class Agent:
     def _scope(self) -> dict[str, Mapping[str, Any]]:
         return {cid: live.component.exports() for cid, live in self._live.items()}
 
-    async def _apply(self, graph: _Graph) -> None:
+    async def _apply(self, graph: Graph) -> None:
         """Make the running graph match ``graph``: create, update, stop the removed.
 
         Evaluation errors with live values are collected; the components already
@@ -523,11 +433,11 @@ class Agent:
             node = graph.nodes[cid]
             live = self._live.get(cid)
             try:
-                raw = _decode(node, self._scope())
+                raw = decode_args(node, self._scope())
                 self.redactor.learn(raw)
                 raw = self._override(node, raw)
                 if live is None:
-                    args = node.cls.prepare(
+                    args = node.cls.parse_args(
                         raw, node.block, stability_level=self.stability_level
                     )
                     self._live[cid] = _Live(node, await self._create(node, args), raw)
@@ -535,7 +445,7 @@ class Agent:
                 else:
                     live.node = node
                     if raw != live.raw_args:
-                        args = node.cls.prepare(
+                        args = node.cls.parse_args(
                             raw, node.block, stability_level=self.stability_level
                         )
                         await self._update(live, args)
@@ -560,30 +470,30 @@ class Agent:
         if diagnostics:
             raise ConfigError(diagnostics)
 
-    async def _create(self, node: _Node, args: dict[str, Any]) -> Component:
+    async def _create(self, node: Node, args: Any) -> Component[Any]:
         """Construct and start one component; failures become positioned diagnostics."""
         try:
             component = node.cls(self._options(node.id), args)
         except ConfigError as exc:
             raise _at(node.block, exc) from exc
         except (MinilogError, ValueError, OSError) as exc:
-            raise ConfigError(_diag(node.block, f"{node.id}: {exc}")) from exc
+            raise ConfigError(_diag_at(node.block, f"{node.id}: {exc}")) from exc
         try:
             await component.start()
         except (MinilogError, ValueError, OSError) as exc:
             await component.stop_unstarted()
             message = f"{node.id}: cannot start: {exc}"
-            raise ConfigError(_diag(node.block, message)) from exc
+            raise ConfigError(_diag_at(node.block, message)) from exc
         return component
 
-    async def _update(self, live: _Live, args: dict[str, Any]) -> None:
+    async def _update(self, live: _Live, args: Any) -> None:
         try:
             await live.component.update(args)
         except (MinilogError, ValueError, OSError) as exc:
             if isinstance(exc, ConfigError):
                 raise _at(live.node.block, exc) from exc
             message = f"{live.node.id}: update failed: {exc}"
-            raise ConfigError(_diag(live.node.block, message)) from exc
+            raise ConfigError(_diag_at(live.node.block, message)) from exc
 
     def _relink(self) -> None:
         for live in self._live.values():
@@ -605,30 +515,39 @@ class Agent:
         )
 
     def _launch(self, live: _Live) -> None:
-        task = asyncio.create_task(
-            live.component.run(), name=f"component {live.node.id}"
+        live.task = asyncio.create_task(
+            self._run_component(live), name=f"component {live.node.id}"
         )
-        live.task = task
-        task.add_done_callback(functools.partial(self._component_exited, live))
 
-    def _component_exited(self, live: _Live, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
+    async def _run_component(self, live: _Live) -> None:
+        """A component's task: its outcome becomes its health (as in Alloy, a failed
+        component is reported, the others run on)."""
+        try:
+            await live.component.run()
+        except Exception as exc:
+            live.component.set_health("unhealthy", f"component exited: {exc}")
+            log.error(
+                "component run() failed",
+                exc_info=exc,
+                extra={"component_id": live.node.id},
+            )
             return
-        exc = task.exception()
-        if exc is None:
-            live.component.set_health("exited", "component shut down normally")
-            return
-        live.component.set_health("unhealthy", f"component exited: {exc}")
-        log.error(
-            "component run() failed",
-            exc_info=exc,
-            extra={"component_id": live.node.id},
-        )
+        live.component.set_health("exited", "component shut down normally")
 
     def _exports_changed(self, cid: str) -> None:
         self._dirty.add(cid)
         self._idle.clear()
         self._wake.set()
+
+    async def _run_controller(self) -> None:
+        """The controller's task: a bug in it stops the agent (``failure``), rather
+        than leaving the graph without its cascade."""
+        try:
+            await self._control()
+        except Exception as exc:
+            log.error("the component controller stopped", exc_info=exc)
+            self.failure = exc
+            self.request_stop()
 
     async def _control(self) -> None:
         """Re-evaluates dependents of components whose exports changed (the cascade)."""
@@ -652,12 +571,12 @@ class Agent:
     async def _reevaluate(self, live: _Live) -> None:
         node = live.node
         try:
-            raw = _decode(node, self._scope())
+            raw = decode_args(node, self._scope())
             self.redactor.learn(raw)
             raw = self._override(node, raw)
             if raw == live.raw_args:
                 return
-            args = node.cls.prepare(
+            args = node.cls.parse_args(
                 raw, node.block, stability_level=self.stability_level
             )
             await live.component.update(args)
@@ -722,11 +641,6 @@ class Agent:
             )
 
 
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the component controller stopped", exc_info=task.exception())
-
-
 def _at(block: Block, exc: ConfigError) -> ConfigError:
     """Position diagnostics that have no place (raised below the config layer)."""
     pos = block.pos
@@ -748,48 +662,5 @@ def _container_ids(targets: Any) -> set[str]:
     }
 
 
-def _component_of(path: tuple[str, ...], nodes: Mapping[str, _Node]) -> str | None:
-    for k in range(len(path), 1, -1):
-        cid = ".".join(path[:k])
-        if cid in nodes:
-            return cid
-    return None
-
-
-_LOGGING_SCHEMA = Schema(
-    attrs=[
-        Attr("level", "string", default="info"),
-        Attr("format", "string", default="logfmt"),
-    ]
-)
-
-
-def _decode(node: _Node, exports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Evaluate a component block's arguments with ``exports`` in scope."""
-    return node.cls.decode(node.block, Scope(components=exports))
-
-
-def _decode_logging(block: Block) -> LoggingConfig:
-    from minilog.agent.logsetup import FORMATS, LEVELS
-
-    values = decode_block(block, _LOGGING_SCHEMA, Scope())
-    level = str(values.get("level", "info"))
-    fmt = str(values.get("format", "logfmt"))
-    problems = []
-    if level not in LEVELS:
-        problems.append(
-            _diag(
-                block,
-                f"logging: unknown level {level!r}; supported: {', '.join(LEVELS)}",
-            )
-        )
-    if fmt not in FORMATS:
-        problems.append(
-            _diag(
-                block,
-                f"logging: unknown format {fmt!r}; supported: {', '.join(FORMATS)}",
-            )
-        )
-    if problems:
-        raise ConfigError(problems)
-    return LoggingConfig(level, fmt)
+def _diag_at(block: Block, message: str) -> Diagnostic:
+    return Diagnostic(block.pos.file, block.pos.line, block.pos.col, message)

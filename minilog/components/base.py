@@ -17,24 +17,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from minilog.config import Scope
-from minilog.config.ast import Attribute, Block, Pos
-from minilog.config.ast import Literal as LiteralNode
-from minilog.config.schema import Attr, BlockSpec, Schema, decode_block
-from minilog.errors import ClosedError, ConfigError, Diagnostic, MinilogError
+from minilog.config.ast import Block
+from minilog.config.schema import Schema, decode_block
+from minilog.errors import ClosedError
 from minilog.model import LogsReceiver, StreamBatch
-from minilog.relabel import RelabelRules, Rule, RuleError, compile_rules
 
 __all__ = [
-    "BASIC_AUTH_SCHEMA",
     "COMPONENT_TYPES",
-    "RULE_BLOCK",
-    "RULE_SCHEMA",
-    "TLS_CONFIG_SCHEMA",
     "Component",
     "ComponentOptions",
     "Fanout",
@@ -42,47 +36,14 @@ __all__ = [
     "HealthState",
     "Phase",
     "StableReceiver",
-    "compile_rule_args",
     "component_type",
-    "positioned",
     "register",
-    "rule_blocks",
 ]
 
-#: Alloy's ``rule`` block (relabel.Rule fields and defaults).
-RULE_SCHEMA = Schema(
-    attrs=[
-        Attr("source_labels", "list(string)", default=[]),
-        Attr("separator", "string", default=";"),
-        Attr("regex", "string", default="(.*)"),
-        Attr("modulus", "uint", default=0),
-        Attr("target_label", "string", default=""),
-        Attr("replacement", "string", default="$1"),
-        Attr("action", "string", default="replace"),
-    ]
-)
-
-BASIC_AUTH_SCHEMA = Schema(
-    attrs=[
-        Attr("username", "string", default=""),
-        Attr("password", "secret", default=""),
-        Attr("password_file", "string", default=""),
-    ]
-)
-
-TLS_CONFIG_SCHEMA = Schema(
-    attrs=[
-        Attr("ca_file", "string", default=""),
-        Attr("cert_file", "string", default=""),
-        Attr("key_file", "string", default=""),
-        Attr("server_name", "string", default=""),
-        Attr("insecure_skip_verify", "bool", default=False),
-    ]
-)
-
-RULE_BLOCK = BlockSpec("rule", RULE_SCHEMA, repeated=True)
-
 HealthState = Literal["healthy", "unhealthy", "unknown", "exited"]
+
+#: A component type's arguments class.
+ArgsT = TypeVar("ArgsT")
 
 #: Shutdown phases, in the order the agent stops them: discovery stops first, so sources
 #: see no new targets; sources stop next and record positions; processing drains;
@@ -125,12 +86,13 @@ class ComponentOptions:
     drain_timeout: float | None = None
 
 
-class Component(abc.ABC):
+class Component(abc.ABC, Generic[ArgsT]):
     """Base of every component type; subclasses set ``name``, ``schema`` and ``phase``.
 
     ``run()`` blocks until cancelled and cleans up in ``finally`` (the agent cancels run
     tasks phase by phase to get Alloy's shutdown order); ``update(args)`` applies new
-    arguments without dropping entries in flight.
+    arguments without dropping entries in flight. Arguments are ``ArgsT``: a frozen,
+    typed class decoded from ``schema`` by :meth:`parse_args`.
     """
 
     name: ClassVar[str]
@@ -139,27 +101,30 @@ class Component(abc.ABC):
 
     @classmethod
     def decode(cls, block: Block, scope: Scope) -> dict[str, Any]:
-        """Evaluate the block's arguments against ``schema`` (positioned errors)."""
+        """Evaluate the block's arguments against ``schema`` (positioned errors): the
+        values as Alloy shows them (the UI's arguments)."""
         return decode_block(block, cls.schema, scope)
 
     @classmethod
-    def prepare(
+    def parse_args(
         cls,
-        args: Mapping[str, Any],
+        values: Mapping[str, Any],
         block: Block,
         *,
         stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
-        """Check and convert decoded arguments (compile rules, cross-field checks).
+    ) -> Any:
+        """The typed, checked arguments of decoded ``values`` (cross-field checks,
+        rules compiled). Pure; runs before the constructor and before every
+        ``update``. The default keeps the values as a dict.
 
-        Runs before the constructor and before every ``update``; pure. Raises
-        ``ConfigError`` with diagnostics positioned in ``block``.
+        Raises:
+            ConfigError: with diagnostics positioned in ``block``.
         """
-        return dict(args)
+        return dict(values)
 
-    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+    def __init__(self, opts: ComponentOptions, args: ArgsT) -> None:
         self.opts = opts
-        self.args: Mapping[str, Any] = args
+        self.args: ArgsT = args
         self._health = Health("healthy", "started")
         self._problems: dict[str, str] = {}
         self._problem_health: Health | None = None
@@ -181,21 +146,21 @@ class Component(abc.ABC):
         """Values other components may reference as ``<id>.<export>``."""
         return {}
 
-    async def wait_first_exports(self) -> None:  # noqa: B027 - optional hook
+    async def wait_first_exports(self) -> None:
         """Return once the exports describe the outside world (a discovery component:
         its first target list). The default returns at once."""
 
-    async def start(self) -> None:  # noqa: B027 - optional hook, no-op by default
+    async def start(self) -> None:
         """Acquire what ``send`` needs; awaited in dependency order before ``run``."""
 
     async def run(self) -> None:
         """Run until cancelled, cleaning up in ``finally``. The default has no work."""
         await asyncio.Event().wait()
 
-    async def stop_unstarted(self) -> None:  # noqa: B027 - optional hook
+    async def stop_unstarted(self) -> None:
         """Release resources of a component whose ``run`` never started."""
 
-    async def finalize(self) -> None:  # noqa: B027 - optional hook
+    async def finalize(self) -> None:
         """Last step of a stop, after every component of the same stop has stopped.
 
         Sources persist positions here (writers have settled what they could by now) and
@@ -203,8 +168,8 @@ class Component(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def update(self, args: Mapping[str, Any]) -> None:
-        """Apply new, already validated arguments."""
+    async def update(self, args: ArgsT) -> None:
+        """Apply new, already parsed arguments."""
 
     def health(self) -> Health:
         """What the runtime set (config errors, exit) wins; else the component's own
@@ -255,7 +220,7 @@ class Component(abc.ABC):
         return self.opts.registry
 
 
-class ComponentRegistry(MutableMapping[str, "type[Component]"]):
+class ComponentRegistry(MutableMapping[str, "type[Component[Any]]"]):
     """Component types by Alloy name; some are imported on first use.
 
     A type registered lazily costs nothing until a config names it: ``loki.process``
@@ -263,19 +228,23 @@ class ComponentRegistry(MutableMapping[str, "type[Component]"]):
     """
 
     def __init__(self) -> None:
-        self._types: dict[str, type[Component]] = {}
+        self._types: dict[str, type[Component[Any]]] = {}
         self._lazy: dict[str, str] = {}
+
+    def loaded(self, name: str) -> bool:
+        """Whether ``name``'s type is imported (not only registered lazily)."""
+        return name in self._types
 
     def register_lazy(self, name: str, module: str) -> None:
         """``name`` is defined (with ``@register``) by importing ``module``."""
         self._lazy[name] = module
 
-    def __getitem__(self, name: str) -> type[Component]:
+    def __getitem__(self, name: str) -> type[Component[Any]]:
         if name not in self._types and name in self._lazy:
             importlib.import_module(self._lazy.pop(name))
         return self._types[name]
 
-    def __setitem__(self, name: str, cls: type[Component]) -> None:
+    def __setitem__(self, name: str, cls: type[Component[Any]]) -> None:
         self._lazy.pop(name, None)
         self._types[name] = cls
 
@@ -296,15 +265,18 @@ class ComponentRegistry(MutableMapping[str, "type[Component]"]):
 COMPONENT_TYPES = ComponentRegistry()
 
 
-def register(cls: type[Component]) -> type[Component]:
+_C = TypeVar("_C", bound=type[Component[Any]])
+
+
+def register(cls: _C) -> _C:
     """Class decorator: make a component type known by its Alloy name."""
-    if cls.name in COMPONENT_TYPES._types:
+    if COMPONENT_TYPES.loaded(cls.name):
         raise ValueError(f"component type {cls.name!r} registered twice")
     COMPONENT_TYPES[cls.name] = cls
     return cls
 
 
-def component_type(name: str) -> type[Component] | None:
+def component_type(name: str) -> type[Component[Any]] | None:
     """The component type called ``name``, or None if minilog does not support it.
 
     The types register when ``minilog.components`` is imported (its ``__init__`` imports
@@ -386,76 +358,3 @@ class StableReceiver:
 
     def __repr__(self) -> str:
         return f"<receiver of {self._name}>"
-
-
-def rule_blocks(block: Block) -> list[Block]:
-    """The ``rule`` sub-blocks of a component block, in source order."""
-    return [s for s in block.body if isinstance(s, Block) and s.full_name == "rule"]
-
-
-def compile_rule_args(
-    rules: Sequence[Mapping[str, Any]],
-    block: Block,
-    *,
-    legacy_names: bool = False,
-) -> RelabelRules:
-    """Decoded ``rule`` blocks -> compiled rules; each bad rule is a positioned error.
-
-    Raises:
-        ConfigError: one diagnostic per invalid rule, at that rule block.
-    """
-    blocks = rule_blocks(block)
-    diagnostics: list[Diagnostic] = []
-    compiled: list[Rule] = []
-    for i, args in enumerate(rules):
-        where = blocks[i] if i < len(blocks) else block
-        pos = where.pos
-        try:
-            rule = Rule(**args)
-            rule.validate()
-        except RuleError as exc:
-            # At the offending attribute when the rule names it (regex, action, ...).
-            for stmt in where.body:
-                if isinstance(stmt, Attribute) and stmt.name == exc.field:
-                    pos = _inside_literal(stmt.value, exc.offset) or stmt.value.pos
-            diagnostics.append(
-                Diagnostic(pos.file, pos.line, pos.col, f"rule: {exc.message}")
-            )
-            continue
-        except ConfigError as exc:
-            diagnostics.extend(
-                Diagnostic(pos.file, pos.line, pos.col, d.message)
-                for d in exc.diagnostics
-            )
-            continue
-        except (ValueError, TypeError, MinilogError) as exc:
-            diagnostics.append(Diagnostic(pos.file, pos.line, pos.col, str(exc)))
-            continue
-        compiled.append(rule)
-    if diagnostics:
-        raise ConfigError(diagnostics)
-    try:
-        return compile_rules(compiled, legacy_names=legacy_names)
-    except (ValueError, MinilogError) as exc:
-        raise ConfigError(
-            Diagnostic(block.pos.file, block.pos.line, block.pos.col, str(exc))
-        ) from exc
-
-
-def _inside_literal(value: object, offset: int | None) -> Pos | None:
-    """The position of character ``offset`` of a string literal's value, when its
-    source spells it character for character (one line, no escapes before it)."""
-    if offset is None or not isinstance(value, LiteralNode):
-        return None
-    body = value.raw[1 : offset + 2]
-    escapes = not value.raw.startswith("`") and "\\" in body
-    if escapes or "\n" in value.raw or not isinstance(value.value, str):
-        return None
-    pos = value.pos
-    return Pos(pos.line, pos.col + 1 + offset, pos.offset + 1 + offset, pos.file)
-
-
-def positioned(block: Block, message: str) -> ConfigError:
-    """A ``ConfigError`` with one diagnostic at ``block``."""
-    pos = block.pos
-    return ConfigError(Diagnostic(pos.file, pos.line, pos.col, message))

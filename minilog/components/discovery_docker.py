@@ -12,95 +12,68 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
-from minilog.components.base import Component, ComponentOptions, positioned, register
+from minilog.components.arguments import check_docker_host
+from minilog.components.base import Component, ComponentOptions, register
 from minilog.config.ast import Block
-from minilog.config.schema import Attr, BlockSpec, Schema
+from minilog.config.schema import args_from, attr, block, schema_for
 from minilog.docker.discovery import DiscoveryMetrics, DockerDiscovery
-from minilog.redact import strip_userinfo
 
-__all__ = ["DiscoveryDocker", "check_docker_args"]
-
-_HOST_SCHEMES = ("unix", "tcp", "http", "https")
+__all__ = ["DiscoveryDocker", "DiscoveryDockerArgs", "DockerFilter"]
 
 
-def check_docker_args(args: Mapping[str, Any], block: Block) -> None:
-    """Alloy's checks of ``host`` and ``refresh_interval``, shared by the Docker
-    components, plus the host schemes minilog can reach.
+@dataclass(frozen=True, kw_only=True)
+class DockerFilter:
+    """A ``filter`` block: a Docker list filter."""
 
-    Raises:
-        ConfigError: an empty or unparsable host, a scheme minilog does not support
-            (npipe), or a refresh interval that is not positive.
-    """
-    if float(args.get("refresh_interval", 60.0)) <= 0:
-        raise positioned(block, "refresh_interval must be greater than 0")
-    host = str(args.get("host") or "")
-    if not host:
-        raise positioned(block, "host attribute must not be empty")
-    try:
-        scheme = urlsplit(host).scheme
-    except ValueError as exc:
-        raise positioned(block, f"parsing host attribute: {exc}") from exc
-    if scheme not in _HOST_SCHEMES:
-        # Printed as a diagnostic, outside the log filter: no userinfo in it.
-        raise positioned(
-            block,
-            f"unsupported Docker host {strip_userinfo(host)!r}; supported schemes: "
-            + ", ".join(f"{s}://" for s in _HOST_SCHEMES),
-        )
+    name: str = attr("string", required=True)
+    values: tuple[str, ...] = attr("list(string)", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscoveryDockerArgs:
+    """``discovery.docker``'s arguments, Alloy's names and defaults."""
+
+    host: str = attr("string", required=True)
+    port: int = attr("int", 80)
+    host_networking_host: str = attr("string", "localhost")
+    refresh_interval: float = attr("duration", 60.0)
+    match_first_network: bool = attr("bool", True)
+    filter: tuple[DockerFilter, ...] = block(DockerFilter, repeated=True)
 
 
 @register
-class DiscoveryDocker(Component):
+class DiscoveryDocker(Component[DiscoveryDockerArgs]):
     """Exports ``targets``: one ``__meta_docker_*`` label set per container network."""
 
     name = "discovery.docker"
-    schema = Schema(
-        attrs=[
-            Attr("host", "string", required=True),
-            Attr("port", "int", default=80),
-            Attr("host_networking_host", "string", default="localhost"),
-            Attr("refresh_interval", "duration", default=60.0),
-            Attr("match_first_network", "bool", default=True),
-        ],
-        blocks=[
-            BlockSpec(
-                "filter",
-                Schema(
-                    attrs=[
-                        Attr("name", "string", required=True),
-                        Attr("values", "list(string)", required=True),
-                    ]
-                ),
-                repeated=True,
-            ),
-        ],
-    )
+    schema = schema_for(DiscoveryDockerArgs)
     phase = "discovery"
 
     #: Minimum seconds between two publishes after the first one.
     MIN_PUBLISH_INTERVAL_S = 1.0
 
     @classmethod
-    def prepare(
+    def parse_args(
         cls,
-        args: Mapping[str, Any],
+        values: Mapping[str, Any],
         block: Block,
         *,
         stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
-        check_docker_args(args, block)
-        return dict(args)
+    ) -> DiscoveryDockerArgs:
+        args = args_from(DiscoveryDockerArgs, values)
+        check_docker_host(args.host, args.refresh_interval, block)
+        return args
 
     @classmethod
     def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:
         return {"targets": []}
 
-    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+    def __init__(self, opts: ComponentOptions, args: DiscoveryDockerArgs) -> None:
         super().__init__(opts, args)
         self._targets: list[dict[str, str]] = []
         self._exports: dict[str, Any] = {"targets": self._targets}
@@ -115,18 +88,14 @@ class DiscoveryDocker(Component):
         self._metrics = DiscoveryMetrics(opts.registry)
         self._discovery = self._build(args)
 
-    def _build(self, args: Mapping[str, Any]) -> DockerDiscovery:
-        filters = [
-            (str(f["name"]), [str(v) for v in f.get("values") or []])
-            for f in args.get("filter") or []
-        ]
+    def _build(self, args: DiscoveryDockerArgs) -> DockerDiscovery:
         return DockerDiscovery(
-            str(args["host"]),
-            filters=filters,
-            port=int(args.get("port", 80)),
-            host_networking_host=str(args.get("host_networking_host", "localhost")),
-            match_first_network=bool(args.get("match_first_network", True)),
-            refresh_interval=float(args.get("refresh_interval", 60.0)),
+            args.host,
+            filters=[(f.name, list(f.values)) for f in args.filter],
+            port=args.port,
+            host_networking_host=args.host_networking_host,
+            match_first_network=args.match_first_network,
+            refresh_interval=args.refresh_interval,
             metrics=self._metrics,
             on_status=self._on_status,
         )
@@ -181,8 +150,8 @@ class DiscoveryDocker(Component):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async def update(self, args: Mapping[str, Any]) -> None:
-        if dict(args) == dict(self.args):
+    async def update(self, args: DiscoveryDockerArgs) -> None:
+        if args == self.args:
             return
         self.args = args
         self._discovery = self._build(args)

@@ -8,25 +8,29 @@ needlessly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from minilog.components.base import (
-    RULE_BLOCK,
-    Component,
-    ComponentOptions,
-    compile_rule_args,
-    register,
-)
+from minilog.components.arguments import RULE_BLOCK, compile_rule_args
+from minilog.components.base import Component, ComponentOptions, register
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, Schema
-from minilog.relabel import RelabelRules, compile_rules
+from minilog.relabel import RelabelRules, Rule, compile_rules
 
-__all__ = ["DiscoveryRelabel"]
+__all__ = ["DiscoveryRelabel", "DiscoveryRelabelArgs"]
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryRelabelArgs:
+    """``targets`` and the ``rule`` blocks, decoded into ``relabel.Rule``s."""
+
+    targets: tuple[Mapping[str, str], ...]
+    rules: tuple[Rule, ...]
 
 
 @register
-class DiscoveryRelabel(Component):
+class DiscoveryRelabel(Component[DiscoveryRelabelArgs]):
     """``targets`` + ``rule`` blocks -> ``output`` (kept targets, rewritten)."""
 
     name = "discovery.relabel"
@@ -36,28 +40,27 @@ class DiscoveryRelabel(Component):
     phase = "discovery"
 
     @classmethod
-    def prepare(
+    def parse_args(
         cls,
-        args: Mapping[str, Any],
+        values: Mapping[str, Any],
         block: Block,
         *,
         stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
-        out = dict(args)
-        out["compiled_rules"] = compile_rule_args(out.get("rule") or [], block)
-        return out
+    ) -> DiscoveryRelabelArgs:
+        rules = compile_rule_args(values["rule"], block)
+        return DiscoveryRelabelArgs(tuple(values["targets"]), rules.rules)
 
     @classmethod
     def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:
         return {"output": [], "rules": compile_rules([])}
 
-    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+    def __init__(self, opts: ComponentOptions, args: DiscoveryRelabelArgs) -> None:
         super().__init__(opts, args)
-        self._rules: RelabelRules = args["compiled_rules"]
-        self._output = self._relabel(args.get("targets") or [])
+        self._rules: RelabelRules = compile_rules(args.rules)
+        self._output = self._relabel(args.targets)
         self._exports: dict[str, Any] = {"output": self._output, "rules": self._rules}
 
-    def _relabel(self, targets: list[dict[str, str]]) -> list[dict[str, str]]:
+    def _relabel(self, targets: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
         out = []
         for target in targets:
             # Empty values count as absent, on input as on output (Alloy's target
@@ -70,14 +73,15 @@ class DiscoveryRelabel(Component):
     def exports(self) -> Mapping[str, Any]:
         return self._exports
 
-    async def update(self, args: Mapping[str, Any]) -> None:
-        if args.get("rule") == self.args.get("rule"):
-            rules = self._rules
-        else:
-            rules = args["compiled_rules"]
+    async def update(self, args: DiscoveryRelabelArgs) -> None:
+        # Unchanged rule blocks keep the compiled rules object: consumers holding it
+        # (relabel_rules) see no change.
+        rules = (
+            self._rules if args.rules == self.args.rules else compile_rules(args.rules)
+        )
         self.args = args
         self._rules = rules
-        output = self._relabel(args.get("targets") or [])
+        output = self._relabel(args.targets)
         if output == self._output and rules is self._exports["rules"]:
             return
         self._output = output
@@ -86,6 +90,6 @@ class DiscoveryRelabel(Component):
 
     def debug_info(self) -> Any:
         return {
-            "targets_in": len(self.args.get("targets") or []),
+            "targets_in": len(self.args.targets),
             "targets_out": len(self._output),
         }

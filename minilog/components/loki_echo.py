@@ -16,14 +16,14 @@ from minilog.components.base import (
     register,
 )
 from minilog.config.schema import Schema
-from minilog.labels import format_labels
+from minilog.labels import format_labels, public_labels
 from minilog.model import StreamBatch
 
 __all__ = ["LokiEcho"]
 
 
 @register
-class LokiEcho(Component):
+class LokiEcho(Component[Mapping[str, Any]]):
     """Logs what reaches it; ``loki.echo "x" {}`` takes no arguments."""
 
     name = "loki.echo"
@@ -45,9 +45,7 @@ class LokiEcho(Component):
         self.args = args
 
     async def send(self, batch: StreamBatch) -> None:
-        labels = format_labels(
-            {k: v for k, v in batch.labels.items() if not k.startswith("__")}
-        )
+        labels = format_labels(public_labels(batch.labels))
         for entry in batch.entries:
             self.log.info(
                 "received log entry",

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -29,7 +30,7 @@ from minilog.config import Scope
 from minilog.config.ast import Block, Stmt
 from minilog.config.schema import Attr, Schema, decode_block
 from minilog.errors import ConfigError, Diagnostic
-from minilog.model import StreamBatch
+from minilog.model import LogsReceiver, StreamBatch
 from minilog.process import (
     STAGE_BLOCKS,
     Pipeline,
@@ -39,7 +40,7 @@ from minilog.process import (
     decode_stages,
 )
 
-__all__ = ["LokiProcess", "MetricsScope"]
+__all__ = ["LokiProcess", "LokiProcessArgs", "MetricsScope"]
 
 _STAGE_PREFIX = "stage."
 _NS = 1_000_000_000
@@ -53,6 +54,15 @@ def _is_stage(stmt: Stmt) -> bool:
 
 def _stage_blocks(body: Sequence[Stmt]) -> list[Block]:
     return [s for s in body if isinstance(s, Block) and _is_stage(s)]
+
+
+@dataclass(frozen=True, slots=True)
+class LokiProcessArgs:
+    """``forward_to`` and the ``stage.*`` blocks in source order (``build_pipeline``
+    input)."""
+
+    forward_to: tuple[LogsReceiver, ...]
+    stages: tuple[StageSpec, ...]
 
 
 class MetricsScope(Collector):
@@ -76,12 +86,12 @@ class MetricsScope(Collector):
 
 
 @register
-class LokiProcess(Component):
+class LokiProcess(Component[LokiProcessArgs]):
     """Exports ``receiver``; forwards what the stages emit to ``forward_to``.
 
     Args:
         opts: the runtime's options; metrics appear on ``opts.registry``.
-        args: decoded and prepared arguments (``forward_to``, ``stages``).
+        args: parsed arguments (``forward_to``, ``stages``).
         clock: the wall clock in Unix nanoseconds, for stages and multiline waits.
     """
 
@@ -113,17 +123,18 @@ class LokiProcess(Component):
         return args
 
     @classmethod
-    def prepare(
+    def parse_args(
         cls,
-        args: Mapping[str, Any],
+        values: Mapping[str, Any],
         block: Block,
         *,
         stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
+    ) -> LokiProcessArgs:
+        stages = tuple(values["stages"])
         # ``decode_stages`` builds each stage alone; only the whole list shows clashes
         # between stages (two ``stage.metrics`` defining one metric name).
-        _check_together(args.get("stages") or [], block)
-        return dict(args)
+        _check_together(stages, block)
+        return LokiProcessArgs(tuple(values["forward_to"]), stages)
 
     @classmethod
     def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:
@@ -132,16 +143,16 @@ class LokiProcess(Component):
     def __init__(
         self,
         opts: ComponentOptions,
-        args: Mapping[str, Any],
+        args: LokiProcessArgs,
         *,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         super().__init__(opts, args)
         self._clock = clock
-        self._fanout = Fanout(args.get("forward_to") or [])
+        self._fanout = Fanout(args.forward_to)
         self._scope = MetricsScope()
         opts.registry.register(self._scope)
-        self._pipeline = build_pipeline(args["stages"], registry=self._scope.current)
+        self._pipeline = build_pipeline(args.stages, registry=self._scope.current)
         self._holds = self._pipeline.holds_entries
         # Set when input arrived or the pipeline changed: the flush deadline may have
         # moved. Created lazily so that the component can be built outside a loop.
@@ -189,13 +200,13 @@ class LokiProcess(Component):
                     for out in self._pipeline.flush_all(self._clock()):
                         await self._fanout.send(out)
 
-    async def update(self, args: Mapping[str, Any]) -> None:
+    async def update(self, args: LokiProcessArgs) -> None:
         old, self.args = self.args, args
-        self._fanout.set(args.get("forward_to") or [])
-        if args["stages"] == old["stages"]:
+        self._fanout.set(args.forward_to)
+        if args.stages == old.stages:
             return
         registry = CollectorRegistry(auto_describe=True)
-        pipeline = build_pipeline(args["stages"], registry=registry)
+        pipeline = build_pipeline(args.stages, registry=registry)
         previous, self._pipeline = self._pipeline, pipeline
         self._holds = pipeline.holds_entries
         self._scope.current = registry
@@ -207,7 +218,7 @@ class LokiProcess(Component):
 
     def debug_info(self) -> Any:
         return {
-            "stages": [name for name, _ in self.args["stages"]],
+            "stages": [name for name, _ in self.args.stages],
             "next_flush_ns": self._pipeline.next_deadline_ns(),
         }
 

@@ -9,63 +9,73 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from minilog.components.arguments import RULE_BLOCK, compile_rule_args, positioned
 from minilog.components.base import (
-    RULE_BLOCK,
     Component,
     ComponentOptions,
     Fanout,
     StableReceiver,
-    compile_rule_args,
-    positioned,
     register,
 )
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, Schema
-from minilog.model import StreamBatch
-from minilog.relabel import RelabelRules, compile_rules
+from minilog.model import LogsReceiver, StreamBatch
+from minilog.relabel import RelabelRules, Rule, compile_rules
 
-__all__ = ["LokiRelabel"]
+__all__ = ["LokiRelabel", "LokiRelabelArgs"]
 
 _Key = frozenset[tuple[str, str]]
+_DEFAULT_MAX_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class LokiRelabelArgs:
+    """``forward_to``, ``max_cache_size`` and the ``rule`` blocks."""
+
+    forward_to: tuple[LogsReceiver, ...]
+    max_cache_size: int
+    rules: tuple[Rule, ...]
 
 
 @register
-class LokiRelabel(Component):
+class LokiRelabel(Component[LokiRelabelArgs]):
     """Exports ``receiver`` (stable across updates) and ``rules``."""
 
     name = "loki.relabel"
     schema = Schema(
         attrs=[
             Attr("forward_to", "list(capsule)", required=True),
-            Attr("max_cache_size", "int", default=10_000),
+            Attr("max_cache_size", "int", default=_DEFAULT_MAX_CACHE_SIZE),
         ],
         blocks=[RULE_BLOCK],
     )
     phase = "process"
 
     @classmethod
-    def prepare(
+    def parse_args(
         cls,
-        args: Mapping[str, Any],
+        values: Mapping[str, Any],
         block: Block,
         *,
         stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
-        out = dict(args)
-        if int(out.get("max_cache_size", 10_000)) < 0:
+    ) -> LokiRelabelArgs:
+        if values["max_cache_size"] < 0:
             raise positioned(block, "max_cache_size must not be negative")
-        out["compiled_rules"] = compile_rule_args(out.get("rule") or [], block)
-        return out
+        rules = compile_rule_args(values["rule"], block)
+        return LokiRelabelArgs(
+            tuple(values["forward_to"]), values["max_cache_size"], rules.rules
+        )
 
     @classmethod
     def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:
         return {"receiver": StableReceiver(component_id), "rules": compile_rules([])}
 
-    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+    def __init__(self, opts: ComponentOptions, args: LokiRelabelArgs) -> None:
         super().__init__(opts, args)
         reg = opts.registry
         self._processed = Counter(
@@ -89,16 +99,16 @@ class LokiRelabel(Component):
         )
         self._fanout = Fanout()
         self._cache: OrderedDict[_Key, dict[str, str] | None] = OrderedDict()
-        self._rules: RelabelRules
-        self._max_cache = 10_000
+        self._rules = compile_rules(args.rules)
+        self._max_cache = args.max_cache_size
         self._exports: dict[str, Any] = {}
-        self._apply(args)
+        self._apply(args, self._rules)
 
-    def _apply(self, args: Mapping[str, Any]) -> None:
+    def _apply(self, args: LokiRelabelArgs, rules: RelabelRules) -> None:
         self.args = args
-        self._fanout.set(args.get("forward_to") or [])
-        self._rules = args["compiled_rules"]
-        self._max_cache = int(args.get("max_cache_size", 10_000))
+        self._fanout.set(args.forward_to)
+        self._rules = rules
+        self._max_cache = args.max_cache_size
         # New rules invalidate every cached result.
         self._cache.clear()
         self._size.set(0)
@@ -107,13 +117,11 @@ class LokiRelabel(Component):
     def exports(self) -> Mapping[str, Any]:
         return self._exports
 
-    async def update(self, args: Mapping[str, Any]) -> None:
-        rules_changed = args.get("rule") != self.args.get("rule")
-        if not rules_changed:
-            # Keep the compiled rules object: dependents that hold ``rules`` see no
-            # change.
-            args = {**args, "compiled_rules": self._rules}
-        self._apply(args)
+    async def update(self, args: LokiRelabelArgs) -> None:
+        rules_changed = args.rules != self.args.rules
+        # Unchanged rules keep the compiled object: dependents that hold ``rules``
+        # see no change.
+        self._apply(args, compile_rules(args.rules) if rules_changed else self._rules)
         if rules_changed:
             self.opts.on_exports()
 

@@ -15,9 +15,11 @@ minilog extensions (Alloy v1.18 has none of these): ``max_line_size``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
@@ -27,16 +29,11 @@ from minilog._httpguard import (
     DEFAULT_SERVER_WRITE_TIMEOUT,
     ServerLimits,
 )
-from minilog.components.base import (
-    Component,
-    ComponentOptions,
-    Fanout,
-    positioned,
-    register,
-)
-from minilog.components.loki_source_docker import legacy_rules
+from minilog.components.arguments import legacy_rules, positioned
+from minilog.components.base import Component, ComponentOptions, Fanout, register
 from minilog.config.ast import Block
-from minilog.config.schema import Attr, BlockSpec, Schema
+from minilog.config.schema import args_from, attr, block, schema_for
+from minilog.labels import TENANT_LABEL
 from minilog.loki.pushrequest import DEFAULT_MAX_RECV_MSG_SIZE
 from minilog.loki.receiver import DEFAULT_MAX_INFLIGHT_BYTES, PushReceiver
 from minilog.loki.validation import (
@@ -45,128 +42,160 @@ from minilog.loki.validation import (
     DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE,
     EntryLimits,
 )
-from minilog.model import LogEntry, StreamBatch
-from minilog.relabel import RelabelRules
+from minilog.model import LogEntry, LogsReceiver, StreamBatch
+from minilog.relabel import RelabelRules, relabel_stream
 
-__all__ = ["LokiSourceAPI"]
+__all__ = ["HTTPArgs", "LokiSourceAPI", "LokiSourceAPIArgs"]
 
-_HTTP_SCHEMA = Schema(
-    attrs=[
-        # Alloy's server block defaults: all interfaces, port 8080, Go's http.Server
-        # deadlines as dskit sets them. conn_limit 0 is minilog's automatic cap
-        # (_httpguard.AUTO_CONN_LIMIT), where Alloy has none.
-        Attr("listen_address", "string", default=""),
-        Attr("listen_port", "int", default=8080),
-        Attr("conn_limit", "int", default=0),
-        Attr("server_read_timeout", "duration", default=DEFAULT_SERVER_READ_TIMEOUT),
-        Attr("server_write_timeout", "duration", default=DEFAULT_SERVER_WRITE_TIMEOUT),
-        Attr("server_idle_timeout", "duration", default=DEFAULT_SERVER_IDLE_TIMEOUT),
-    ]
-)
-_HTTP_DEFAULTS = {a.name: a.default for a in _HTTP_SCHEMA.attrs}
+#: Internal labels a relabelled push keeps.
+_KEEP: Final = frozenset({TENANT_LABEL})
+
+
+@dataclass(frozen=True, kw_only=True)
+class HTTPArgs:
+    """The ``http`` block: Alloy's server defaults (all interfaces, port 8080, Go's
+    ``http.Server`` deadlines as dskit sets them). ``conn_limit`` 0 is minilog's
+    automatic cap (``_httpguard.AUTO_CONN_LIMIT``), where Alloy has none."""
+
+    listen_address: str = attr("string", "")
+    listen_port: int = attr("int", 8080)
+    conn_limit: int = attr("int", 0)
+    server_read_timeout: float = attr("duration", DEFAULT_SERVER_READ_TIMEOUT)
+    server_write_timeout: float = attr("duration", DEFAULT_SERVER_WRITE_TIMEOUT)
+    server_idle_timeout: float = attr("duration", DEFAULT_SERVER_IDLE_TIMEOUT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokiSourceAPIArgs:
+    """``loki.source.api``'s arguments, Alloy's names and defaults, plus minilog's
+    limits (Loki's ``limits_config`` names and defaults)."""
+
+    forward_to: tuple[LogsReceiver, ...] = attr("list(capsule)", required=True)
+    labels: Mapping[str, str] = attr("map(string)", {})
+    relabel_rules: RelabelRules | None = attr("capsule")
+    use_incoming_timestamp: bool = attr("bool", False)
+    graceful_shutdown_timeout: float = attr("duration", 30.0)
+    max_send_message_size: int = attr("bytes", DEFAULT_MAX_RECV_MSG_SIZE)
+    # minilog extensions: Loki's limits_config checks, before anything is queued,
+    # and a memory budget for the requests in flight.
+    max_line_size: int = attr("bytes", DEFAULT_MAX_LINE_SIZE)
+    reject_old_samples: bool = attr("bool", True)
+    reject_old_samples_max_age: float = attr(
+        "duration", DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE
+    )
+    creation_grace_period: float = attr("duration", DEFAULT_CREATION_GRACE_PERIOD)
+    max_inflight_push_requests_bytes: int = attr("bytes", DEFAULT_MAX_INFLIGHT_BYTES)
+    http: HTTPArgs | None = block(HTTPArgs)
+
+    @property
+    def server(self) -> HTTPArgs:
+        """The ``http`` block, its defaults when absent."""
+        return self.http or HTTPArgs()
+
+    @functools.cached_property
+    def server_limits(self) -> ServerLimits:
+        """The ``http`` block's connection cap and deadlines.
+
+        Raises:
+            ValueError: a value the limits refuse.
+        """
+        http = self.server
+        return ServerLimits(
+            read_timeout_s=http.server_read_timeout,
+            write_timeout_s=http.server_write_timeout,
+            idle_timeout_s=http.server_idle_timeout,
+            conn_limit=http.conn_limit,
+        )
+
+    @functools.cached_property
+    def stream_rules(self) -> RelabelRules | None:
+        """``relabel_rules`` as applied to pushed streams (legacy label names)."""
+        return legacy_rules(self.relabel_rules)
+
+    def entry_limits(self) -> EntryLimits:
+        # Without use_incoming_timestamp every entry gets the receive time: no incoming
+        # timestamp can be too old or too new.
+        return EntryLimits(
+            max_line_size=self.max_line_size,
+            check_timestamps=self.use_incoming_timestamp,
+            reject_old_samples=self.reject_old_samples,
+            reject_old_samples_max_age_s=self.reject_old_samples_max_age,
+            creation_grace_period_s=self.creation_grace_period,
+        )
+
+    def server_key(self) -> tuple[Any, ...]:
+        """What only a new server can change (the rest applies in place)."""
+        return (
+            self.server,
+            self.max_send_message_size,
+            self.max_inflight_push_requests_bytes,
+        )
 
 
 @register
-class LokiSourceAPI(Component):
+class LokiSourceAPI(Component[LokiSourceAPIArgs]):
     """Serves ``/loki/api/v1/push``; no exports."""
 
     name = "loki.source.api"
-    schema = Schema(
-        attrs=[
-            Attr("forward_to", "list(capsule)", required=True),
-            Attr("labels", "map(string)", default={}),
-            Attr("relabel_rules", "capsule"),
-            Attr("use_incoming_timestamp", "bool", default=False),
-            Attr("graceful_shutdown_timeout", "duration", default=30.0),
-            Attr("max_send_message_size", "bytes", default=DEFAULT_MAX_RECV_MSG_SIZE),
-            # minilog extensions: Loki's limits_config checks, before anything is
-            # queued, and a memory budget for the requests in flight.
-            Attr("max_line_size", "bytes", default=DEFAULT_MAX_LINE_SIZE),
-            Attr("reject_old_samples", "bool", default=True),
-            Attr(
-                "reject_old_samples_max_age",
-                "duration",
-                default=DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE,
-            ),
-            Attr(
-                "creation_grace_period",
-                "duration",
-                default=DEFAULT_CREATION_GRACE_PERIOD,
-            ),
-            Attr(
-                "max_inflight_push_requests_bytes",
-                "bytes",
-                default=DEFAULT_MAX_INFLIGHT_BYTES,
-            ),
-        ],
-        blocks=[BlockSpec("http", _HTTP_SCHEMA)],
-    )
+    schema = schema_for(LokiSourceAPIArgs)
     phase = "source"
 
     @classmethod
-    def prepare(
+    def parse_args(
         cls,
-        args: Mapping[str, Any],
+        values: Mapping[str, Any],
         block: Block,
         *,
         stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
-        out = dict(args)
-        http = dict(args.get("http") or _HTTP_DEFAULTS)
-        port = int(http["listen_port"])
+    ) -> LokiSourceAPIArgs:
+        args = args_from(LokiSourceAPIArgs, values)
+        port = args.server.listen_port
         if not 0 <= port <= 65535:
             raise positioned(block, f"http listen_port {port} is out of range")
         try:
-            out["server_limits"] = ServerLimits(
-                read_timeout_s=float(http["server_read_timeout"]),
-                write_timeout_s=float(http["server_write_timeout"]),
-                idle_timeout_s=float(http["server_idle_timeout"]),
-                conn_limit=int(http["conn_limit"]),
-            )
+            args.server_limits  # noqa: B018 - built now: its checks are the config's
         except ValueError as exc:
             raise positioned(block, f"http: {exc}") from None
-        out["http"] = http
         for name in (
             "max_line_size",
             "reject_old_samples_max_age",
             "creation_grace_period",
         ):
-            if float(args[name]) < 0:
+            if getattr(args, name) < 0:
                 raise positioned(block, f"{name} must not be negative")
-        if int(args["max_inflight_push_requests_bytes"]) <= 0:
+        if args.max_inflight_push_requests_bytes <= 0:
             raise positioned(
                 block, "max_inflight_push_requests_bytes must be greater than 0"
             )
-        rules = args.get("relabel_rules")
-        if rules is not None and not isinstance(rules, RelabelRules):
+        if args.relabel_rules is not None and not isinstance(
+            args.relabel_rules, RelabelRules
+        ):
             raise positioned(block, "relabel_rules must be a RelabelRules value")
-        out["legacy_rules"] = legacy_rules(rules)
-        if float(args.get("graceful_shutdown_timeout", 30.0)) <= 0:
+        if args.graceful_shutdown_timeout <= 0:
             raise positioned(block, "graceful_shutdown_timeout must be greater than 0")
-        return out
+        return args
 
-    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+    def __init__(self, opts: ComponentOptions, args: LokiSourceAPIArgs) -> None:
         super().__init__(opts, args)
-        self._fanout = Fanout(args.get("forward_to") or [])
+        self._fanout = Fanout(args.forward_to)
         self._registry = opts.registry
         self._server = self._build(args, self._registry)
         self._last_stamp_ns = 0
 
     def _build(
-        self, args: Mapping[str, Any], registry: CollectorRegistry
+        self, args: LokiSourceAPIArgs, registry: CollectorRegistry
     ) -> PushReceiver:
-        http = args["http"]
+        http = args.server
         return PushReceiver(
             self._handle,
-            host=str(http.get("listen_address") or "0.0.0.0"),
-            port=int(http["listen_port"]),
+            host=http.listen_address or "0.0.0.0",
+            port=http.listen_port,
             registry=registry,
             # 0 is Alloy's "default" (routes.go newRoutes).
-            max_recv_msg_size=int(args["max_send_message_size"])
-            or DEFAULT_MAX_RECV_MSG_SIZE,
-            entry_limits=_entry_limits(args),
-            max_inflight_bytes=int(args["max_inflight_push_requests_bytes"]),
-            server_limits=args["server_limits"],
+            max_recv_msg_size=args.max_send_message_size or DEFAULT_MAX_RECV_MSG_SIZE,
+            entry_limits=args.entry_limits(),
+            max_inflight_bytes=args.max_inflight_push_requests_bytes,
+            server_limits=args.server_limits,
         )
 
     def metrics_registry(self) -> CollectorRegistry:
@@ -186,9 +215,7 @@ class LokiSourceAPI(Component):
             await asyncio.Event().wait()
         finally:
             try:
-                async with asyncio.timeout(
-                    float(self.args["graceful_shutdown_timeout"])
-                ):
+                async with asyncio.timeout(self.args.graceful_shutdown_timeout):
                     await self._server.aclose()
             except TimeoutError:
                 self.log.warning("HTTP server did not shut down gracefully in time")
@@ -196,9 +223,9 @@ class LokiSourceAPI(Component):
     async def stop_unstarted(self) -> None:
         await self._server.aclose()
 
-    async def update(self, args: Mapping[str, Any]) -> None:
-        self._fanout.set(args.get("forward_to") or [])
-        if _server_args(args) != _server_args(self.args):
+    async def update(self, args: LokiSourceAPIArgs) -> None:
+        self._fanout.set(args.forward_to)
+        if args.server_key() != self.args.server_key():
             registry = CollectorRegistry(auto_describe=True)
             server = self._build(args, registry)
             await self._server.aclose()
@@ -211,7 +238,7 @@ class LokiSourceAPI(Component):
                 raise
             self._server, self._registry = server, registry
         else:
-            self._server.entry_limits = _entry_limits(args)
+            self._server.entry_limits = args.entry_limits()
         self.args = args
 
     def _stamp(self, entries: list[LogEntry]) -> list[LogEntry]:
@@ -226,47 +253,22 @@ class LokiSourceAPI(Component):
 
     async def _handle(self, batches: list[StreamBatch]) -> None:
         args = self.args
-        static: dict[str, str] = args.get("labels") or {}
-        rules: RelabelRules | None = args.get("legacy_rules")
-        stamp = not args.get("use_incoming_timestamp")
+        static = args.labels
+        rules = args.stream_rules
+        stamp = not args.use_incoming_timestamp
         for batch in batches:
             labels = {**batch.labels, **static} if static else batch.labels
             if rules is not None:
-                relabelled = rules.process(labels)
-                if not relabelled:
-                    batch.settle()
-                    continue
                 # Internal labels go after relabeling, as in Alloy; the tenant stays:
                 # it is how the writer picks X-Scope-OrgID.
-                labels = {
-                    k: v
-                    for k, v in relabelled.items()
-                    if not k.startswith("__") or k == "__tenant_id__"
-                }
+                relabelled = relabel_stream(labels, rules, keep=_KEEP)
+                if relabelled is None:
+                    batch.settle()
+                    continue
+                labels = relabelled
             # Alloy stamps pushed entries with the receive time unless told otherwise.
             entries = self._stamp(batch.entries) if stamp else batch.entries
             await self._fanout.send(StreamBatch(labels, entries, batch.delivery))
 
     def debug_info(self) -> Any:
         return {"url": self.url}
-
-
-def _entry_limits(args: Mapping[str, Any]) -> EntryLimits:
-    # Without use_incoming_timestamp every entry gets the receive time: no incoming
-    # timestamp can be too old or too new.
-    return EntryLimits(
-        max_line_size=int(args["max_line_size"]),
-        check_timestamps=bool(args["use_incoming_timestamp"]),
-        reject_old_samples=bool(args["reject_old_samples"]),
-        reject_old_samples_max_age_s=float(args["reject_old_samples_max_age"]),
-        creation_grace_period_s=float(args["creation_grace_period"]),
-    )
-
-
-def _server_args(args: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What only a new server can change (the rest applies in place)."""
-    return (
-        args["http"],
-        args["max_send_message_size"],
-        args["max_inflight_push_requests_bytes"],
-    )

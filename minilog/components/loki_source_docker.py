@@ -14,22 +14,16 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
-from minilog.components.base import (
-    Component,
-    ComponentOptions,
-    Fanout,
-    positioned,
-    register,
-)
-from minilog.components.discovery_docker import check_docker_args
+from minilog.components.arguments import check_docker_host, legacy_rules, positioned
+from minilog.components.base import Component, ComponentOptions, Fanout, register
 from minilog.config.ast import Block
-from minilog.config.schema import Attr, Schema
+from minilog.config.schema import args_from, attr, schema_for
 from minilog.docker.client import DockerClient
 from minilog.docker.discovery import SLOW_AFTER_S
 from minilog.docker.metrics import SourceMetrics
@@ -37,14 +31,10 @@ from minilog.docker.positions import Positions
 from minilog.docker.source import DockerSource
 from minilog.errors import ClosedError, DockerError, LabelError
 from minilog.labels import parse_labels
+from minilog.model import LogsReceiver
 from minilog.relabel import RelabelRules, docker_stream_labels
 
-__all__ = ["LokiSourceDocker", "legacy_rules"]
-
-# The fields whose change requires a new source (Alloy's ``requiresReset``; Alloy does
-# not reset on ``labels``, but minilog's tailers compute labels once per stream at
-# start).
-_RESET_FIELDS = ("host", "labels", "relabel_rules", "refresh_interval")
+__all__ = ["LokiSourceDocker", "LokiSourceDockerArgs"]
 
 #: How often the source asks Docker ``/_ping`` while it answers, and while it does not.
 #: Without it, a source with no target (discovery cannot list either) would never
@@ -53,56 +43,66 @@ _PROBE_INTERVAL_S: Final = 5.0
 _PROBE_RETRY_S: Final = 1.0
 
 
-def legacy_rules(rules: RelabelRules | None) -> RelabelRules | None:
-    """``relabel_rules`` of a Loki source use legacy label-name validation (Alloy)."""
-    if rules is None or len(rules) == 0:
-        return None
-    if rules.legacy_names:
-        return rules
-    return RelabelRules(rules.rules, legacy_names=True)
+@dataclass(frozen=True, kw_only=True)
+class LokiSourceDockerArgs:
+    """``loki.source.docker``'s arguments, Alloy's names and defaults."""
+
+    host: str = attr("string", required=True)
+    targets: tuple[Mapping[str, str], ...] = attr("list(map(string))", required=True)
+    forward_to: tuple[LogsReceiver, ...] = attr("list(capsule)", required=True)
+    labels: Mapping[str, str] = attr("map(string)", {})
+    relabel_rules: RelabelRules | None = attr("capsule")
+    refresh_interval: float = attr("duration", 60.0)
+
+    @functools.cached_property
+    def stream_rules(self) -> RelabelRules | None:
+        """``relabel_rules`` as the tailers apply them (legacy label names)."""
+        return legacy_rules(self.relabel_rules)
+
+    def resets(self, old: LokiSourceDockerArgs) -> bool:
+        """Whether going from ``old`` needs a new source (Alloy's ``requiresReset``;
+        Alloy does not reset on ``labels``, but minilog's tailers compute labels once
+        per stream at start)."""
+        return (self.host, self.labels, self.relabel_rules, self.refresh_interval) != (
+            old.host,
+            old.labels,
+            old.relabel_rules,
+            old.refresh_interval,
+        )
 
 
 @register
-class LokiSourceDocker(Component):
+class LokiSourceDocker(Component[LokiSourceDockerArgs]):
     """Tails every container named by ``targets``; no exports."""
 
     name = "loki.source.docker"
-    schema = Schema(
-        attrs=[
-            Attr("host", "string", required=True),
-            Attr("targets", "list(map(string))", required=True),
-            Attr("forward_to", "list(capsule)", required=True),
-            Attr("labels", "map(string)", default={}),
-            Attr("relabel_rules", "capsule"),
-            Attr("refresh_interval", "duration", default=60.0),
-        ]
-    )
+    schema = schema_for(LokiSourceDockerArgs)
     phase = "source"
 
     @classmethod
-    def prepare(
+    def parse_args(
         cls,
-        args: Mapping[str, Any],
+        values: Mapping[str, Any],
         block: Block,
         *,
         stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
-        check_docker_args(args, block)
-        rules = args.get("relabel_rules")
-        if rules is not None and not isinstance(rules, RelabelRules):
+    ) -> LokiSourceDockerArgs:
+        args = args_from(LokiSourceDockerArgs, values)
+        check_docker_host(args.host, args.refresh_interval, block)
+        if args.relabel_rules is not None and not isinstance(
+            args.relabel_rules, RelabelRules
+        ):
             raise positioned(block, "relabel_rules must be a RelabelRules value")
-        out = dict(args)
-        out["legacy_rules"] = legacy_rules(rules)
-        return out
+        return args
 
-    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+    def __init__(self, opts: ComponentOptions, args: LokiSourceDockerArgs) -> None:
         super().__init__(opts, args)
-        self._fanout = Fanout(args.get("forward_to") or [])
+        self._fanout = Fanout(args.forward_to)
         path = opts.data_path / "positions.json"
         self._positions = Positions(
             path, on_save=functools.partial(self._on_positions_saved, path)
         )
-        self._client = DockerClient(str(args["host"]))
+        self._client = DockerClient(args.host)
         self._old_clients: list[DockerClient] = []
         self._registry = opts.registry
         # One set of series for the component's life: a source rebuilt on reload
@@ -111,16 +111,16 @@ class LokiSourceDocker(Component):
         self._source = self._build(args)
         self._replaced = asyncio.Event()
 
-    def _build(self, args: Mapping[str, Any]) -> DockerSource:
+    def _build(self, args: LokiSourceDockerArgs) -> DockerSource:
         source = DockerSource(
             self._client,
             [self._fanout],
-            labels=dict(args.get("labels") or {}),
-            relabel_rules=args.get("legacy_rules"),
+            labels=args.labels,
+            relabel_rules=args.stream_rules,
             positions=self._positions,
             metrics=self._metrics,
         )
-        source.update_targets(list(args.get("targets") or []))
+        source.update_targets(args.targets)
         return source
 
     def metrics_registry(self) -> CollectorRegistry:
@@ -177,39 +177,42 @@ class LokiSourceDocker(Component):
             await asyncio.sleep(_PROBE_INTERVAL_S if healthy else _PROBE_RETRY_S)
 
     async def run(self) -> None:
+        """Owns the Docker probe and the current source: both stop with it, and a
+        source that ends by itself ends the component (unhealthy, with the reason)."""
         probe = asyncio.create_task(self._probe_docker(), name=f"{self.id} probe")
         try:
             while True:
-                self._replaced.clear()
-                source = self._source
-                task = asyncio.create_task(source.run(), name=f"{self.id} source")
-                waiter = asyncio.create_task(self._replaced.wait())
-                try:
-                    await asyncio.wait(
-                        {task, waiter}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    waiter.cancel()
-                    # Stop this source first (on replacement as on shutdown): it records
-                    # the positions the next one resumes from.
-                    await source.aclose()
-                    await asyncio.gather(task, waiter, return_exceptions=True)
-                if not self._replaced.is_set():
-                    # The source ended by itself: surface why (the component exits and
-                    # turns unhealthy) instead of silently tailing nothing.
-                    exc = None if task.cancelled() else task.exception()
-                    raise exc or RuntimeError("the Docker source stopped unexpectedly")
+                await self._run_source()
                 for client in self._old_clients:
                     await client.aclose()
                 self._old_clients.clear()
                 # Built only now: its tailers read their start positions when created,
-                # and the old source has just recorded the final ones. Same registry:
-                # the counters go on across the reload, as Alloy's do.
+                # and the old source has just recorded the final ones.
                 self._source = self._build(self.args)
         finally:
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
             self.set_health("exited", "stopped")
+
+    async def _run_source(self) -> None:
+        """Run the current source until an update replaces it."""
+        self._replaced.clear()
+        source = self._source
+        task = asyncio.create_task(source.run(), name=f"{self.id} source")
+        replaced = asyncio.create_task(self._replaced.wait())
+        try:
+            await asyncio.wait({task, replaced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            replaced.cancel()
+            # Stop this source first (on replacement as on shutdown): it records the
+            # positions the next one resumes from.
+            await source.aclose()
+            await asyncio.gather(task, replaced, return_exceptions=True)
+        if not self._replaced.is_set():
+            # The source ended by itself: surface why instead of silently tailing
+            # nothing.
+            exc = None if task.cancelled() else task.exception()
+            raise exc or RuntimeError("the Docker source stopped unexpectedly")
 
     async def finalize(self) -> None:
         # Writers have flushed by now: persist what they acknowledged, then close.
@@ -221,16 +224,16 @@ class LokiSourceDocker(Component):
     async def stop_unstarted(self) -> None:
         await self._client.aclose()
 
-    async def update(self, args: Mapping[str, Any]) -> None:
+    async def update(self, args: LokiSourceDockerArgs) -> None:
         old, self.args = self.args, args
-        self._fanout.set(args.get("forward_to") or [])
-        if all(args.get(f) == old.get(f) for f in _RESET_FIELDS):
-            self._source.update_targets(list(args.get("targets") or []))
+        self._fanout.set(args.forward_to)
+        if not args.resets(old):
+            self._source.update_targets(args.targets)
             return
-        if args.get("host") != old.get("host"):
+        if args.host != old.host:
             # The old client serves the old source until that has stopped.
             self._old_clients.append(self._client)
-            self._client = DockerClient(str(args["host"]))
+            self._client = DockerClient(args.host)
         # The run loop stops the current source, then builds the replacement.
         self._replaced.set()
 
@@ -240,7 +243,7 @@ class LokiSourceDocker(Component):
         The same steps the tailer takes: add the stream, apply ``relabel_rules``, drop
         ``__``-prefixed names.
         """
-        rules: RelabelRules | None = self.args.get("legacy_rules")
+        rules = self.args.stream_rules
         return {
             stream: docker_stream_labels(target_labels, stream, rules)
             for stream in ("stdout", "stderr")

@@ -9,48 +9,56 @@ old one, so nothing upstream ever holds a closed writer and nothing queued is dr
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from minilog.components.base import (
+from minilog.components.arguments import (
     BASIC_AUTH_SCHEMA,
     TLS_CONFIG_SCHEMA,
+    basic_auth_of,
+    positioned,
+    tls_config_of,
+)
+from minilog.components.base import (
     Component,
     ComponentOptions,
     Health,
     StableReceiver,
-    positioned,
     register,
 )
 from minilog.config.ast import Block
-from minilog.config.schema import Attr, BlockSpec, Schema
+from minilog.config.schema import Attr, BlockSpec, Schema, defaults_of
 from minilog.errors import ConfigError, Diagnostic
-from minilog.loki.push import BasicAuth, TLSConfig
 from minilog.write import EndpointConfig, WriteMetrics, Writer
 
-__all__ = ["LokiWrite", "endpoint_configs"]
+__all__ = ["LokiWrite", "LokiWriteArgs", "drain_deadline", "endpoint_configs"]
 
-# queue_config is experimental in Alloy: non-default values need
-# --stability.level=experimental.
-_QUEUE_DEFAULTS = {"capacity": 10 << 20, "drain_timeout": 15.0, "min_shards": 1}
-
+#: ``EndpointConfig``'s defaults: the one home of ``loki.write``'s.
+_DEFAULT = defaults_of(EndpointConfig)
+#: ``queue_config`` is experimental in Alloy: values other than these need
+#: ``--stability.level=experimental``.
+_QUEUE_DEFAULTS = {
+    "capacity": _DEFAULT["queue_capacity"],
+    "drain_timeout": _DEFAULT["drain_timeout"],
+    "min_shards": 1,
+}
 
 _ENDPOINT_SCHEMA = Schema(
     attrs=[
         Attr("url", "string", required=True),
-        Attr("name", "string", default=""),
-        Attr("batch_wait", "duration", default=1.0),
-        Attr("batch_size", "bytes", default=1 << 20),
-        Attr("remote_timeout", "duration", default=10.0),
-        Attr("tenant_id", "string", default=""),
-        Attr("headers", "map(string)", default={}),
-        Attr("bearer_token", "secret", default=""),
-        Attr("bearer_token_file", "string", default=""),
-        Attr("min_backoff_period", "duration", default=0.5),
-        Attr("max_backoff_period", "duration", default=300.0),
-        Attr("max_backoff_retries", "int", default=10),
-        Attr("retry_on_http_429", "bool", default=True),
+        Attr("name", "string", default=_DEFAULT["name"]),
+        Attr("batch_wait", "duration", default=_DEFAULT["batch_wait"]),
+        Attr("batch_size", "bytes", default=_DEFAULT["batch_size"]),
+        Attr("remote_timeout", "duration", default=_DEFAULT["remote_timeout"]),
+        Attr("tenant_id", "string", default=_DEFAULT["tenant_id"]),
+        Attr("headers", "map(string)", default=_DEFAULT["headers"]),
+        Attr("bearer_token", "secret", default=_DEFAULT["bearer_token"]),
+        Attr("bearer_token_file", "string", default=_DEFAULT["bearer_token_file"]),
+        Attr("min_backoff_period", "duration", default=_DEFAULT["min_backoff_period"]),
+        Attr("max_backoff_period", "duration", default=_DEFAULT["max_backoff_period"]),
+        Attr("max_backoff_retries", "int", default=_DEFAULT["max_backoff_retries"]),
+        Attr("retry_on_http_429", "bool", default=_DEFAULT["retry_on_http_429"]),
     ],
     blocks=[
         BlockSpec("basic_auth", BASIC_AUTH_SCHEMA),
@@ -65,7 +73,7 @@ _ENDPOINT_SCHEMA = Schema(
                         "duration",
                         default=_QUEUE_DEFAULTS["drain_timeout"],
                     ),
-                    Attr("min_shards", "int", default=1),
+                    Attr("min_shards", "int", default=_QUEUE_DEFAULTS["min_shards"]),
                 ]
             ),
         ),
@@ -73,8 +81,17 @@ _ENDPOINT_SCHEMA = Schema(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class LokiWriteArgs:
+    """``loki.write``'s arguments: its endpoints as ``EndpointConfig``s."""
+
+    endpoints: tuple[EndpointConfig, ...]
+    external_labels: Mapping[str, str]
+    max_streams: int
+
+
 def endpoint_configs(
-    args: Mapping[str, Any],
+    values: Mapping[str, Any],
     block: Block,
     *,
     stability_level: str = "generally-available",
@@ -88,7 +105,7 @@ def endpoint_configs(
     endpoint_blocks = [
         s for s in block.body if isinstance(s, Block) and s.full_name == "endpoint"
     ]
-    endpoints = list(args.get("endpoint") or [])
+    endpoints = list(values["endpoint"])
     if not endpoints:
         raise positioned(block, "at least one endpoint config must be provided")
     diagnostics: list[Diagnostic] = []
@@ -96,7 +113,7 @@ def endpoint_configs(
     for i, ep in enumerate(endpoints):
         where = endpoint_blocks[i] if i < len(endpoint_blocks) else block
         try:
-            out.append(_endpoint(ep, where, stability_level))
+            out.append(_endpoint(ep, stability_level))
         except ConfigError as exc:
             pos = where.pos
             diagnostics.extend(
@@ -113,19 +130,8 @@ def endpoint_configs(
     return out
 
 
-def _endpoint(
-    ep: Mapping[str, Any], block: Block, stability_level: str
-) -> EndpointConfig:
-    basic = ep.get("basic_auth")
-    tls = ep.get("tls_config")
-    queue = ep.get("queue_config") or {}
-    if isinstance(basic, list):
-        basic = basic[0] if basic else None
-    if isinstance(tls, list):
-        tls = tls[0] if tls else None
-    if isinstance(queue, list):
-        queue = queue[0] if queue else {}
-    queue = {**_QUEUE_DEFAULTS, **queue}
+def _endpoint(ep: Mapping[str, Any], stability_level: str) -> EndpointConfig:
+    queue = ep["queue_config"] or _QUEUE_DEFAULTS
     if stability_level != "experimental" and any(
         queue[k] != v for k, v in _QUEUE_DEFAULTS.items()
     ):
@@ -136,42 +142,41 @@ def _endpoint(
     if queue["min_shards"] != 1:
         raise ConfigError("queue_config: minilog supports only min_shards = 1")
     return EndpointConfig(
-        url=str(ep["url"]),
-        name=str(ep.get("name") or ""),
-        batch_wait=float(ep.get("batch_wait", 1.0)),
-        batch_size=int(ep.get("batch_size", 1 << 20)),
-        remote_timeout=float(ep.get("remote_timeout", 10.0)),
-        tenant_id=str(ep.get("tenant_id") or ""),
-        headers=dict(ep.get("headers") or {}),
-        basic_auth=None
-        if not basic
-        else BasicAuth(
-            username=str(basic.get("username") or ""),
-            password=str(basic.get("password") or ""),
-            password_file=str(basic.get("password_file") or ""),
-        ),
-        bearer_token=str(ep.get("bearer_token") or ""),
-        bearer_token_file=str(ep.get("bearer_token_file") or ""),
-        tls_config=None
-        if not tls
-        else TLSConfig(
-            ca_file=str(tls.get("ca_file") or ""),
-            cert_file=str(tls.get("cert_file") or ""),
-            key_file=str(tls.get("key_file") or ""),
-            server_name=str(tls.get("server_name") or ""),
-            insecure_skip_verify=bool(tls.get("insecure_skip_verify", False)),
-        ),
-        min_backoff_period=float(ep.get("min_backoff_period", 0.5)),
-        max_backoff_period=float(ep.get("max_backoff_period", 300.0)),
-        max_backoff_retries=int(ep.get("max_backoff_retries", 10)),
-        retry_on_http_429=bool(ep.get("retry_on_http_429", True)),
-        queue_capacity=int(queue["capacity"]),
-        drain_timeout=float(queue["drain_timeout"]),
+        url=ep["url"],
+        name=ep["name"],
+        batch_wait=ep["batch_wait"],
+        batch_size=ep["batch_size"],
+        remote_timeout=ep["remote_timeout"],
+        tenant_id=ep["tenant_id"],
+        headers=dict(ep["headers"]),
+        basic_auth=basic_auth_of(ep["basic_auth"]),
+        bearer_token=str(ep["bearer_token"]),
+        bearer_token_file=ep["bearer_token_file"],
+        tls_config=tls_config_of(ep["tls_config"]),
+        min_backoff_period=ep["min_backoff_period"],
+        max_backoff_period=ep["max_backoff_period"],
+        max_backoff_retries=ep["max_backoff_retries"],
+        retry_on_http_429=ep["retry_on_http_429"],
+        queue_capacity=queue["capacity"],
+        drain_timeout=queue["drain_timeout"],
     )
 
 
+def drain_deadline(
+    endpoints: Sequence[EndpointConfig], shutdown_deadline: float | None
+) -> float | None:
+    """How long a stopping writer may drain: the endpoints' own ``drain_timeout``,
+    capped by the agent's shutdown deadline (Alloy's
+    ``--feature.component-shutdown-deadline`` bounds, never extends); ``None``: each
+    endpoint's own."""
+    if shutdown_deadline is None:
+        return None
+    own = max(c.drain_timeout for c in endpoints)
+    return min(own, shutdown_deadline)
+
+
 @register
-class LokiWrite(Component):
+class LokiWrite(Component[LokiWriteArgs]):
     """Ships what reaches ``receiver`` to every endpoint (``write.Writer``)."""
 
     name = "loki.write"
@@ -185,26 +190,25 @@ class LokiWrite(Component):
     phase = "write"
 
     @classmethod
-    def prepare(
+    def parse_args(
         cls,
-        args: Mapping[str, Any],
+        values: Mapping[str, Any],
         block: Block,
         *,
         stability_level: str = "generally-available",
-    ) -> dict[str, Any]:
-        out = dict(args)
-        out["endpoint_configs"] = endpoint_configs(
-            args, block, stability_level=stability_level
-        )
-        if int(out.get("max_streams") or 0) < 0:
+    ) -> LokiWriteArgs:
+        endpoints = endpoint_configs(values, block, stability_level=stability_level)
+        if values["max_streams"] < 0:
             raise positioned(block, "max_streams must be >= 0")
-        return out
+        return LokiWriteArgs(
+            tuple(endpoints), dict(values["external_labels"]), values["max_streams"]
+        )
 
     @classmethod
     def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:
         return {"receiver": StableReceiver(component_id)}
 
-    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+    def __init__(self, opts: ComponentOptions, args: LokiWriteArgs) -> None:
         super().__init__(opts, args)
         # One set of loki_write_* series for the component's life: a writer rebuilt
         # by a reload (and the old one draining) count into it, as in Alloy.
@@ -214,11 +218,11 @@ class LokiWrite(Component):
         self._exports = {"receiver": self._receiver}
         self._retiring: set[asyncio.Task[None]] = set()
 
-    def _build(self, args: Mapping[str, Any]) -> Writer:
+    def _build(self, args: LokiWriteArgs) -> Writer:
         return Writer(
-            args["endpoint_configs"],
-            external_labels=dict(args.get("external_labels") or {}),
-            max_streams=int(args.get("max_streams") or 0),
+            args.endpoints,
+            external_labels=args.external_labels,
+            max_streams=args.max_streams,
             registry=self.opts.registry,
             metrics=self._metrics,
         )
@@ -239,42 +243,33 @@ class LokiWrite(Component):
                 await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def _drain_timeout(self) -> float | None:
-        """The endpoints' own ``drain_timeout``, capped by the agent's shutdown deadline
-        (Alloy's ``--feature.component-shutdown-deadline`` bounds, never extends)."""
-        deadline = self.opts.drain_timeout
-        if deadline is None:
-            return None
-        configs: list[EndpointConfig] = self.args["endpoint_configs"]
-        own = max(c.drain_timeout for c in configs)
-        return min(own, deadline)
+        return drain_deadline(self.args.endpoints, self.opts.drain_timeout)
 
     async def stop_unstarted(self) -> None:
         self._receiver.target = None
         await self._writer.aclose(0)
 
-    async def update(self, args: Mapping[str, Any]) -> None:
+    async def update(self, args: LokiWriteArgs) -> None:
         old_args, self.args = self.args, args
-        if (
-            args["endpoint_configs"] == old_args["endpoint_configs"]
-            and args.get("external_labels") == old_args.get("external_labels")
-            and args.get("max_streams") == old_args.get("max_streams")
-        ):
+        if args == old_args:
             return
         writer = self._build(args)
         await writer.start()
         old, self._writer = self._writer, writer
         self._receiver.target = writer
         # The old writer drains in the background, owned here and awaited at shutdown.
-        task = asyncio.create_task(old.aclose(self._drain_timeout()))
+        task = asyncio.create_task(self._retire(old))
         self._retiring.add(task)
-        task.add_done_callback(self._retired)
 
-    def _retired(self, task: asyncio.Task[None]) -> None:
-        self._retiring.discard(task)
-        with contextlib.suppress(asyncio.CancelledError):
-            exc = task.exception()
-            if exc is not None:
-                self.log.error("draining the replaced writer failed", exc_info=exc)
+    async def _retire(self, writer: Writer) -> None:
+        try:
+            await writer.aclose(self._drain_timeout())
+        except Exception as exc:
+            self.log.error("draining the replaced writer failed", exc_info=exc)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._retiring.discard(task)
 
     def health(self) -> Health:
         # An endpoint past max_backoff_retries holds its entries rather than dropping

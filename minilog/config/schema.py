@@ -1,4 +1,5 @@
-"""Declarative argument schemas and the decoder from block bodies to plain, typed dicts.
+"""Declarative argument schemas, the decoder from block bodies to plain dicts, and typed
+argument classes built from those dicts.
 
 Owns ``Attr``/``BlockSpec``/``Schema`` and the Alloy type conversions ("duration",
 "bytes", "list(map(string))", ...); Go's duration and byte-size syntax are ``_go``'s.
@@ -10,9 +11,11 @@ calls ``decode_block``, which reports every problem of the block, positioned, in
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from minilog._go import format_float, parse_duration
 from minilog._go import parse_base2_bytes as parse_bytes
@@ -27,9 +30,14 @@ __all__ = [
     "Attr",
     "BlockSpec",
     "Schema",
+    "args_from",
+    "attr",
+    "block",
     "decode_block",
+    "defaults_of",
     "parse_bytes",
     "parse_duration",
+    "schema_for",
 ]
 
 
@@ -109,6 +117,99 @@ class BlockSpec:
 class Schema:
     attrs: Sequence[Attr]
     blocks: Sequence[BlockSpec] = ()
+
+
+# ---------------------------------------------------------------- typed arguments
+
+_T = TypeVar("_T")
+#: Field metadata keys: the Alloy type of an attribute, the class of a nested block.
+_ALLOY_TYPE: Final = "alloy_type"
+_ALLOY_BLOCK: Final = "alloy_block"
+
+
+def attr(type: str, default: Any = MISSING, *, required: bool = False) -> Any:
+    """A dataclass field that is an Alloy attribute of ``type`` (``"duration"``,
+    ``"list(string)"``, ...), named as the field.
+
+    Its ``default`` is the one default of that argument: ``schema_for`` puts it in the
+    schema, and code that builds the class by hand gets it too. Without a default the
+    attribute decodes to ``None`` when absent; a ``required`` one has none (declare
+    the class ``kw_only``).
+    """
+    _check_type(type)
+    metadata = {_ALLOY_TYPE: type, "required": required}
+    if required:
+        return dataclasses.field(metadata=metadata)
+    if default is MISSING:
+        default = None
+    if isinstance(default, dict | list | set):
+        return dataclasses.field(
+            default_factory=functools.partial(copy.deepcopy, default),
+            metadata=metadata,
+        )
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def block(cls: type, *, repeated: bool = False, required: bool = False) -> Any:
+    """A dataclass field that is a nested block, decoded into ``cls`` (a class of
+    ``attr`` fields): a tuple of them when ``repeated``, else one or ``None``."""
+    metadata = {_ALLOY_BLOCK: cls, "repeated": repeated, "required": required}
+    return dataclasses.field(default=() if repeated else None, metadata=metadata)
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    """The field defaults of dataclass ``cls`` (a fresh copy of mutable ones): for a
+    schema whose defaults are a plain class's (``EndpointConfig``, ``Rule``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+@functools.cache
+def schema_for(cls: type) -> Schema:
+    """The schema of an argument class: its ``attr`` and ``block`` fields, in order,
+    with their defaults."""
+    attrs: list[Attr] = []
+    blocks: list[BlockSpec] = []
+    for f in dataclasses.fields(cls):
+        required = bool(f.metadata.get("required"))
+        if _ALLOY_TYPE in f.metadata:
+            default: Any = MISSING
+            if not required:
+                if f.default is not dataclasses.MISSING and f.default is not None:
+                    default = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    default = f.default_factory()
+            attrs.append(Attr(f.name, f.metadata[_ALLOY_TYPE], default, required))
+        elif _ALLOY_BLOCK in f.metadata:
+            inner = schema_for(f.metadata[_ALLOY_BLOCK])
+            repeated = bool(f.metadata["repeated"])
+            blocks.append(BlockSpec(f.name, inner, repeated, required))
+    return Schema(attrs=attrs, blocks=blocks)
+
+
+def args_from(cls: type[_T], values: Mapping[str, Any]) -> _T:
+    """An instance of argument class ``cls`` from ``decode_block``'s values for its
+    schema: nested blocks become their classes, lists become tuples."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if _ALLOY_TYPE in f.metadata:
+            value = values.get(f.name)
+            if value is None and not f.metadata.get("required"):
+                continue  # the field's default (the schema's too)
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        elif _ALLOY_BLOCK in f.metadata:
+            inner = f.metadata[_ALLOY_BLOCK]
+            value = values.get(f.name)
+            if f.metadata["repeated"]:
+                kwargs[f.name] = tuple(args_from(inner, v) for v in value or ())
+            else:
+                kwargs[f.name] = None if value is None else args_from(inner, value)
+    return cls(**kwargs)
 
 
 # ---------------------------------------------------------------- conversions
