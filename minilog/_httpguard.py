@@ -31,6 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
+from minilog.backoff import Backoff
+
 __all__ = [
     "AUTO_CONN_LIMIT",
     "DEFAULT_SERVER_IDLE_TIMEOUT",
@@ -191,7 +193,11 @@ class ConnectionGuard:
             return True, True
         return False, False
 
-    async def _wait_for_slot(self) -> None:
+    # -- the server side (called by GuardedServer and its protocol) -------------------
+
+    async def wait_for_slot(self) -> None:
+        """Return once a connection may be accepted (under the cap, and under the
+        process's descriptor headroom)."""
         full, process_wide = self._full()
         if not full:
             return
@@ -211,13 +217,15 @@ class ConnectionGuard:
         finally:
             self.paused = False
 
-    def _admit(self, transport: asyncio.Transport) -> None:
+    def admit(self, transport: asyncio.Transport) -> None:
+        """A connection was accepted: its read deadline starts now."""
         global _open_in_process
         _open_in_process += 1
         deadline = self._deadline(self.limits.read_timeout_s)
         self._connections[transport] = _Connection(transport, deadline)
 
-    def _on_data(self, transport: asyncio.Transport) -> None:
+    def on_data(self, transport: asyncio.Transport) -> None:
+        """Bytes arrived on ``transport``."""
         conn = self._connections.get(transport)
         if conn is not None and conn.phase in (_Phase.IDLE, _Phase.RESPONDING):
             # The next request's first bytes: its read deadline starts now.
@@ -226,7 +234,8 @@ class ConnectionGuard:
                 self.limits.read_timeout_s
             )
 
-    def _on_lost(self, transport: asyncio.Transport) -> None:
+    def on_lost(self, transport: asyncio.Transport) -> None:
+        """``transport`` closed: its slot is free."""
         global _open_in_process
         if self._connections.pop(transport, None) is not None:
             _open_in_process -= 1
@@ -314,7 +323,12 @@ class ConnectionGuard:
         ]
         return min(1.0, max(0.02, min(timeouts, default=1.0) / 4))
 
-    async def _watch(self) -> None:
+    def transports(self) -> list[asyncio.Transport]:
+        """The connections open now."""
+        return list(self._connections)
+
+    async def watch(self) -> None:
+        """The watchdog: closes connections past their deadlines, until cancelled."""
         tick = self._tick_s()
         while True:
             await asyncio.sleep(tick)
@@ -340,12 +354,12 @@ class _GuardedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._guard._admit(transport)
+        self._guard.admit(transport)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
-        self._guard._on_data(self._transport)
+        self._guard.on_data(self._transport)
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -353,7 +367,7 @@ class _GuardedProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         assert self._transport is not None
-        self._guard._on_lost(self._transport)
+        self._guard.on_lost(self._transport)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -430,7 +444,7 @@ class GuardedServer:
         self._runner, self._sock = runner, sock
         self._tasks = [
             asyncio.create_task(self._accept(sock, runner)),
-            asyncio.create_task(self.guard._watch()),
+            asyncio.create_task(self.guard.watch()),
         ]
 
     async def _accept(self, sock: socket.socket, runner: web.AppRunner) -> None:
@@ -438,19 +452,19 @@ class GuardedServer:
         guard = self.guard
         low_level = runner.server
         assert low_level is not None
-        retry_s = 0.0
+        backoff = Backoff(_ACCEPT_RETRY_MIN_S, _ACCEPT_RETRY_MAX_S)
         while True:
-            await guard._wait_for_slot()
+            await guard.wait_for_slot()
             try:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as exc:
                 # Out of descriptors (EMFILE) and kin: back off as Go does; the
                 # connection waits in the backlog meanwhile.
-                retry_s = min(_ACCEPT_RETRY_MAX_S, 2 * retry_s or _ACCEPT_RETRY_MIN_S)
+                retry_s = backoff.next_delay()
                 _log.error("accept failed, retrying in %.3fs: %s", retry_s, exc)
                 await asyncio.sleep(retry_s)
                 continue
-            retry_s = 0.0
+            backoff.reset()
             try:
                 await loop.connect_accepted_socket(
                     lambda: _GuardedProtocol(guard, low_level), conn
@@ -474,5 +488,5 @@ class GuardedServer:
             sock.close()
         if runner is not None:
             await runner.cleanup()
-        for transport in list(self.guard._connections):
+        for transport in self.guard.transports():
             transport.abort()

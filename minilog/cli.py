@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_LOKI_URL",
     "default_config",
     "main",
+    "normalize_argv",
     "public_url",
 ]
 
@@ -235,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _normalize(argv: Sequence[str]) -> list[str]:
+def normalize_argv(argv: Sequence[str]) -> list[str]:
     """Go's flag package accepts ``--bool=true|false``; argparse does not."""
     out: list[str] = []
     for raw in argv:
@@ -482,7 +483,7 @@ def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``minilog = "minilog.cli:main"``); returns the exit code."""
-    args = _parser().parse_args(_normalize(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
     if args.command == "validate":
         return _cmd_validate(args)
     if args.command == "fmt":

@@ -52,6 +52,7 @@ __all__ = [
     "is_internal",
     "is_valid_label_name",
     "parse_label_pairs",
+    "parse_label_set",
     "parse_labels",
     "public_labels",
     "validate_label_name",
@@ -405,6 +406,11 @@ _NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
 _ITEM = rf'{_SP}{_NAME}{_SP}={_SP}"[^"\\\n{_SURROGATES}]*"{_SP}'
 _SIMPLE_SET = re.compile(rf"{_SP}\{{(?:{_ITEM}(?:,{_ITEM})*,?)?{_SP}\}}{_SP}\Z")
 _SIMPLE_PAIR = re.compile(rf'({_NAME}){_SP}={_SP}"([^"]*)"')
+
+
+def parse_label_set(text: str) -> list[tuple[str, str]]:
+    """:func:`parse_label_pairs` without its fast path: the grammar parser alone."""
+    return _LabelParser(text).parse()
 
 
 def parse_label_pairs(text: str) -> list[tuple[str, str]]:

@@ -37,6 +37,7 @@ __all__ = [
     "go_lower",
     "go_upper",
     "is_legacy_label_name",
+    "is_template_name",
     "is_utf8_label_name",
     "parse_action",
     "process",
@@ -103,6 +104,12 @@ _LEGACY_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _TEMPLATE_NAME = re.compile(
     r"(?:[a-zA-Z_]|\$(?:\{\w+\}|\w))(?:\w|\$(?:\{\w+\}|\w))*", re.ASCII
 )
+
+
+def is_template_name(text: str) -> bool:
+    """Whether ``text`` is a valid ``target_label`` template for ``replace`` (a name,
+    possibly with ``$1`` / ``${name}`` references), as Prometheus' ``relabelTarget``."""
+    return _TEMPLATE_NAME.fullmatch(text) is not None
 
 
 def is_legacy_label_name(name: str) -> bool:

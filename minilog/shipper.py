@@ -1,10 +1,12 @@
 """The embeddable shipper: send log lines from your own program to Loki.
 
 ``Shipper`` is the asyncio facade and ``SyncShipper`` the thread-safe one for code
-without an event loop (it runs a loop in a daemon thread). Both sit on ``write.Writer``
-with a single endpoint, so the library and the agent share one push path; this module
-only owns the label checks, timestamps, the caller-side buffer of ``SyncShipper`` and
-acknowledgements.
+without an event loop (it runs a loop in a daemon thread). Both are made of the same
+parts (``_Core``: checked labels, one ``EndpointConfig``, a ``write.Writer``), so the
+library and the agent share one push path; this module only owns the label checks,
+timestamps, the caller-side buffer of ``SyncShipper`` and acknowledgements. Every
+endpoint default is ``EndpointConfig``'s, except the queue bound
+(``SHIPPER_QUEUE_CAPACITY``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
 
-from minilog.errors import ClosedError, WouldBlockError
+from minilog.errors import BrokenError, ClosedError, WouldBlockError
 from minilog.labels import validate_label_name
 from minilog.loki.push import BasicAuth, TLSConfig
 from minilog.model import Delivery, LogEntry, Metadata, StreamBatch
@@ -30,6 +32,7 @@ from minilog.write import EndpointConfig, Writer
 
 __all__ = [
     "PUSH_PATH",
+    "SHIPPER_QUEUE_CAPACITY",
     "OnDelivery",
     "Shipper",
     "SyncShipper",
@@ -40,6 +43,9 @@ _log = logging.getLogger("minilog.shipper")
 
 #: Appended to a base URL given to a shipper.
 PUSH_PATH = "/loki/api/v1/push"
+#: A shipper's ``queue_capacity``: larger than Alloy's 10 MiB, so that an
+#: application's bursts and a Loki outage of a minute fit (README, "Embedding").
+SHIPPER_QUEUE_CAPACITY = 64 << 20
 _PUSH_PATHS = (PUSH_PATH, "/api/prom/push")
 
 #: Told whether entries settled (``True``: accepted by Loki, or refused by it for good
@@ -123,6 +129,45 @@ class _LabelChecker:
         return {**base, **labels}
 
 
+class _Core:
+    """What both facades are made of: checked base labels, one endpoint, its writer."""
+
+    __slots__ = ("checker", "config", "labels", "writer")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        tenant_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        queue_capacity: int = SHIPPER_QUEUE_CAPACITY,
+        max_streams: int = 0,
+        registry: CollectorRegistry | None = None,
+        **endpoint: Any,
+    ) -> None:
+        self.checker = _LabelChecker()
+        self.labels = dict(labels or {})
+        self.checker.check(self.labels)
+        self.config = EndpointConfig(
+            push_url(url),
+            tenant_id=tenant_id or "",
+            headers=dict(headers or {}),
+            queue_capacity=queue_capacity,
+            **endpoint,
+        )
+        self.writer = Writer([self.config], max_streams=max_streams, registry=registry)
+
+    def batch(
+        self,
+        labels: Mapping[str, str] | None,
+        entries: list[LogEntry],
+        on_delivery: OnDelivery | None,
+    ) -> StreamBatch:
+        merged = self.checker.merge(self.labels, labels)
+        return StreamBatch(merged, entries, _delivery(on_delivery))
+
+
 class Shipper:
     """Ship log lines to Loki from asyncio code.
 
@@ -163,33 +208,34 @@ class Shipper:
         *,
         labels: Mapping[str, str] | None = None,
         tenant_id: str | None = None,
-        batch_wait: float = 1.0,
-        batch_size: int = 1 << 20,
-        queue_capacity: int = 64 << 20,
-        remote_timeout: float = 10.0,
+        batch_wait: float = EndpointConfig.batch_wait,
+        batch_size: int = EndpointConfig.batch_size,
+        queue_capacity: int = SHIPPER_QUEUE_CAPACITY,
+        remote_timeout: float = EndpointConfig.remote_timeout,
         headers: Mapping[str, str] | None = None,
-        basic_auth: BasicAuth | None = None,
-        bearer_token: str = "",
-        bearer_token_file: str = "",
-        tls_config: TLSConfig | None = None,
-        min_backoff_period: float = 0.5,
-        max_backoff_period: float = 300.0,
-        max_backoff_retries: int = 10,
-        retry_on_http_429: bool = True,
-        drain_timeout: float = 15.0,
+        basic_auth: BasicAuth | None = EndpointConfig.basic_auth,
+        bearer_token: str = EndpointConfig.bearer_token,
+        bearer_token_file: str = EndpointConfig.bearer_token_file,
+        tls_config: TLSConfig | None = EndpointConfig.tls_config,
+        min_backoff_period: float = EndpointConfig.min_backoff_period,
+        max_backoff_period: float = EndpointConfig.max_backoff_period,
+        max_backoff_retries: int = EndpointConfig.max_backoff_retries,
+        retry_on_http_429: bool = EndpointConfig.retry_on_http_429,
+        drain_timeout: float = EndpointConfig.drain_timeout,
         max_streams: int = 0,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self._checker = _LabelChecker()
-        self._labels = dict(labels or {})
-        self._checker.check(self._labels)
-        self.config = EndpointConfig(
-            push_url(url),
+        self._core = _Core(
+            url,
+            labels=labels,
+            tenant_id=tenant_id,
+            headers=headers,
+            queue_capacity=queue_capacity,
+            max_streams=max_streams,
+            registry=registry,
             batch_wait=batch_wait,
             batch_size=batch_size,
             remote_timeout=remote_timeout,
-            tenant_id=tenant_id or "",
-            headers=dict(headers or {}),
             basic_auth=basic_auth,
             bearer_token=bearer_token,
             bearer_token_file=bearer_token_file,
@@ -198,10 +244,10 @@ class Shipper:
             max_backoff_period=max_backoff_period,
             max_backoff_retries=max_backoff_retries,
             retry_on_http_429=retry_on_http_429,
-            queue_capacity=queue_capacity,
             drain_timeout=drain_timeout,
         )
-        self._writer = Writer([self.config], max_streams=max_streams, registry=registry)
+        self._writer = self._core.writer
+        self.config = self._core.config
         self.registry = self._writer.registry
 
     @property
@@ -212,15 +258,6 @@ class Shipper:
     def queued_bytes(self) -> int:
         """Bytes buffered and not yet accepted by Loki."""
         return sum(self._writer.queued_bytes().values())
-
-    def _stream(
-        self,
-        labels: Mapping[str, str] | None,
-        entries: list[LogEntry],
-        on_delivery: OnDelivery | None,
-    ) -> StreamBatch:
-        merged = self._checker.merge(self._labels, labels)
-        return StreamBatch(merged, entries, _delivery(on_delivery))
 
     async def send(
         self,
@@ -246,7 +283,7 @@ class Shipper:
                 its send loop died of a bug).
         """
         entry = _entry(line, timestamp_ns, metadata)
-        await self._writer.send(self._stream(labels, [entry], on_delivery))
+        await self._writer.send(self._core.batch(labels, [entry], on_delivery))
 
     def send_nowait(
         self,
@@ -262,7 +299,7 @@ class Shipper:
         When it raises, ``on_delivery`` is told ``False`` (abandoned), as ``send`` does.
         """
         entry = _entry(line, timestamp_ns, metadata)
-        batch = self._stream(labels, [entry], on_delivery)
+        batch = self._core.batch(labels, [entry], on_delivery)
         try:
             self._writer.send_nowait(batch)
         except (ClosedError, WouldBlockError):
@@ -278,7 +315,7 @@ class Shipper:
         on_delivery: OnDelivery | None = None,
     ) -> None:
         """Queue many entries of one stream at once (the cheap way to send a lot)."""
-        await self._writer.send(self._stream(labels, list(entries), on_delivery))
+        await self._writer.send(self._core.batch(labels, list(entries), on_delivery))
 
     async def flush(self) -> None:
         """Wait until everything queued so far was accepted (or refused for good).
@@ -291,9 +328,6 @@ class Shipper:
     async def aclose(self, drain_timeout: float | None = None) -> None:
         """Deliver what is queued within the drain timeout, then close. Idempotent."""
         await self._writer.aclose(drain_timeout)
-
-    def _count_dropped(self, batch: StreamBatch, reason: str) -> None:
-        self._writer.count_dropped(batch, reason)
 
     async def __aenter__(self) -> Shipper:
         if self.closed:
@@ -336,24 +370,26 @@ class SyncShipper:
     def __init__(
         self, url: str, *, buffer_bytes: int | None = None, **options: Any
     ) -> None:
-        self._shipper = Shipper(url, **options)  # first: a bad option leaks no loop
+        self._core = _Core(url, **options)  # first: a bad option leaks no loop
+        self._writer = self._core.writer
         self._loop = asyncio.new_event_loop()
-        self.registry = self._shipper.registry
-        self._checker = self._shipper._checker
-        self._labels = self._shipper._labels
-        self._limit = buffer_bytes or self._shipper.config.batch_size
+        self.registry = self._writer.registry
+        self._limit = buffer_bytes or self._core.config.batch_size
         self._cond = threading.Condition()
         self._items: list[_Item] = []
         self._buffered = 0  # bytes taken by callers and not yet accepted by the writer
         self._wake_scheduled = False
         self._closed = False
+        #: Why the pump stopped, if it died of a bug: later sends fail with it.
+        self._broken: BaseException | None = None
         self._pump_lock: asyncio.Lock | None = None
-        self._pumps: set[asyncio.Task[None]] = set()
+        self._work: asyncio.Event | None = None
+        self._pump_task: asyncio.Task[None] | None = None
         self._thread = threading.Thread(
             target=self._run_loop, name="minilog-shipper", daemon=True
         )
         self._thread.start()
-        self._call(self._shipper.__aenter__(), None)
+        self._call(self._start(), None)
         atexit.register(self._atexit)
 
     # -- the loop thread
@@ -370,15 +406,32 @@ class SyncShipper:
             future.cancel()
             raise
 
-    def _wake(self) -> None:
-        task = self._loop.create_task(self._pump())
-        self._pumps.add(task)
-        task.add_done_callback(self._pump_done)
+    async def _start(self) -> None:
+        self._work = asyncio.Event()
+        self._pump_task = asyncio.get_running_loop().create_task(
+            self._run_pump(), name="minilog-shipper pump"
+        )
+        await self._writer.start()
 
-    def _pump_done(self, task: asyncio.Task[None]) -> None:
-        self._pumps.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            _log.error("SyncShipper pump failed", exc_info=task.exception())
+    def _wake(self) -> None:
+        assert self._work is not None
+        self._work.set()
+
+    async def _run_pump(self) -> None:
+        """The pump's task, owned by this shipper: moves what callers buffered into
+        the writer. If it dies of a bug, blocked and later sends fail with it."""
+        assert self._work is not None
+        work = self._work
+        try:
+            while True:
+                await work.wait()
+                work.clear()
+                await self._pump()
+        except Exception as exc:  # noqa: BLE001 - recorded: sends fail with it now
+            _log.error("SyncShipper pump failed", exc_info=exc)
+            with self._cond:
+                self._broken = exc
+                self._cond.notify_all()
 
     async def _pump(self) -> None:
         if self._pump_lock is None:
@@ -393,17 +446,15 @@ class SyncShipper:
             groups = _group(items)
             for index, (labels, entries, delivery, size) in enumerate(groups):
                 try:
-                    await self._shipper._writer.send(
-                        StreamBatch(labels, entries, delivery)
-                    )
+                    await self._writer.send(StreamBatch(labels, entries, delivery))
                 except ClosedError:
-                    self._shipper._count_dropped(
+                    self._writer.count_dropped(
                         StreamBatch(labels, entries), "drain_timeout"
                     )
                 except asyncio.CancelledError:
                     # Close gave up waiting: what never reached the writer is lost.
                     for labels_, entries_, delivery_, _ in groups[index:]:
-                        self._shipper._count_dropped(
+                        self._writer.count_dropped(
                             StreamBatch(labels_, entries_), "drain_timeout"
                         )
                         if delivery_ is not None and delivery_ is not delivery:
@@ -430,12 +481,11 @@ class SyncShipper:
     def _enqueue(self, item: _Item, block: bool, timeout: float | None) -> None:
         size = item[3]
         with self._cond:
-            if self._closed:
-                raise ClosedError("SyncShipper is closed")
+            self._check_open()
             if self._buffered >= self._limit:
                 # Waiting on the shipper's own thread would wait for itself forever.
                 if not block or threading.current_thread() is self._thread:
-                    self._shipper._count_dropped(
+                    self._writer.count_dropped(
                         StreamBatch(item[0], item[1]), "queue_is_full"
                     )
                     raise WouldBlockError("shipper buffer is full")
@@ -447,13 +497,21 @@ class SyncShipper:
                     if remaining is not None and remaining <= 0:
                         raise WouldBlockError("shipper buffer stayed full")
                     self._cond.wait(remaining)
-                    if self._closed:
-                        raise ClosedError("SyncShipper is closed")
+                    self._check_open()
             self._items.append(item)
             self._buffered += size
             if not self._wake_scheduled:
                 self._wake_scheduled = True
                 self._loop.call_soon_threadsafe(self._wake)
+
+    def _check_open(self) -> None:
+        """Under ``_cond``: raise unless sends are taken."""
+        if self._broken is not None:
+            raise BrokenError(
+                f"SyncShipper stopped: {type(self._broken).__name__}: {self._broken}"
+            )
+        if self._closed:
+            raise ClosedError("SyncShipper is closed")
 
     def _item(
         self,
@@ -461,7 +519,7 @@ class SyncShipper:
         entries: list[LogEntry],
         on_delivery: OnDelivery | None,
     ) -> _Item:
-        merged = self._checker.merge(self._labels, labels)
+        merged = self._core.checker.merge(self._core.labels, labels)
         size = (
             sum(len(e.line) for e in entries)
             if len(entries) != 1
@@ -524,7 +582,7 @@ class SyncShipper:
 
     async def _aflush(self) -> None:
         await self._pump()
-        await self._shipper.flush()
+        await self._writer.flush()
 
     def close(self, timeout: float | None = None) -> None:
         """Deliver what is buffered within ``timeout`` (else ``drain_timeout``); stop.
@@ -545,11 +603,7 @@ class SyncShipper:
             self._loop.close()
 
     async def _aclose(self, drain_timeout: float | None) -> None:
-        drain = (
-            drain_timeout
-            if drain_timeout is not None
-            else self._shipper.config.drain_timeout
-        )
+        drain = drain_timeout if drain_timeout is not None else self.drain_timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain
         try:
@@ -557,7 +611,11 @@ class SyncShipper:
                 await self._pump()
         except TimeoutError:
             pass
-        await self._shipper.aclose(max(0.0, deadline - loop.time()))
+        await self._writer.aclose(max(0.0, deadline - loop.time()))
+        task, self._pump_task = self._pump_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _atexit(self) -> None:
         self.close()
@@ -570,7 +628,7 @@ class SyncShipper:
     def drain_timeout(self) -> float:
         """Seconds ``close`` gives queued lines by default (Alloy's
         ``queue_config.drain_timeout``)."""
-        return self._shipper.config.drain_timeout
+        return self._core.config.drain_timeout
 
     def __enter__(self) -> SyncShipper:
         return self

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from agent_helpers import AgentProcess, free_port, start_agent_process
 
-from minilog.cli import DEFAULT_LOKI_URL, _normalize, default_config, main
+from minilog.cli import DEFAULT_LOKI_URL, default_config, main, normalize_argv
 from minilog.config import parse
 from minilog.testing import FakeLoki
 
@@ -103,10 +103,10 @@ def test_unsupported_config_format_is_refused(
 
 
 def test_go_style_flags_are_normalised() -> None:
-    assert _normalize(["--cluster.enabled=false", "--server.http.enable-pprof=1"]) == [
-        "--server.http.enable-pprof"
-    ]
-    assert _normalize(
+    assert normalize_argv(
+        ["--cluster.enabled=false", "--server.http.enable-pprof=1"]
+    ) == ["--server.http.enable-pprof"]
+    assert normalize_argv(
         ["--disable-reporting=true", "--disable-reporting=false", "-storage.path=x"]
     ) == [
         "--disable-reporting",

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from minilog.docker.client import DockerClient, DockerTLS, _parse_host, _unavailable
+from minilog.docker.client import DockerClient, DockerTLS, parse_host, unavailable_error
 from minilog.errors import ClosedError, ConfigError, DockerError, DockerUnavailableError
 
 DATA = Path(__file__).parent / "data" / "docker"
@@ -397,9 +397,9 @@ async def test_refused_tcp_port_is_unavailable() -> None:
 def test_permission_denied_names_the_user_and_the_group(tmp_path: Path) -> None:
     sock = tmp_path / "docker.sock"
     sock.touch()
-    endpoint = _parse_host(f"unix://{sock}", None)
+    endpoint = parse_host(f"unix://{sock}", None)
     message = str(
-        _unavailable(endpoint, PermissionError(errno.EACCES, "Permission denied"))
+        unavailable_error(endpoint, PermissionError(errno.EACCES, "Permission denied"))
     )
     assert f"permission denied on Docker socket {sock}" in message
     assert f"uid {os.geteuid()}" in message
@@ -411,18 +411,18 @@ def test_permission_denied_names_the_user_and_the_group(tmp_path: Path) -> None:
 
 def test_host_schemes_map_to_urls(tmp_path: Path) -> None:
     assert (
-        _parse_host("unix:///var/run/docker.sock", None).unix_path
+        parse_host("unix:///var/run/docker.sock", None).unix_path
         == "/var/run/docker.sock"
     )
-    assert _parse_host("tcp://10.0.0.1", None).base_url == "http://10.0.0.1:2375"
-    assert _parse_host("http://h:8080/prefix/", None).base_url == "http://h:8080/prefix"
-    tls = _parse_host("tcp://h", DockerTLS(verify=False))
+    assert parse_host("tcp://10.0.0.1", None).base_url == "http://10.0.0.1:2375"
+    assert parse_host("http://h:8080/prefix/", None).base_url == "http://h:8080/prefix"
+    tls = parse_host("tcp://h", DockerTLS(verify=False))
     assert tls.base_url == "https://h:2376"
     assert tls.ssl is not None
-    assert _parse_host("https://[::1]:9999", None).base_url == "https://[::1]:9999"
+    assert parse_host("https://[::1]:9999", None).base_url == "https://[::1]:9999"
     for bad in ("npipe:////./pipe/docker_engine", "unix://", "tcp://", "ftp://x"):
         with pytest.raises(ConfigError):
-            _parse_host(bad, None)
+            parse_host(bad, None)
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:

@@ -30,9 +30,12 @@ __all__ = [
     "DEFAULT_HOST",
     "MAX_API_VERSION",
     "DockerClient",
+    "DockerEndpoint",
     "DockerTLS",
     "encode_filters",
+    "parse_host",
     "since_arg",
+    "unavailable_error",
 ]
 
 DEFAULT_HOST: Final = "unix:///var/run/docker.sock"
@@ -94,7 +97,7 @@ class DockerTLS:
 
 
 @dataclass(frozen=True, slots=True)
-class _Endpoint:
+class DockerEndpoint:
     """Where the daemon is: a unix socket path, or host:port (+ TLS) and a base URL."""
 
     url: str  # as given, for messages
@@ -105,12 +108,12 @@ class _Endpoint:
     ssl: ssl.SSLContext | None
 
 
-def _parse_host(host: str, tls: DockerTLS | None) -> _Endpoint:
+def parse_host(host: str, tls: DockerTLS | None) -> DockerEndpoint:
     if host.startswith("unix://"):
         path = host[len("unix://") :]
         if not path:
             raise ConfigError(f"Docker host {host!r} has no socket path")
-        return _Endpoint(host, path, "docker", 0, "http://docker", None)
+        return DockerEndpoint(host, path, "docker", 0, "http://docker", None)
     parts = urlsplit(host)
     scheme = parts.scheme
     if scheme == "tcp":
@@ -135,7 +138,7 @@ def _parse_host(host: str, tls: DockerTLS | None) -> _Endpoint:
     ssl_ctx = None
     if scheme == "https":
         ssl_ctx = (tls or DockerTLS()).ssl_context()
-    return _Endpoint(host, None, hostname, port, base_url, ssl_ctx)
+    return DockerEndpoint(host, None, hostname, port, base_url, ssl_ctx)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -200,7 +203,9 @@ def _socket_group(path: str) -> str:
         return str(gid)
 
 
-def _unavailable(endpoint: _Endpoint, exc: BaseException) -> DockerUnavailableError:
+def unavailable_error(
+    endpoint: DockerEndpoint, exc: BaseException
+) -> DockerUnavailableError:
     """One actionable message per cause: which address, which user, what to do."""
     code = exc.errno if isinstance(exc, OSError) else None
     if endpoint.unix_path is not None:
@@ -274,7 +279,7 @@ class DockerClient:
             host = os.environ.get("DOCKER_HOST") or DEFAULT_HOST
             if tls is None:
                 tls = DockerTLS.from_env()
-        self._endpoint = _parse_host(host, tls)
+        self._endpoint = parse_host(host, tls)
         self._api_version = api_version
         self._timeout = aiohttp.ClientTimeout(
             total=timeout_s, sock_connect=connect_timeout_s
@@ -348,7 +353,7 @@ class DockerClient:
                     )
                 yield resp
         except aiohttp.ClientConnectorError as exc:
-            raise _unavailable(self._endpoint, exc.os_error) from exc
+            raise unavailable_error(self._endpoint, exc.os_error) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DockerUnavailableError(
                 f"request to Docker at {self._endpoint.url} failed: {_describe(exc)}"
@@ -512,7 +517,7 @@ class DockerClient:
                 await loop.sock_sendall(sock, request)
                 head, body = await self._read_head(sock)
             except OSError as exc:
-                raise _unavailable(self._endpoint, exc) from exc
+                raise unavailable_error(self._endpoint, exc) from exc
             status, headers = _parse_head(head)
             length = headers.get("content-length")
             remaining = int(length) if length is not None and length.isdigit() else -1
@@ -583,7 +588,7 @@ class DockerClient:
                     return sock
                 raise last
         except (OSError, TimeoutError) as exc:
-            raise _unavailable(endpoint, exc) from exc
+            raise unavailable_error(endpoint, exc) from exc
 
     @staticmethod
     async def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
