@@ -21,13 +21,15 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import prometheus_client
 
 from minilog._httpguard import raise_nofile_limit
 from minilog.agent.logsetup import configure_logging
+from minilog.components.base import STABLE
 from minilog.errors import ConfigError, MinilogError
+from minilog.loki.push import url_without_userinfo
 
 if TYPE_CHECKING:
     from minilog.agent.runtime import Agent
@@ -38,7 +40,6 @@ __all__ = [
     "default_config",
     "main",
     "normalize_argv",
-    "public_url",
 ]
 
 log = logging.getLogger("minilog.cli")
@@ -95,7 +96,7 @@ _IGNORED_BOOL_FLAGS = (
 )
 # Accepted only when switched off: minilog has no clustering.
 _FALSE_ONLY_FLAGS = ("--cluster.enabled",)
-_STABILITY_LEVELS = ("experimental", "public-preview", "generally-available")
+_STABILITY_LEVELS = ("experimental", "public-preview", STABLE)
 _LONG_FLAGS = frozenset(
     (
         "--server.http.listen-addr",
@@ -174,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stability.level",
         dest="stability_level",
-        default="generally-available",
+        default=STABLE,
         choices=_STABILITY_LEVELS,
         help="minimum stability level of features to allow (default %(default)s)",
     )
@@ -224,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--stability.level",
         dest="stability_level",
-        default="generally-available",
+        default=STABLE,
         choices=_STABILITY_LEVELS,
     )
 
@@ -420,17 +421,6 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def public_url(url: str) -> str:
-    """``url`` without its userinfo (``user:password@``), for logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
 def _log_plan(agent: Agent, config: str) -> None:
     """What the agent runs: the config and where its logs go."""
     log.info("running config", extra={"config": config})
@@ -438,7 +428,7 @@ def _log_plan(agent: Agent, config: str) -> None:
     for component_id, url in endpoints:
         log.info(
             "shipping logs to endpoint",
-            extra={"component_id": component_id, "url": public_url(url)},
+            extra={"component_id": component_id, "url": url_without_userinfo(url)},
         )
     if not endpoints:
         log.info("the config has no loki.write endpoint: nothing is shipped to Loki")

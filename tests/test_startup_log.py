@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from agent_helpers import docker_config, start_agent_process
 
-from minilog.cli import public_url
+from minilog.loki.push import url_without_userinfo
 from minilog.testing import FakeLoki
 
 
@@ -24,8 +24,8 @@ from minilog.testing import FakeLoki
         ("http://a:b@[::1]:3100/p", "http://[::1]:3100/p"),
     ],
 )
-def test_public_url_strips_userinfo(url: str, shown: str) -> None:
-    assert public_url(url) == shown
+def test_endpoint_urls_are_shown_without_userinfo(url: str, shown: str) -> None:
+    assert url_without_userinfo(url) == shown
 
 
 def _fields(line: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 from minilog import config as cfg
 from minilog.agent.logsetup import FORMATS, LEVELS
 from minilog.components import COMPONENT_TYPES, Component
+from minilog.components.base import STABLE
 from minilog.config import Scope, references, toposort
 from minilog.config.ast import Attribute, Block, File
 from minilog.config.schema import args_from, attr, decode_block, schema_for
@@ -76,9 +77,7 @@ def read_config(path: str | Path | None = None, text: str | None = None) -> File
     return cfg.load(path)
 
 
-def load_graph(
-    path: str | Path, *, stability_level: str = "generally-available"
-) -> Graph:
+def load_graph(path: str | Path, *, stability_level: str = STABLE) -> Graph:
     """``read_config`` then ``build_graph``: ``minilog validate``."""
     return build_graph(read_config(path), stability_level=stability_level)
 
@@ -91,7 +90,7 @@ def decode_args(node: Node, exports: Mapping[str, Mapping[str, Any]]) -> dict[st
 def build_graph(
     file: File,
     *,
-    stability_level: str = "generally-available",
+    stability_level: str = STABLE,
     learn: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Graph:
     """Check a parsed config and return its component graph; nothing is started.

@@ -41,7 +41,7 @@ from minilog.agent.graph import (
 )
 from minilog.agent.logsetup import component_logger
 from minilog.components import Component, ComponentOptions
-from minilog.components.base import Phase
+from minilog.components.base import STABLE, Phase
 from minilog.config.ast import Block
 from minilog.errors import ConfigError, Diagnostic, MinilogError
 from minilog.labels import DOCKER_CONTAINER_ID
@@ -143,7 +143,7 @@ class Agent:
         config_text: str | None = None,
         storage_path: str | Path = "data-minilog",
         registry: CollectorRegistry | None = None,
-        stability_level: str = "generally-available",
+        stability_level: str = STABLE,
         drain_timeout: float | None = None,
         url_overrides: Mapping[str, str] | None = None,
         on_logging: Callable[[LoggingConfig], None] | None = None,

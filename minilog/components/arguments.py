@@ -27,6 +27,7 @@ __all__ = [
     "TLS_CONFIG_SCHEMA",
     "basic_auth_of",
     "check_docker_host",
+    "check_relabel_rules",
     "compile_rule_args",
     "legacy_rules",
     "positioned",
@@ -121,6 +122,13 @@ def check_docker_host(host: str, refresh_interval: float, block: Block) -> None:
             f"unsupported Docker host {strip_userinfo(host)!r}; supported schemes: "
             + ", ".join(f"{s}://" for s in _DOCKER_SCHEMES),
         )
+
+
+def check_relabel_rules(rules: object, block: Block) -> None:
+    """``relabel_rules`` must be what a ``discovery.relabel`` or ``loki.relabel``
+    exports as ``rules`` (or absent)."""
+    if rules is not None and not isinstance(rules, RelabelRules):
+        raise positioned(block, "relabel_rules must be a RelabelRules value")
 
 
 def legacy_rules(rules: RelabelRules | None) -> RelabelRules | None:

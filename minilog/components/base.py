@@ -17,18 +17,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from minilog.config import Scope
 from minilog.config.ast import Block
-from minilog.config.schema import Schema, decode_block
+from minilog.config.schema import Schema, args_from, decode_block, schema_for
 from minilog.errors import ClosedError
 from minilog.model import LogsReceiver, StreamBatch
 
 __all__ = [
     "COMPONENT_TYPES",
+    "STABLE",
     "Component",
     "ComponentOptions",
     "Fanout",
@@ -44,6 +45,9 @@ HealthState = Literal["healthy", "unhealthy", "unknown", "exited"]
 
 #: A component type's arguments class.
 ArgsT = TypeVar("ArgsT")
+
+#: The default ``--stability.level``: only generally available features.
+STABLE: Final = "generally-available"
 
 #: Shutdown phases, in the order the agent stops them: discovery stops first, so sources
 #: see no new targets; sources stop next and record positions; processing drains;
@@ -82,7 +86,7 @@ class ComponentOptions:
     registry: CollectorRegistry
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     on_exports: Callable[[], None] = lambda: None
-    stability_level: str = "generally-available"
+    stability_level: str = STABLE
     drain_timeout: float | None = None
 
 
@@ -98,6 +102,16 @@ class Component(abc.ABC, Generic[ArgsT]):
     name: ClassVar[str]
     schema: ClassVar[Schema]
     phase: ClassVar[Phase]
+    #: The arguments class (``config.schema.attr``/``block`` fields): ``schema`` is
+    #: derived from it, ``parse_args`` builds it and ``check_args`` checks it. Types
+    #: whose arguments need more (rule blocks, endpoint blocks) set ``schema`` and
+    #: override ``parse_args`` instead.
+    args_class: ClassVar[type[Any] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.args_class is not None and "schema" not in cls.__dict__:
+            cls.schema = schema_for(cls.args_class)
 
     @classmethod
     def decode(cls, block: Block, scope: Scope) -> dict[str, Any]:
@@ -107,20 +121,24 @@ class Component(abc.ABC, Generic[ArgsT]):
 
     @classmethod
     def parse_args(
-        cls,
-        values: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
+        cls, values: Mapping[str, Any], block: Block, *, stability_level: str = STABLE
     ) -> Any:
-        """The typed, checked arguments of decoded ``values`` (cross-field checks,
-        rules compiled). Pure; runs before the constructor and before every
-        ``update``. The default keeps the values as a dict.
+        """The typed, checked arguments of decoded ``values``: an ``args_class``
+        instance checked by ``check_args`` (a dict without one). Pure; runs before
+        the constructor and before every ``update``.
 
         Raises:
             ConfigError: with diagnostics positioned in ``block``.
         """
-        return dict(values)
+        if cls.args_class is None:
+            return dict(values)
+        args = args_from(cls.args_class, values)
+        cls.check_args(args, block)
+        return args
+
+    @classmethod
+    def check_args(cls, args: Any, block: Block) -> None:
+        """Checks across arguments; ``ConfigError`` positioned at ``block``."""
 
     def __init__(self, opts: ComponentOptions, args: ArgsT) -> None:
         self.opts = opts

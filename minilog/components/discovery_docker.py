@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from minilog.components.arguments import check_docker_host
 from minilog.components.base import Component, ComponentOptions, register
 from minilog.config.ast import Block
-from minilog.config.schema import args_from, attr, block, schema_for
+from minilog.config.schema import attr, block
 from minilog.docker.discovery import DiscoveryMetrics, DockerDiscovery
 
 __all__ = ["DiscoveryDocker", "DiscoveryDockerArgs", "DockerFilter"]
@@ -51,23 +51,15 @@ class DiscoveryDocker(Component[DiscoveryDockerArgs]):
     """Exports ``targets``: one ``__meta_docker_*`` label set per container network."""
 
     name = "discovery.docker"
-    schema = schema_for(DiscoveryDockerArgs)
+    args_class = DiscoveryDockerArgs
     phase = "discovery"
 
     #: Minimum seconds between two publishes after the first one.
     MIN_PUBLISH_INTERVAL_S = 1.0
 
     @classmethod
-    def parse_args(
-        cls,
-        values: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
-    ) -> DiscoveryDockerArgs:
-        args = args_from(DiscoveryDockerArgs, values)
+    def check_args(cls, args: DiscoveryDockerArgs, block: Block) -> None:
         check_docker_host(args.host, args.refresh_interval, block)
-        return args
 
     @classmethod
     def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:

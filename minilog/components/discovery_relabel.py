@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from minilog.components.arguments import RULE_BLOCK, compile_rule_args
-from minilog.components.base import Component, ComponentOptions, register
+from minilog.components.base import STABLE, Component, ComponentOptions, register
 from minilog.config.ast import Block
 from minilog.config.schema import Attr, Schema
 from minilog.relabel import RelabelRules, Rule, compile_rules
@@ -41,11 +41,7 @@ class DiscoveryRelabel(Component[DiscoveryRelabelArgs]):
 
     @classmethod
     def parse_args(
-        cls,
-        values: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
+        cls, values: Mapping[str, Any], block: Block, *, stability_level: str = STABLE
     ) -> DiscoveryRelabelArgs:
         rules = compile_rule_args(values["rule"], block)
         return DiscoveryRelabelArgs(tuple(values["targets"]), rules.rules)

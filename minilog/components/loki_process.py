@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from minilog.components.base import (
+    STABLE,
     Component,
     ComponentOptions,
     Fanout,
@@ -124,11 +125,7 @@ class LokiProcess(Component[LokiProcessArgs]):
 
     @classmethod
     def parse_args(
-        cls,
-        values: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
+        cls, values: Mapping[str, Any], block: Block, *, stability_level: str = STABLE
     ) -> LokiProcessArgs:
         stages = tuple(values["stages"])
         # ``decode_stages`` builds each stage alone; only the whole list shows clashes

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge
 
 from minilog.components.arguments import RULE_BLOCK, compile_rule_args, positioned
 from minilog.components.base import (
+    STABLE,
     Component,
     ComponentOptions,
     Fanout,
@@ -58,11 +59,7 @@ class LokiRelabel(Component[LokiRelabelArgs]):
 
     @classmethod
     def parse_args(
-        cls,
-        values: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
+        cls, values: Mapping[str, Any], block: Block, *, stability_level: str = STABLE
     ) -> LokiRelabelArgs:
         if values["max_cache_size"] < 0:
             raise positioned(block, "max_cache_size must not be negative")

@@ -29,10 +29,10 @@ from minilog._httpguard import (
     DEFAULT_SERVER_WRITE_TIMEOUT,
     ServerLimits,
 )
-from minilog.components.arguments import legacy_rules, positioned
+from minilog.components.arguments import check_relabel_rules, legacy_rules, positioned
 from minilog.components.base import Component, ComponentOptions, Fanout, register
 from minilog.config.ast import Block
-from minilog.config.schema import args_from, attr, block, schema_for
+from minilog.config.schema import attr, block
 from minilog.labels import TENANT_LABEL
 from minilog.loki.pushrequest import DEFAULT_MAX_RECV_MSG_SIZE
 from minilog.loki.receiver import DEFAULT_MAX_INFLIGHT_BYTES, PushReceiver
@@ -137,18 +137,11 @@ class LokiSourceAPI(Component[LokiSourceAPIArgs]):
     """Serves ``/loki/api/v1/push``; no exports."""
 
     name = "loki.source.api"
-    schema = schema_for(LokiSourceAPIArgs)
+    args_class = LokiSourceAPIArgs
     phase = "source"
 
     @classmethod
-    def parse_args(
-        cls,
-        values: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
-    ) -> LokiSourceAPIArgs:
-        args = args_from(LokiSourceAPIArgs, values)
+    def check_args(cls, args: LokiSourceAPIArgs, block: Block) -> None:
         port = args.server.listen_port
         if not 0 <= port <= 65535:
             raise positioned(block, f"http listen_port {port} is out of range")
@@ -167,13 +160,9 @@ class LokiSourceAPI(Component[LokiSourceAPIArgs]):
             raise positioned(
                 block, "max_inflight_push_requests_bytes must be greater than 0"
             )
-        if args.relabel_rules is not None and not isinstance(
-            args.relabel_rules, RelabelRules
-        ):
-            raise positioned(block, "relabel_rules must be a RelabelRules value")
+        check_relabel_rules(args.relabel_rules, block)
         if args.graceful_shutdown_timeout <= 0:
             raise positioned(block, "graceful_shutdown_timeout must be greater than 0")
-        return args
 
     def __init__(self, opts: ComponentOptions, args: LokiSourceAPIArgs) -> None:
         super().__init__(opts, args)

@@ -20,10 +20,14 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
-from minilog.components.arguments import check_docker_host, legacy_rules, positioned
+from minilog.components.arguments import (
+    check_docker_host,
+    check_relabel_rules,
+    legacy_rules,
+)
 from minilog.components.base import Component, ComponentOptions, Fanout, register
 from minilog.config.ast import Block
-from minilog.config.schema import args_from, attr, schema_for
+from minilog.config.schema import attr
 from minilog.docker.client import DockerClient
 from minilog.docker.discovery import SLOW_AFTER_S
 from minilog.docker.metrics import SourceMetrics
@@ -76,24 +80,13 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
     """Tails every container named by ``targets``; no exports."""
 
     name = "loki.source.docker"
-    schema = schema_for(LokiSourceDockerArgs)
+    args_class = LokiSourceDockerArgs
     phase = "source"
 
     @classmethod
-    def parse_args(
-        cls,
-        values: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
-    ) -> LokiSourceDockerArgs:
-        args = args_from(LokiSourceDockerArgs, values)
+    def check_args(cls, args: LokiSourceDockerArgs, block: Block) -> None:
         check_docker_host(args.host, args.refresh_interval, block)
-        if args.relabel_rules is not None and not isinstance(
-            args.relabel_rules, RelabelRules
-        ):
-            raise positioned(block, "relabel_rules must be a RelabelRules value")
-        return args
+        check_relabel_rules(args.relabel_rules, block)
 
     def __init__(self, opts: ComponentOptions, args: LokiSourceDockerArgs) -> None:
         super().__init__(opts, args)

@@ -21,6 +21,7 @@ from minilog.components.arguments import (
     tls_config_of,
 )
 from minilog.components.base import (
+    STABLE,
     Component,
     ComponentOptions,
     Health,
@@ -94,7 +95,7 @@ def endpoint_configs(
     values: Mapping[str, Any],
     block: Block,
     *,
-    stability_level: str = "generally-available",
+    stability_level: str = STABLE,
 ) -> list[EndpointConfig]:
     """Decoded ``endpoint`` blocks -> ``EndpointConfig``s; problems are positioned.
 
@@ -191,11 +192,7 @@ class LokiWrite(Component[LokiWriteArgs]):
 
     @classmethod
     def parse_args(
-        cls,
-        values: Mapping[str, Any],
-        block: Block,
-        *,
-        stability_level: str = "generally-available",
+        cls, values: Mapping[str, Any], block: Block, *, stability_level: str = STABLE
     ) -> LokiWriteArgs:
         endpoints = endpoint_configs(values, block, stability_level=stability_level)
         if values["max_streams"] < 0:

@@ -169,10 +169,19 @@ def defaults_of(cls: type) -> dict[str, Any]:
     return out
 
 
-@functools.cache
+_SCHEMAS: dict[type, Schema] = {}
+
+
 def schema_for(cls: type) -> Schema:
     """The schema of an argument class: its ``attr`` and ``block`` fields, in order,
-    with their defaults."""
+    with their defaults (built once per class)."""
+    found = _SCHEMAS.get(cls)
+    if found is None:
+        found = _SCHEMAS[cls] = _schema_of(cls)
+    return found
+
+
+def _schema_of(cls: type) -> Schema:
     attrs: list[Attr] = []
     blocks: list[BlockSpec] = []
     for f in dataclasses.fields(cls):

@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -315,15 +315,12 @@ class Positions:
         if self._on_save is not None:
             self._on_save(exc)
 
-    def save(self) -> None:
-        """Write the file atomically now (blocking; ``asave()`` runs it in a thread).
-
-        Raises:
-            OSError: the file could not be written (also recorded in ``save_error``).
-        """
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """One save: its outcome is recorded (``save_error``, the log, ``on_save``)."""
         since = self._saving()
         try:
-            _write_atomic(self.path, self._snapshot(), self._backup_target())
+            yield
         except OSError as exc:
             self._save_failed(since)
             self._saved(exc)
@@ -332,6 +329,15 @@ class Positions:
             self._save_failed(since)
             raise
         self._saved(None)
+
+    def save(self) -> None:
+        """Write the file atomically now (blocking; ``asave()`` runs it in a thread).
+
+        Raises:
+            OSError: the file could not be written (also recorded in ``save_error``).
+        """
+        with self._recording():
+            _write_atomic(self.path, self._snapshot(), self._backup_target())
 
     async def asave(self) -> None:
         """Save without blocking the event loop; concurrent calls are serialised.
@@ -343,19 +349,10 @@ class Positions:
             # Snapshot on the loop thread: the dict must not change while it is
             # serialised.
             data = self._snapshot()
-            since = self._saving()
-            try:
+            with self._recording():
                 await asyncio.to_thread(
                     _write_atomic, self.path, data, self._backup_target()
                 )
-            except OSError as exc:
-                self._save_failed(since)
-                self._saved(exc)
-                raise
-            except BaseException:
-                self._save_failed(since)
-                raise
-            self._saved(None)
 
     async def run_flusher(self, interval_s: float = 0.0) -> None:
         """Save as soon as a position changes, until cancelled.

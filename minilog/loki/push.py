@@ -90,8 +90,12 @@ ONE_CREDENTIAL = (
 
 
 def url_without_userinfo(url: str) -> str:
-    """``url`` with any ``user:password@`` removed: what may be shown or logged."""
-    parts = urlsplit(url)
+    """``url`` with any ``user:password@`` removed: what may be shown or logged (an
+    unparsable ``url`` as it is)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
