@@ -18,11 +18,10 @@ import re
 from decimal import Decimal
 from typing import Final
 
-from minilog.errors import MinilogError
+from minilog.errors import EscapeError
 
 __all__ = [
     "ESCAPES",
-    "EscapeError",
     "as_go_sees_it",
     "format_float",
     "format_float_f",
@@ -158,24 +157,6 @@ def sharp_u(ch: str) -> str:
 
 
 # ---------------------------------------------------------------- unquoting
-
-
-class EscapeError(MinilogError, ValueError):
-    """A bad escape in a Go string literal (``strconv.UnquoteChar``'s cases).
-
-    ``kind``: ``unterminated`` (the text ended), ``unknown`` (no such escape),
-    ``illegal`` (a character that is not a digit of the escape), ``code_point`` (not
-    a Unicode code point, or a byte escape above 255). ``char`` is the offending
-    character, ``letter`` the one after the backslash, ``resume`` where a lexer that
-    goes on after the error resumes.
-    """
-
-    def __init__(self, kind: str, char: str, letter: str, resume: int) -> None:
-        super().__init__(f"invalid escape \\{letter}")
-        self.kind = kind
-        self.char = char
-        self.letter = letter
-        self.resume = resume
 
 
 def unquote_char(text: str, pos: int, quote: str) -> tuple[str, int, bool]:

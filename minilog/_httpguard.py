@@ -7,8 +7,8 @@ connection cap in front of an aiohttp ``web.Server`` using public APIs only: its
 accept loop (``loop.sock_accept`` and ``loop.connect_accepted_socket``), which stops
 accepting at the cap as Go's ``netutil.LimitListener`` does, an ``asyncio.Protocol``
 that wraps the protocol aiohttp's low-level server makes, an aiohttp middleware that
-marks where each request is, and a watchdog task. It owns no routes; ``receiver.py``
-and ``server.py`` build their applications and serve them here.
+marks where each request is, and a watchdog task. It owns no routes; ``loki.receiver``
+and ``agent.server`` build their applications and serve them here.
 
 asyncio's own accept loop (``loop.create_server``) is not used: it accepts up to its
 backlog of sockets per event before any can be refused, and on ``EMFILE`` it logs and

@@ -14,6 +14,8 @@ import sys
 import unicodedata
 from dataclasses import dataclass, field
 
+from minilog.errors import Re2Error
+
 __all__ = ["MAX_REPEAT", "Re2Error", "compile_re2", "group_index", "translate"]
 
 #: RE2's cap on ``{n,m}`` counts (and on their product when nested).
@@ -25,22 +27,6 @@ _MAX_DEPTH = 1000
 #: is unambiguous.
 _NAME_PREFIX = "\u014b_"
 _MAX_RUNE = sys.maxunicode
-
-
-class Re2Error(ValueError):
-    """An invalid (or, for Python, unsupported) RE2 pattern.
-
-    ``offset`` is the 0-based character offset inside the user's pattern where the
-    offending construct starts; the config runtime turns it into a diagnostic.
-    """
-
-    def __init__(self, message: str, offset: int) -> None:
-        super().__init__(message, offset)
-        self.message = message
-        self.offset = offset
-
-    def __str__(self) -> str:
-        return f"{self.message} (at offset {self.offset})"
 
 
 _Ranges = list[tuple[int, int]]

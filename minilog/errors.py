@@ -2,8 +2,14 @@
 
     MinilogError
     ├── ConfigError               bad configuration; carries every Diagnostic
+    │   └── RuleError             a relabel ``rule`` block Alloy would refuse
+    ├── StageError                a ``loki.process`` stage with invalid arguments
+    ├── Re2Error (ValueError)     a regex that is not RE2 (or Python reads otherwise)
+    ├── EscapeError (ValueError)  a bad escape in a Go string literal
     ├── LabelError (ValueError)   an invalid label name or value, refused before sending
     ├── DecodeError (ValueError)  a push body that cannot be decoded (receiver side)
+    │   └── BodyTooLargeError     ...larger than allowed, or declaring it is
+    ├── RequestRefused            the receiver refuses a push request (Loki's answer)
     ├── DockerError               the Docker Engine API answered with an error
     │   └── DockerUnavailableError  the socket is missing, refused, or not permitted
     ├── PushError                 a push to Loki failed; ``retriable``: try again?
@@ -20,9 +26,11 @@ Foreign exceptions are mapped to these once, at the boundary module that meets t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "BodyTooLargeError",
     "BrokenError",
     "ClientRequestError",
     "ClosedError",
@@ -31,12 +39,17 @@ __all__ = [
     "Diagnostic",
     "DockerError",
     "DockerUnavailableError",
+    "EscapeError",
     "LabelError",
     "MinilogError",
     "PushConnectionError",
     "PushError",
     "RateLimitedError",
+    "Re2Error",
+    "RequestRefused",
+    "RuleError",
     "ServerError",
+    "StageError",
     "WouldBlockError",
 ]
 
@@ -167,3 +180,101 @@ class BrokenError(ClosedError):
 
 class WouldBlockError(MinilogError):
     """A ``*_nowait`` call would have had to wait (for instance, the queue is full)."""
+
+
+class RuleError(ConfigError):
+    """A ``rule`` block Alloy would refuse to load.
+
+    ``field`` names the offending attribute (``action``, ``regex``, ...); ``offset`` is
+    the character offset inside ``regex`` for regex syntax errors. The config runtime
+    turns both into a positioned diagnostic.
+    """
+
+    def __init__(self, message: str, field: str, *, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.offset = offset
+        #: Position of the rule in the list given to ``compile_rules`` (set there).
+        self.index: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StageError(MinilogError):
+    """A ``loki.process`` stage was configured with invalid arguments.
+
+    ``stage_name`` is the block name (``stage.json``); ``message`` says what is wrong.
+    """
+
+    def __init__(self, message: str, stage_name: str) -> None:
+        super().__init__(f"{stage_name}: {message}")
+        self.message = message
+        self.stage_name = stage_name
+
+
+class Re2Error(MinilogError, ValueError):
+    """An invalid (or, for Python, unsupported) RE2 pattern.
+
+    ``offset`` is the 0-based character offset inside the user's pattern where the
+    offending construct starts; the config runtime turns it into a diagnostic.
+    """
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message, offset)
+        self.message = message
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return f"{self.message} (at offset {self.offset})"
+
+
+class EscapeError(MinilogError, ValueError):
+    """A bad escape in a Go string literal (``strconv.UnquoteChar``'s cases).
+
+    ``kind``: ``unterminated`` (the text ended), ``unknown`` (no such escape),
+    ``illegal`` (a character that is not a digit of the escape), ``code_point`` (not
+    a Unicode code point, or a byte escape above 255). ``char`` is the offending
+    character, ``letter`` the one after the backslash, ``resume`` where a lexer that
+    goes on after the error resumes.
+    """
+
+    def __init__(self, kind: str, char: str, letter: str, resume: int) -> None:
+        super().__init__(f"invalid escape \\{letter}")
+        self.kind = kind
+        self.char = char
+        self.letter = letter
+        self.resume = resume
+
+
+class BodyTooLargeError(DecodeError):
+    """A body, or the length its snappy header declares, exceeds the allowed maximum."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message size too large than max ({size} vs {limit})")
+        self.size = size
+        self.limit = limit
+
+
+class RequestRefused(MinilogError):
+    """A push request refused with an error answer (Go ``http.Error`` style: the
+    message plus a newline). Raised while reading and checking a request; the receiver
+    answers with it and goes on.
+
+    ``close`` ends the connection after the answer: the body was not read.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        close: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.close = close
+        self.headers = headers

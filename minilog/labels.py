@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from minilog._go import (
-    EscapeError,
     as_go_sees_it,
     go_quote,
     quote_rune,
@@ -24,7 +23,7 @@ from minilog._go import (
     surrogate_free,
     unquote_char,
 )
-from minilog.errors import LabelError
+from minilog.errors import EscapeError, LabelError
 
 __all__ = [
     "ADDRESS_LABEL",

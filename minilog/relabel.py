@@ -18,8 +18,8 @@ from enum import StrEnum
 from typing import Final, Protocol
 
 from minilog._go import go_quote
-from minilog._re2 import Re2Error, compile_re2, group_index
-from minilog.errors import ConfigError
+from minilog._re2 import compile_re2, group_index
+from minilog.errors import Re2Error, RuleError
 from minilog.labels import DOCKER_LOG_STREAM, is_internal
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "RelabelRules",
     "RelabelRulesLike",
     "Rule",
-    "RuleError",
     "compile_rules",
     "docker_stream_labels",
     "expand",
@@ -66,26 +65,6 @@ class Action(StrEnum):
 
 
 _ACTION_VALUES: Final = frozenset(a.value for a in Action)
-
-
-class RuleError(ConfigError):
-    """A ``rule`` block Alloy would refuse to load.
-
-    ``field`` names the offending attribute (``action``, ``regex``, ...); ``offset`` is
-    the character offset inside ``regex`` for regex syntax errors. The config runtime
-    turns both into a positioned diagnostic.
-    """
-
-    def __init__(self, message: str, field: str, *, offset: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.offset = offset
-        #: Position of the rule in the list given to ``compile_rules`` (set there).
-        self.index: int | None = None
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def parse_action(text: str) -> Action:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from minilog.model import Delivery, LogEntry, StreamBatch
-from minilog.write.batch import Batch, Batcher, entries_size
+from minilog.model import Delivery, LogEntry, StreamBatch, entries_size
+from minilog.write.batch import Batch, Batcher
 
 
 class FakeClock:

@@ -11,9 +11,8 @@ from google.protobuf import timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilog.errors import DecodeError
+from minilog.errors import BodyTooLargeError, DecodeError
 from minilog.loki.wire import (
-    BodyTooLargeError,
     compress,
     count_push_entries,
     decode_push_request,

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from minilog.errors import MinilogError
+from minilog.errors import MinilogError, StageError
 from minilog.model import Delivery, LogEntry, StreamBatch
-from minilog.process import STAGE_NAMES, Pipeline, StageError, build_pipeline
+from minilog.process import STAGE_NAMES, Pipeline, build_pipeline
 
 S = 1_000_000_000
 NOW = int(datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC).timestamp()) * S

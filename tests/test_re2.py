@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minilog._re2 import MAX_REPEAT, Re2Error, compile_re2, group_index, translate
+from minilog._re2 import MAX_REPEAT, compile_re2, group_index, translate
+from minilog.errors import Re2Error
 
 # (id, pattern, strings that fully match, strings that do not)
 MATCHES = [

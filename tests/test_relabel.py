@@ -16,12 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minilog._re2 import compile_re2
-from minilog.errors import ConfigError
+from minilog.errors import ConfigError, RuleError
 from minilog.relabel import (
     Action,
     RelabelRules,
     Rule,
-    RuleError,
     compile_rules,
     expand,
     go_lower,

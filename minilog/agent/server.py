@@ -2,7 +2,8 @@
 
 ``/-/ready``, ``/-/healthy``, ``/-/reload`` (GET or POST), ``/metrics``, a small
 read-only HTML page at ``/`` and its JSON at ``/api/v0/web/components``. It reads the
-agent through :class:`AgentView`; the agent (``pipeline.py``) owns everything else.
+agent through :class:`AgentView`; the agent (``runtime.Agent``) owns everything
+else.
 """
 
 from __future__ import annotations

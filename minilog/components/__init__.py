@@ -1,7 +1,7 @@
 """Alloy components minilog supports: one adapter module per component type.
 
 Importing this package registers every type in ``COMPONENT_TYPES``, keyed by Alloy
-name; the runtime (``pipeline.py``) builds components from it. The types the seed
+name; the runtime (``agent.runtime``) builds components from it. The types the seed
 config does not use are imported when a config first names them.
 """
 

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 from minilog.config.ast import Attribute, Block, Pos
 from minilog.config.ast import Literal as LiteralNode
 from minilog.config.schema import Attr, BlockSpec, Schema, defaults_of
-from minilog.errors import ConfigError, Diagnostic, MinilogError
+from minilog.errors import ConfigError, Diagnostic, MinilogError, RuleError
 from minilog.loki.push import BasicAuth, TLSConfig
 from minilog.redact import strip_userinfo
-from minilog.relabel import RelabelRules, Rule, RuleError, compile_rules
+from minilog.relabel import RelabelRules, Rule, compile_rules
 
 __all__ = [
     "BASIC_AUTH_SCHEMA",

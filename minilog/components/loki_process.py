@@ -30,12 +30,11 @@ from minilog.components.base import (
 from minilog.config import Scope
 from minilog.config.ast import Block, Stmt
 from minilog.config.schema import Attr, Schema, decode_block
-from minilog.errors import ConfigError, Diagnostic
+from minilog.errors import ConfigError, Diagnostic, StageError
 from minilog.model import LogsReceiver, StreamBatch
 from minilog.process import (
     STAGE_BLOCKS,
     Pipeline,
-    StageError,
     StageSpec,
     build_pipeline,
     decode_stages,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
-from minilog._go import EscapeError, sharp_u, unquote_char
+from minilog._go import sharp_u, unquote_char
 from minilog.config.ast import Pos
-from minilog.errors import Diagnostic
+from minilog.errors import Diagnostic, EscapeError
 
 __all__ = [
     "BOOL",

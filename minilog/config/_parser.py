@@ -25,7 +25,7 @@ from minilog.config._lexer import (
     describe,
     tokenize,
 )
-from minilog.errors import Diagnostic
+from minilog.errors import Diagnostic, MinilogError
 
 __all__ = ["MAX_DEPTH", "check_components", "is_identifier", "parse_file"]
 
@@ -58,7 +58,7 @@ FIELD_STARTS: Final = frozenset({IDENT, STRING})
 CLOSERS: Final = frozenset(")]}")
 
 
-class _Fail(Exception):
+class _Fail(MinilogError):
     """Abandons the current statement, carrying the diagnostic and where it stopped."""
 
     def __init__(self, diag: Diagnostic, index: int) -> None:

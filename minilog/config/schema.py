@@ -22,7 +22,7 @@ from minilog._go import parse_base2_bytes as parse_bytes
 from minilog.config import ast
 from minilog.config._eval import Scope, evaluate
 from minilog.config.stdlib import Namespace, Secret, type_name
-from minilog.errors import ConfigError, Diagnostic
+from minilog.errors import ConfigError, Diagnostic, MinilogError
 
 __all__ = [
     "MISSING",
@@ -224,7 +224,7 @@ def args_from(cls: type[_T], values: Mapping[str, Any]) -> _T:
 # ---------------------------------------------------------------- conversions
 
 
-class _Mismatch(Exception):
+class _Mismatch(MinilogError):
     pass
 
 

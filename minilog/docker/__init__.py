@@ -1,4 +1,14 @@
-"""placeholder"""
+"""The Docker boundary: everything ``discovery.docker`` and ``loki.source.docker`` do.
+
+- ``client``: the async Engine API client, the only code that speaks to dockerd;
+- ``frames``: log streams to entries (multiplexed frames, TTY, 16 KiB rejoin; pure);
+- ``discovery``: containers and networks to ``__meta_docker_*`` targets;
+- ``targets``: one target per container (fingerprint, dedupe; pure);
+- ``positions``: the positions file;
+- ``ledger``: delivery-gated positions of one container (pure);
+- ``tailer``: one container's tailer; ``source``: the supervisor of tailers;
+- ``metrics``: ``loki_source_docker_*`` and minilog's own series.
+"""
 
 from __future__ import annotations
 

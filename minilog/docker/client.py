@@ -3,7 +3,7 @@
 Owns host parsing (``unix://``, ``tcp://``, ``http(s)://`` + TLS), API version
 negotiation, JSON calls through aiohttp, the log stream as a raw HTTP/1.0 request over a
 socket (the per-line hot path), and the mapping of transport failures to our errors.
-It does not interpret log frames (``_frames.py``) or build targets (``discovery.py``).
+It does not interpret log frames (``frames``) or build targets (``discovery``).
 """
 
 from __future__ import annotations

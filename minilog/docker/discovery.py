@@ -3,7 +3,7 @@
 Owns the pure target builder (Prometheus 3.13.2's Docker SD, label for label) and the
 refresh loop that lists containers periodically and at once on Docker ``/events``, keeps
 short-lived containers published long enough to be read, and publishes only changes.
-It does not talk HTTP (``_docker.py``) or relabel (``relabel.py``).
+It does not talk HTTP (``client``) or relabel (``minilog.relabel``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Owns the file format, loading, crash-safe saving (temp file in the same directory,
 fsync, rename, fsync of the directory) with one backup kept, and the recovery from a
-damaged file. It knows nothing about Docker: ``tail.py`` decides what a position means.
+damaged file. It knows nothing about Docker: ``ledger`` decides what a position means.
 
 Damage never stops the agent. A file that cannot be read or is not what minilog writes
 (truncated, garbage, wrong shape, empty, a directory, unreadable) is set aside as
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+
+from minilog.errors import MinilogError
 
 __all__ = ["BACKUP_SUFFIX", "CORRUPT_INFIX", "Position", "Positions"]
 
@@ -52,7 +54,7 @@ class Position:
     labels: str = ""
 
 
-class _DamagedError(Exception):
+class _DamagedError(MinilogError):
     """The file exists but does not hold positions minilog wrote (the reason)."""
 
 

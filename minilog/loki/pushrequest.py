@@ -16,7 +16,6 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Mapping
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any
@@ -25,9 +24,8 @@ import orjson
 from aiohttp import web
 
 from minilog._go import go_quote
-from minilog.errors import DecodeError, MinilogError
+from minilog.errors import BodyTooLargeError, DecodeError, RequestRefused
 from minilog.loki.wire import (
-    BodyTooLargeError,
     decode_push_request,
     decompress,
     scan_push_request,
@@ -41,7 +39,6 @@ __all__ = [
     "Budget",
     "Charge",
     "Parsed",
-    "RequestRefused",
     "check_tenant",
     "decode_request",
     "inflate",
@@ -50,6 +47,7 @@ __all__ = [
     "media_type",
     "raw_entries",
     "reason_phrase",
+    "refusal_response",
     "text_response",
     "too_large",
 ]
@@ -89,35 +87,15 @@ Body = bytes | bytearray
 Parsed = tuple[list[tuple[str, list[LogEntry]]] | None, list[tuple[str, int]] | None]
 
 
-class RequestRefused(MinilogError):
-    """A push request refused with an error answer (Go ``http.Error`` style: the
-    message plus a newline). Raised while reading and checking a request; the receiver
-    answers with it and goes on.
-
-    ``close`` ends the connection after the answer: the body was not read.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        close: bool = False,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.close = close
-        self.headers = headers
-
-    def response(self) -> web.Response:
-        response = text_response(self.status, self.message)
-        if self.headers:
-            response.headers.update(self.headers)
-        if self.close:
-            response.force_close()
-        return response
+def refusal_response(refused: RequestRefused) -> web.Response:
+    """The answer to a refused request: Loki's text, its headers; the connection is
+    closed after it when the body was not read."""
+    response = text_response(refused.status, refused.message)
+    if refused.headers:
+        response.headers.update(refused.headers)
+    if refused.close:
+        response.force_close()
+    return response
 
 
 def text_response(status: int, message: str) -> web.Response:

@@ -29,15 +29,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from minilog._httpguard import ConnectionGuard, GuardedServer, ServerLimits
+from minilog.errors import RequestRefused
 from minilog.loki.pushrequest import (
     DEFAULT_MAX_RECV_MSG_SIZE,
     Body,
     Budget,
     Charge,
-    RequestRefused,
     check_tenant,
     decode_request,
     reason_phrase,
+    refusal_response,
     too_large,
 )
 from minilog.loki.validation import (
@@ -70,7 +71,9 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def response(self) -> web.Response:
-        return RequestRefused(self.status, self.body, headers=self.headers).response()
+        return refusal_response(
+            RequestRefused(self.status, self.body, headers=self.headers)
+        )
 
 
 #: Called with the accepted streams of one request, awaited before the answer: a
@@ -436,7 +439,7 @@ class PushReceiver:
         try:
             return await self._push_checked(request, route, charge)
         except RequestRefused as exc:
-            return exc.response()
+            return refusal_response(exc)
         finally:
             charge.release()
 

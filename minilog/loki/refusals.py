@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 
 from minilog.errors import LabelError
 from minilog.labels import SERVICE_NAME, parse_labels
-from minilog.model import LogEntry
-from minilog.write.batch import entries_size
+from minilog.model import LogEntry, entries_size
 
 __all__ = [
     "ENTRY_REASONS",

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from minilog.errors import LabelError
+from minilog.errors import LabelError, RequestRefused
 from minilog.labels import (
     SERVICE_NAME,
     TENANT_LABEL,
@@ -24,7 +24,6 @@ from minilog.labels import (
     is_valid_label_name,
     parse_label_pairs,
 )
-from minilog.loki.pushrequest import RequestRefused
 from minilog.model import LogEntry, StreamBatch
 
 __all__ = [

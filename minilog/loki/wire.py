@@ -3,7 +3,7 @@
 Owns the hand-written hot-path encoder (byte-identical to Loki's gogo marshaller), the
 protobuf-library reference encoder, a strict decoder with Loki's checks, and snappy
 block (de)compression with a size cap. Pure: no I/O. HTTP and label parsing live in
-``receiver.py`` and ``labels.py``.
+``receiver`` and ``minilog.labels``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from collections.abc import Sequence
 
 import snappy
 
-from minilog.errors import DecodeError
+from minilog.errors import BodyTooLargeError, DecodeError
 from minilog.model import LogEntry, Metadata
 
 __all__ = [
-    "BodyTooLargeError",
     "Streams",
     "compress",
     "count_push_entries",
@@ -548,15 +547,6 @@ def count_push_entries(data: bytes) -> tuple[int, int]:
 
 # -------------------------------------------------------------------------------------
 # Snappy block format (what Loki's util.ParseProtoReader expects; not the framed one).
-
-
-class BodyTooLargeError(DecodeError):
-    """A body, or the length its snappy header declares, exceeds the allowed maximum."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message size too large than max ({size} vs {limit})")
-        self.size = size
-        self.limit = limit
 
 
 def compress(data: bytes) -> bytes:

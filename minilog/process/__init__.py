@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from minilog.errors import StageError
 from minilog.process.build import STAGE_NAMES, Pipeline, StageSpec, build_pipeline
-from minilog.process.core import StageError
 
 if TYPE_CHECKING:
     from minilog.process.schemas import STAGE_BLOCKS, STAGE_SCHEMAS, decode_stages

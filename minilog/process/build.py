@@ -17,15 +17,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from minilog._go import parse_base2_bytes, parse_duration_ns
 from minilog._re2 import group_index
+from minilog.errors import StageError
 from minilog.labels import TENANT_LABEL, is_valid_label_name
 from minilog.model import StreamBatch
-from minilog.process.core import (
-    Segment,
-    StageError,
-    compile_regex,
-    finish,
-    go_string,
-)
+from minilog.process.core import Segment, compile_regex, finish, go_string
 from minilog.process.extract import JsonStage, LogfmtStage, RegexStage
 from minilog.process.filter import DropStage, LimitStage, MatchStage, SamplingStage
 from minilog.process.gotime import compile_format

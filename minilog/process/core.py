@@ -15,14 +15,13 @@ from typing import Any, Final
 import orjson
 
 from minilog._go import format_float_f
-from minilog._re2 import Re2Error, translate
-from minilog.errors import MinilogError
+from minilog._re2 import translate
+from minilog.errors import Re2Error, StageError
 from minilog.model import Delivery, LogEntry, Metadata, StreamBatch
 
 __all__ = [
     "MISSING",
     "Segment",
-    "StageError",
     "combine_deliveries",
     "compile_regex",
     "extracted_value",
@@ -33,18 +32,6 @@ __all__ = [
     "labels_key",
     "new_entry",
 ]
-
-
-class StageError(MinilogError):
-    """A ``loki.process`` stage was configured with invalid arguments.
-
-    ``stage_name`` is the block name (``stage.json``); ``message`` says what is wrong.
-    """
-
-    def __init__(self, message: str, stage_name: str) -> None:
-        super().__init__(f"{stage_name}: {message}")
-        self.message = message
-        self.stage_name = stage_name
 
 
 class _Missing:

@@ -14,8 +14,9 @@ from typing import Any, Final
 
 import orjson
 
-from minilog._go import EscapeError, unquote
-from minilog._re2 import Re2Error, compile_re2, translate
+from minilog._go import unquote
+from minilog._re2 import compile_re2, translate
+from minilog.errors import EscapeError, Re2Error
 
 __all__ = [
     "JmesPath",

@@ -16,9 +16,8 @@ from prometheus_client import CollectorRegistry
 from minilog.config import Block, Scope
 from minilog.config.ast import Stmt
 from minilog.config.schema import Attr, BlockSpec, Schema, decode_block
-from minilog.errors import ConfigError, Diagnostic
+from minilog.errors import ConfigError, Diagnostic, StageError
 from minilog.process.build import STAGE_NAMES, StageSpec, build_pipeline
-from minilog.process.core import StageError
 
 __all__ = ["STAGE_BLOCKS", "STAGE_GROUP", "STAGE_SCHEMAS", "decode_stages"]
 

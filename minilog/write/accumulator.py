@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from minilog.backoff import Backoff
 from minilog.errors import BrokenError, ClosedError
 from minilog.loki.wire import compress, encode_push_request
-from minilog.model import Delivery, LogEntry, StreamBatch
-from minilog.write.batch import Batch, Batcher, DeliveryRefs, DropCallback, entries_size
+from minilog.model import Delivery, LogEntry, StreamBatch, entries_size
+from minilog.write.batch import Batch, Batcher, DeliveryRefs, DropCallback
 from minilog.write.config import EndpointConfig
 
 __all__ = [

@@ -11,60 +11,25 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 from minilog.labels import TENANT_LABEL, format_labels
-from minilog.model import Delivery, LogEntry, StreamBatch
+from minilog.model import Delivery, LogEntry, StreamBatch, entries_size, entry_size
 
 __all__ = [
     "Batch",
     "Batcher",
     "DeliveryRefs",
     "DropCallback",
-    "entries_size",
 ]
 
 #: ``on_drop(tenant, reason, entries, bytes)``.
 DropCallback = Callable[[str, str, int, int], None]
 
-_LINE = itemgetter(1)
-_METADATA = itemgetter(2)
 # Label sets repeat (one per container stream), so their stream keys are memoised; the
 # cap only stops a source with unbounded label values from growing the memo forever.
 _KEY_CACHE_MAX = 8192
-
-
-def entries_size(entries: Sequence[LogEntry]) -> int:
-    """Bytes Alloy counts for ``entries``: UTF-8 line bytes plus metadata name and value
-    bytes.
-
-    One pass over the batch in C: the lines are joined once and their length taken, and
-    the UTF-8 encode is only paid when some line is not ASCII (``isascii`` is O(1) in
-    CPython).
-    """
-    if len(entries) == 1:
-        return _entry_size(entries[0])
-    text = "".join(map(_LINE, entries))
-    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-    if any(map(_METADATA, entries)):
-        meta = "".join(name + value for entry in entries for name, value in entry[2])
-        size += (
-            len(meta) if meta.isascii() else len(meta.encode("utf-8", "surrogatepass"))
-        )
-    return size
-
-
-def _entry_size(entry: LogEntry) -> int:
-    line = entry[1]
-    size = len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
-    if not entry[2]:
-        return size
-    for name, value in entry[2]:
-        size += len(name.encode("utf-8", "surrogatepass"))
-        size += len(value.encode("utf-8", "surrogatepass"))
-    return size
 
 
 class DeliveryRefs:
@@ -266,7 +231,7 @@ class Batcher:
     ) -> int:
         # The slow path, entry by entry: this StreamBatch overflows the open batch.
         tenant = current.tenant
-        first_size = _entry_size(entries[0])
+        first_size = entry_size(entries[0])
         if current.entry_count and current.size_bytes + first_size > self.batch_size:
             self._cut(tenant)
             current = self._new_batch(tenant)
@@ -288,8 +253,8 @@ class Batcher:
         start = 0
         used = current.size_bytes
         for index, entry in enumerate(entries):
-            entry_size = first_size if index == 0 else _entry_size(entry)
-            if used + entry_size > self.batch_size and used and index > start:
+            one = first_size if index == 0 else entry_size(entry)
+            if used + one > self.batch_size and used and index > start:
                 total += self._append(
                     current, key, entries[start:index], used, delivery
                 )
@@ -298,7 +263,7 @@ class Batcher:
                 current = self._new_batch(tenant)
                 start = index
                 used = 0
-            used += entry_size
+            used += one
         total += self._append(current, key, entries[start:], used, delivery)
         pieces += 1
         if delivery is not None and pieces > 1:

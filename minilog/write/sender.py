@@ -35,9 +35,9 @@ from minilog.errors import (
 from minilog.loki.push import PushTransport
 from minilog.loki.refusals import Refusal, RefusalPlan, parse_refusal, plan_refusal
 from minilog.loki.wire import decode_push_request, decompress
-from minilog.model import Delivery, LogEntry
+from minilog.model import Delivery, LogEntry, entries_size
 from minilog.write.accumulator import Accumulator, Held, Pending, leading_chunk
-from minilog.write.batch import Batch, entries_size
+from minilog.write.batch import Batch
 from minilog.write.config import EndpointConfig
 from minilog.write.metrics import WriteMetrics
 
