@@ -48,7 +48,7 @@ def _receiver_main(
     listening and of the first push with entries."""
     from aiohttp import web
 
-    from minilog import encode
+    from minilog.loki import wire as encode
 
     if hasattr(encode, "scan_push_request"):
 

@@ -74,11 +74,12 @@ class FakeLoki(PushReceiver):
     them without building that list); labels include ``__tenant_id__`` when the
     request carried ``X-Scope-OrgID``. ``requests`` counts push requests (faulted ones
     too), their statuses, and keeps the last one's headers; ``pushes`` keeps every
-    push's headers and streams, ``events`` the order of pushes (``push``, or
-    ``empty-push`` for a request without streams, the writer's probe behind a
-    gateway) and ``/ready`` probes (``ready``). ``faults`` scripts misbehaviour:
-    ``respond(429, times=2, headers={"Retry-After": "1"})``, ``hang()``,
-    ``ready_status = 503``, ``clear()``; ``judge`` answers for Loki per push.
+    push's headers and streams (faulted ones have none), ``events`` the order of
+    pushes (``push``, or ``empty-push`` for the writer's probe behind a gateway,
+    which is not in ``pushes``) and ``/ready`` probes (``ready``). ``faults`` scripts
+    misbehaviour: ``respond(429, times=2, headers={"Retry-After": "1"})``,
+    ``hang()``, ``ready_status = 503``, ``clear()``; ``judge`` answers for Loki per
+    push.
     """
 
     def __init__(
@@ -136,11 +137,14 @@ class FakeLoki(PushReceiver):
         return flat
 
     async def on_request(self, request: web.Request) -> None:
-        # An empty push request is one byte of snappy (the writer's probe).
-        self.events.append("empty-push" if request.content_length == 1 else "push")
-        push = Push(CIMultiDict(request.headers), [])
-        self.pushes.append(push)
-        _CURRENT.set(push)
+        # An empty push request is one byte of snappy: the writer's probe.
+        if request.content_length == 1:
+            self.events.append("empty-push")
+        else:
+            self.events.append("push")
+            push = Push(CIMultiDict(request.headers), [])
+            self.pushes.append(push)
+            _CURRENT.set(push)
         await self._notify()
 
     async def on_ready(self) -> None:

@@ -29,44 +29,6 @@ from minilog.labels import (
 DATA = Path(__file__).parent / "data" / "loki-push"
 
 
-@pytest.mark.parametrize(
-    ("value", "quoted"),
-    [
-        ("", '""'),
-        ("plain", '"plain"'),
-        ('say "hi"', r'"say \"hi\""'),
-        ("C:\\temp", r'"C:\\temp"'),
-        ("\a\b\f\r\n\t\v", r'"\a\b\f\r\n\t\v"'),
-        ("\x00\x04\x1f", r'"\x00\x04\x1f"'),
-        ("\x7f", r'"\x7f"'),
-        ("héllo ✓ 日本 😀", '"héllo ✓ 日本 😀"'),
-        ("!\u00a0!\u2000!\u3000!", r'"!\u00a0!\u2000!\u3000!"'),
-        ("\u0085", r'"\u0085"'),
-        ("\u2028\ufeff", r'"\u2028\ufeff"'),
-        ("\U000e0001", r'"\U000e0001"'),
-        ("\U0010ffff", r'"\U0010ffff"'),
-        ("'single'", "\"'single'\""),
-    ],
-    ids=lambda v: repr(v)[:20],
-)
-def test_go_quote_matches_strconv_quote(value: str, quoted: str) -> None:
-    assert go_quote(value) == quoted
-
-
-def test_go_quote_writes_invalid_utf8_bytes_as_hex() -> None:
-    value = b"abc\xffdef\xc3".decode("utf-8", "surrogateescape")
-    assert go_quote(value) == r'"abc\xffdef\xc3"'
-
-
-def test_go_quote_reads_escaped_bytes_that_form_utf8_as_one_rune() -> None:
-    # Two surrogateescape stand-ins that together are valid UTF-8 for "é".
-    assert go_quote("\udcc3\udca9") == '"é"'
-
-
-def test_go_quote_writes_other_lone_surrogates_as_their_bytes() -> None:
-    assert go_quote("\ud800") == r'"\xed\xa0\x80"'
-
-
 def test_format_labels_sorts_quotes_and_drops_empty_values() -> None:
     labels = {"stream": "stdout", "app": 'we"b', "empty": "", "nl": "a\nb"}
     assert format_labels(labels) == r'{app="we\"b", nl="a\nb", stream="stdout"}'

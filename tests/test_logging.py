@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
-from test_shipper import FAST, ThreadedLoki
+from shipper_helpers import FAST, ThreadedLoki
 
 from minilog.errors import LabelError
+from minilog.labels import format_labels
 from minilog.logging import LokiHandler
 
 
@@ -37,7 +38,7 @@ def test_records_become_lines_with_labels(
     tloki: ThreadedLoki, logger: logging.Logger
 ) -> None:
     handler = LokiHandler(
-        tloki.stub.url,
+        tloki.stub.push_url,
         labels={"service": "api"},
         label_fields=("levelname", "user"),
         **FAST,
@@ -47,7 +48,7 @@ def test_records_become_lines_with_labels(
     logger.warning("disk %d%% full", 91, extra={"user": "alice"})
     logger.info("no user here")
     handler.flush(timeout=10)
-    by_line = {entry.line: (labels, entry) for labels, entry in tloki.stub.entries}
+    by_line = {e.line: (format_labels(ls), e) for ls, e in tloki.stub.entries}
     labels, entry = by_line["WARNING app.test_logging: disk 91% full"]
     assert labels == '{level="WARNING", service="api", user="alice"}'
     assert abs(entry.timestamp_ns - time.time_ns()) < 10 * 1_000_000_000
@@ -58,7 +59,7 @@ def test_records_become_lines_with_labels(
 def test_timestamp_comes_from_record_created(
     tloki: ThreadedLoki, logger: logging.Logger
 ) -> None:
-    handler = LokiHandler(tloki.stub.url, labels={"job": "t"}, **FAST)
+    handler = LokiHandler(tloki.stub.push_url, labels={"job": "t"}, **FAST)
     record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "old", (), None)
     record.created = 1_700_000_000.25
     handler.handle(record)
@@ -74,7 +75,7 @@ def test_emit_never_blocks_and_counts_drops(
     registry = CollectorRegistry()
     tloki.hang()
     handler = LokiHandler(
-        tloki.stub.url,
+        tloki.stub.push_url,
         labels={"job": "t"},
         batch_size=1000,
         queue_capacity=1000,
@@ -104,7 +105,7 @@ def test_emit_never_blocks_and_counts_drops(
 
 
 def test_minilog_own_records_are_not_shipped(tloki: ThreadedLoki) -> None:
-    handler = LokiHandler(tloki.stub.url, labels={"job": "t"}, **FAST)
+    handler = LokiHandler(tloki.stub.push_url, labels={"job": "t"}, **FAST)
     own = logging.getLogger("minilog.write")
     handler.handle(
         own.makeRecord(own.name, logging.ERROR, __file__, 1, "push failed", (), None)
@@ -127,7 +128,7 @@ def test_label_names_are_checked_at_construction() -> None:
 def test_close_delivers_everything_buffered(
     tloki: ThreadedLoki, logger: logging.Logger
 ) -> None:
-    handler = LokiHandler(tloki.stub.url, labels={"job": "t"}, batch_wait=30.0)
+    handler = LokiHandler(tloki.stub.push_url, labels={"job": "t"}, batch_wait=30.0)
     logger.addHandler(handler)
     for i in range(300):
         logger.error("line %d", i)

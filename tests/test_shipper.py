@@ -1,4 +1,4 @@
-"""Shipper (asyncio) and SyncShipper (thread) end to end against a recording stub."""
+"""Shipper (asyncio) and SyncShipper (thread) end to end against ``FakeLoki``."""
 
 from __future__ import annotations
 
@@ -14,57 +14,20 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from stub_loki import StubLoki
+from shipper_helpers import FAST, ThreadedLoki, base_url
 
 from minilog.errors import ClosedError, LabelError, WouldBlockError
+from minilog.labels import format_labels
 from minilog.model import LogEntry
 from minilog.shipper import Shipper, SyncShipper, push_url
+from minilog.testing import FakeLoki
 from minilog.write import ENTRY_OVERHEAD_BYTES
-
-FAST = {"batch_wait": 0.02, "min_backoff_period": 0.001, "max_backoff_period": 0.005}
 
 
 @pytest.fixture
-async def loki() -> AsyncIterator[StubLoki]:
-    server = StubLoki()
-    await server.start()
-    yield server
-    await server.aclose()
-
-
-class ThreadedLoki:
-    """A StubLoki on its own loop in a thread, for code that blocks the test thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.stub = self.call(self._make())
-
-    async def _make(self) -> StubLoki:
-        stub = StubLoki()
-        await stub.start()
-        return stub
-
-    def call(self, coro: object) -> StubLoki:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
-
-    def hang(self) -> None:
-        self.loop.call_soon_threadsafe(self.stub.open.clear)
-
-    def resume(self) -> None:
-        self.loop.call_soon_threadsafe(self.stub.open.set)
-
-    def wait_for_requests(self, n: int) -> None:
-        asyncio.run_coroutine_threadsafe(
-            self.stub.wait_for_requests(n), self.loop
-        ).result(10)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.stub.aclose(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
+async def loki() -> AsyncIterator[FakeLoki]:
+    async with FakeLoki() as server:
+        yield server
 
 
 @pytest.fixture
@@ -72,10 +35,6 @@ def tloki() -> Iterator[ThreadedLoki]:
     server = ThreadedLoki()
     yield server
     server.close()
-
-
-def base_url(stub: StubLoki) -> str:
-    return f"http://127.0.0.1:{stub.port}"
 
 
 def test_push_url_accepts_base_or_full_url() -> None:
@@ -87,7 +46,7 @@ def test_push_url_accepts_base_or_full_url() -> None:
     assert push_url("http://old/api/prom/push") == "http://old/api/prom/push"
 
 
-async def test_shipper_sends_lines_with_merged_labels(loki: StubLoki) -> None:
+async def test_shipper_sends_lines_with_merged_labels(loki: FakeLoki) -> None:
     before = time.time_ns()
     async with Shipper(
         base_url(loki), labels={"service": "api", "env": "x"}, **FAST
@@ -96,7 +55,7 @@ async def test_shipper_sends_lines_with_merged_labels(loki: StubLoki) -> None:
         await s.send(None, "explicit", timestamp_ns=42)
         await s.flush()
     after = time.time_ns()
-    by_line = {entry.line: (labels, entry) for labels, entry in loki.entries}
+    by_line = {e.line: (format_labels(ls), e) for ls, e in loki.entries}
     labels, hello = by_line["hello"]
     assert labels == '{env="prod", service="api"}'
     assert before <= hello.timestamp_ns <= after
@@ -106,17 +65,17 @@ async def test_shipper_sends_lines_with_merged_labels(loki: StubLoki) -> None:
     assert explicit.timestamp_ns == 42
 
 
-async def test_send_batch_ships_many_lines_in_one_request(loki: StubLoki) -> None:
+async def test_send_batch_ships_many_lines_in_one_request(loki: FakeLoki) -> None:
     entries = [LogEntry(i, f"line {i}") for i in range(1, 1001)]
-    async with Shipper(loki.url, batch_wait=5.0) as shipper:
+    async with Shipper(loki.push_url, batch_wait=5.0) as shipper:
         await shipper.send_batch({"job": "bulk"}, entries)
         await shipper.flush()
-    assert len(loki.requests) == 1
+    assert len(loki.pushes) == 1
     assert [e for _, e in loki.entries] == entries
 
 
-async def test_invalid_label_name_is_refused_before_queueing(loki: StubLoki) -> None:
-    async with Shipper(loki.url, **FAST) as shipper:
+async def test_invalid_label_name_is_refused_before_queueing(loki: FakeLoki) -> None:
+    async with Shipper(loki.push_url, **FAST) as shipper:
         with pytest.raises(LabelError):
             await shipper.send({"bad-name": "x"}, "never sent")
         with pytest.raises(LabelError):
@@ -126,30 +85,30 @@ async def test_invalid_label_name_is_refused_before_queueing(loki: StubLoki) -> 
         await shipper.flush()
     assert [e.line for _, e in loki.entries] == ["sent"]
     with pytest.raises(LabelError):
-        Shipper(loki.url, labels={"a.b": "x"})
+        Shipper(loki.push_url, labels={"a.b": "x"})
 
 
-async def test_delivered_future_and_callback(loki: StubLoki) -> None:
+async def test_delivered_future_and_callback(loki: FakeLoki) -> None:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[bool] = loop.create_future()
     calls: list[bool] = []
-    loki.open.clear()
-    async with Shipper(loki.url, **FAST) as shipper:
+    loki.faults.hang()
+    async with Shipper(loki.push_url, **FAST) as shipper:
         await shipper.send(None, "a", on_delivery=future)
         await shipper.send_batch(None, [LogEntry(1, "b")], on_delivery=calls.append)
         await loki.wait_for_requests(1)
         assert not future.done()
-        loki.open.set()
+        loki.faults.clear()
         assert await asyncio.wait_for(future, 5) is True
         await shipper.flush()
     assert calls == [True]
 
 
-async def test_nowait_raises_when_full_and_counts(loki: StubLoki) -> None:
+async def test_nowait_raises_when_full_and_counts(loki: FakeLoki) -> None:
     registry = CollectorRegistry()
-    loki.open.clear()
+    loki.faults.hang()
     shipper = Shipper(
-        loki.url,
+        loki.push_url,
         batch_size=64,
         queue_capacity=2 * (64 + ENTRY_OVERHEAD_BYTES),
         registry=registry,
@@ -162,7 +121,7 @@ async def test_nowait_raises_when_full_and_counts(loki: StubLoki) -> None:
     waiting = asyncio.create_task(shipper.send(None, "waits"))
     await loki.wait_for_requests(1)
     assert not waiting.done()
-    loki.open.set()
+    loki.faults.clear()
     await asyncio.wait_for(waiting, 5)
     await shipper.aclose()
     value = registry.get_sample_value(
@@ -175,10 +134,10 @@ async def test_nowait_raises_when_full_and_counts(loki: StubLoki) -> None:
         await shipper.send(None, "after close")
 
 
-async def test_tenant_id_sets_the_org_header(loki: StubLoki) -> None:
-    async with Shipper(loki.url, tenant_id="acme", **FAST) as shipper:
+async def test_tenant_id_sets_the_org_header(loki: FakeLoki) -> None:
+    async with Shipper(loki.push_url, tenant_id="acme", **FAST) as shipper:
         await shipper.send(None, "x")
-    assert loki.requests[0][0]["X-Scope-OrgID"] == "acme"
+    assert loki.pushes[0][0]["X-Scope-OrgID"] == "acme"
 
 
 def test_sync_shipper_from_many_threads(tloki: ThreadedLoki) -> None:
@@ -203,7 +162,7 @@ def test_sync_shipper_from_many_threads(tloki: ThreadedLoki) -> None:
         lines = [
             e.line
             for labels, e in got
-            if labels == f'{{app="sync", worker="{worker}"}}'
+            if format_labels(labels) == f'{{app="sync", worker="{worker}"}}'
         ]
         assert lines == [f"{worker}-{i}" for i in range(500)]  # per-stream order kept
     with pytest.raises(ClosedError):
@@ -214,7 +173,7 @@ def test_sync_send_blocks_only_when_full(tloki: ThreadedLoki) -> None:
     registry = CollectorRegistry()
     tloki.hang()
     shipper = SyncShipper(
-        tloki.stub.url,
+        tloki.stub.push_url,
         batch_size=100,
         queue_capacity=100,
         buffer_bytes=100,
@@ -250,7 +209,7 @@ def test_sync_send_blocks_only_when_full(tloki: ThreadedLoki) -> None:
 def test_sync_close_gives_up_after_timeout_and_abandons(tloki: ThreadedLoki) -> None:
     tloki.hang()
     future: concurrent.futures.Future[bool] = concurrent.futures.Future()
-    shipper = SyncShipper(tloki.stub.url, **FAST)
+    shipper = SyncShipper(tloki.stub.push_url, **FAST)
     shipper.send(None, "stuck", on_delivery=future)
     tloki.wait_for_requests(1)
     started = time.monotonic()
@@ -268,7 +227,7 @@ def test_unclosed_sync_shipper_is_flushed_at_exit(
         textwrap.dedent(
             f"""
             from minilog.shipper import SyncShipper
-            shipper = SyncShipper({tloki.stub.url!r}, batch_wait=30.0)
+            shipper = SyncShipper({tloki.stub.push_url!r}, batch_wait=30.0)
             for i in range(100):
                 shipper.send({{"app": "exit"}}, f"line {{i}}")
             """
@@ -312,7 +271,7 @@ def test_sync_close_abandons_lines_still_waiting_for_queue_room(
     registry = CollectorRegistry()
     tloki.hang()
     shipper = SyncShipper(
-        tloki.stub.url,
+        tloki.stub.push_url,
         batch_size=100,
         queue_capacity=100,
         buffer_bytes=1000,

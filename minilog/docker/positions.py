@@ -86,14 +86,14 @@ def _parse(data: bytes) -> dict[str, Position]:
     return entries
 
 
-def _read(path: Path) -> dict[str, Position] | None:
+def _read(path: Path, read: Callable[[Path], bytes]) -> dict[str, Position] | None:
     """The positions in ``path``; None when there is no such file.
 
     Raises:
         _DamagedError: the file cannot be read or is not a positions file.
     """
     try:
-        data = path.read_bytes()
+        data = read(path)
     except FileNotFoundError:
         return None
     except IsADirectoryError as exc:
@@ -128,6 +128,7 @@ class Positions:
         path: the positions file.
         on_save: called after every save attempt with ``None`` (saved) or the
             ``OSError`` that stopped it; the component's health follows it.
+        read: how a file is read (``Path.read_bytes``; tests inject failures).
 
     Attributes:
         recovery: what loading did about a damaged file ("" when nothing was wrong).
@@ -139,8 +140,10 @@ class Positions:
         path: str | os.PathLike[str],
         *,
         on_save: Callable[[OSError | None], None] | None = None,
+        read: Callable[[Path], bytes] = Path.read_bytes,
     ) -> None:
         self.path = Path(path)
+        self._read_file = read
         self.backup_path = self.path.with_name(self.path.name + BACKUP_SUFFIX)
         self.recovery = ""
         self.save_error: OSError | None = None
@@ -159,7 +162,7 @@ class Positions:
 
     def _load(self) -> None:
         try:
-            entries = _read(self.path)
+            entries = _read(self.path, self._read_file)
         except _DamagedError as exc:
             self._recover(str(exc))
             return
@@ -178,7 +181,7 @@ class Positions:
     def _recover(self, reason: str) -> None:
         moved = self._set_aside()
         try:
-            backup = _read(self.backup_path)
+            backup = _read(self.backup_path, self._read_file)
         except _DamagedError as exc:
             backup, unusable = (
                 None,

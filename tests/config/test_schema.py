@@ -16,8 +16,6 @@ from minilog.config import (
     Secret,
     decode_block,
     parse,
-    parse_bytes,
-    parse_duration,
 )
 from minilog.config import ast as A
 
@@ -258,55 +256,6 @@ def test_schema_declarations_are_checked() -> None:
 def test_decode_a_whole_file_body() -> None:
     file = parse('regex = "a"\n', "f.alloy")
     assert decode_block(file, RULE, Scope())["regex"] == "a"
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("0", 0.0),
-        ("1s", 1.0),
-        ("1h30m", 5400.0),
-        ("1.5h", 5400.0),
-        ("300ms", 0.3),
-        ("10us", 1e-5),
-        ("10µs", 1e-5),
-        ("5ns", 5e-9),
-        ("-2m", -120.0),
-        ("+.5s", 0.5),
-        ("1m0.5s", 60.5),
-    ],
-)
-def test_parse_duration_follows_go(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "1", "1d", "s", ".s", "1.2.3s", "1 s", "-"])
-def test_parse_duration_rejects_what_go_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="duration"):
-        parse_duration(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "size"),
-    [
-        ("0", 0),
-        ("1B", 1),
-        ("512KiB", 512 * 1024),
-        ("1KB", 1024),
-        ("1MiB", 1 << 20),
-        ("1MB", 1 << 20),
-        ("1.5GB", 3 << 29),
-        ("1GB512MB", (1 << 30) + (512 << 20)),
-    ],
-)
-def test_parse_bytes_base2(text: str, size: int) -> None:
-    assert parse_bytes(text) == size
-
-
-@pytest.mark.parametrize("text", ["", "1", "1mb", "MB", "1 MB"])
-def test_parse_bytes_rejects_bad_sizes(text: str) -> None:
-    with pytest.raises(ValueError, match="byte size"):
-        parse_bytes(text)
 
 
 def test_seed_config_end_to_end() -> None:

@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 import pytest
 from agent_helpers import AgentProcess, start_agent_process, wait_until
+from discovery_helpers import FakeDocker, Published
 from fake_docker import FakeDockerEngine
 from fs_helpers import (
     as_user,
@@ -30,7 +31,6 @@ from fs_helpers import (
     user_unavailable_reason,
 )
 from prometheus_client import CollectorRegistry
-from test_discovery import FakeDocker, Published
 
 from minilog.agent.logsetup import component_logger
 from minilog.components import COMPONENT_TYPES, Component, ComponentOptions

@@ -1,8 +1,9 @@
 """loki.write under faults: outages past the retry budget, Retry-After, probing a down
 endpoint, Loki refusing part of a push, a send loop that dies, and secrets.
 
-``StubLoki`` answers as scripted: plain statuses, or a judge that stores what Loki would
-store and answers with Loki 3.6's own texts (``loki_messages``).
+``FakeLoki`` answers as scripted: plain statuses (``faults``), or a ``judge`` that
+stores what Loki would store and answers with Loki 3.6's own texts
+(``loki_messages``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import loki_messages as messages
 import pytest
 from agent_helpers import free_port
 from prometheus_client import CollectorRegistry, generate_latest
-from stub_loki import Answer, Streams, StubLoki
 
 from minilog.errors import (
     BrokenError,
@@ -26,6 +26,7 @@ from minilog.errors import (
 )
 from minilog.loki.push import BasicAuth, LokiPusher
 from minilog.model import Delivery, LogEntry, StreamBatch
+from minilog.testing import Answer, FakeLoki, Streams
 from minilog.write import (
     ENTRY_OVERHEAD_BYTES,
     RATE_LIMITED_MAX_DELAY_S,
@@ -37,11 +38,9 @@ __all__: list[str] = []
 
 
 @pytest.fixture
-async def loki() -> AsyncIterator[StubLoki]:
-    server = StubLoki()
-    await server.start()
-    yield server
-    await server.aclose()
+async def loki() -> AsyncIterator[FakeLoki]:
+    async with FakeLoki() as server:
+        yield server
 
 
 def config(url: str, **options: object) -> EndpointConfig:
@@ -137,7 +136,7 @@ async def test_an_outage_past_the_retry_budget_keeps_everything_within_the_bound
     )
     host = f"127.0.0.1:{port}"
     settled: list[bool] = []
-    loki = StubLoki()
+    loki = FakeLoki(port=port)
     sent = 0
     try:
         # Connection refused: retries run out, the endpoint is reported failing.
@@ -164,7 +163,7 @@ async def test_an_outage_past_the_retry_budget_keeps_everything_within_the_bound
         assert dropped(registry, host) == 0
         pending_entries = sample(registry, "minilog_write_pending_entries", host=host)
         assert 0 < pending_entries < sent
-        await loki.start(port)
+        await loki.start()
         await asyncio.wait_for(pending, 5)
         await writer.flush()
     finally:
@@ -193,15 +192,15 @@ async def test_an_outage_past_the_retry_budget_keeps_everything_within_the_bound
     ids=["429-seconds", "503-bounded", "429-date-past", "500-ignored", "429-capped"],
 )
 async def test_retry_after_is_honoured_within_max_backoff_period(
-    loki: StubLoki,
+    loki: FakeLoki,
     status: int,
     headers: dict[str, str],
     options: dict[str, float],
     expected: float,
 ) -> None:
-    loki.statuses = [(status, b"busy\n", headers)]
+    loki.faults.respond(status, "busy", times=1, headers=headers)
     sleep = Recorder()
-    async with Writer([config(loki.url, **options)], sleep=sleep) as writer:
+    async with Writer([config(loki.push_url, **options)], sleep=sleep) as writer:
         await writer.send(batch({"a": "1"}, "x"))
         await writer.flush()
     assert sleep.delays == [pytest.approx(expected)]
@@ -219,7 +218,7 @@ async def test_a_recovered_endpoint_is_noticed_by_a_probe_not_by_the_backoff(
     port = free_port()
     url = f"http://127.0.0.1:{port}/loki/api/v1/push"
     registry = CollectorRegistry()
-    loki = StubLoki()
+    loki = FakeLoki(port=port)
     writer = Writer(
         [config(url, min_backoff_period=60.0, max_backoff_period=120.0)],
         registry=registry,
@@ -238,8 +237,8 @@ async def test_a_recovered_endpoint_is_noticed_by_a_probe_not_by_the_backoff(
                 ),
                 "the first failure",
             )
-            await loki.start(port)
-            await loki.wait_for_entries(1, within=10)
+            await loki.start()
+            await loki.wait_for_entries(1, timeout=10)
             await writer.flush()
     finally:
         await writer.aclose(drain_timeout=1)
@@ -252,18 +251,18 @@ async def test_a_recovered_endpoint_is_noticed_by_a_probe_not_by_the_backoff(
     assert sum("answers again" in m for m in messages_) == 1
 
 
-async def test_a_5xx_outage_ends_when_ready_turns_200(loki: StubLoki) -> None:
-    loki.statuses = [(500, b"empty ring\n")]
-    loki.ready_status = 503  # Loki starting: not ready
+async def test_a_5xx_outage_ends_when_ready_turns_200(loki: FakeLoki) -> None:
+    loki.faults.respond(500, "empty ring", times=1)
+    loki.faults.ready_status = 503  # Loki starting: not ready
     writer = Writer(
-        [config(loki.url, min_backoff_period=60.0, max_backoff_period=120.0)],
+        [config(loki.push_url, min_backoff_period=60.0, max_backoff_period=120.0)],
         probe_interval=0.02,
     )
     try:
         await writer.send(batch({"a": "1"}, "x"))
         await loki.wait_for(lambda: loki.events.count("ready") >= 2)
-        loki.ready_status = 200
-        await loki.wait_for_entries(1, within=10)
+        loki.faults.ready_status = 200
+        await loki.wait_for_entries(1, timeout=10)
     finally:
         await writer.aclose(drain_timeout=1)
     assert loki.events[0] == "push" and loki.events[-2:] == ["ready", "push"]
@@ -271,13 +270,13 @@ async def test_a_5xx_outage_ends_when_ready_turns_200(loki: StubLoki) -> None:
 
 
 async def test_a_probe_that_cannot_see_the_failure_leaves_the_backoff_alone(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     """Loki says ready but pushes fail (a bad batch, say): no early retry."""
-    loki.statuses = [(500, b"no schema config found for time\n")]
+    loki.faults.respond(500, "no schema config found for time", times=1)
     time_ = FakeTime()
     async with Writer(
-        [config(loki.url, min_backoff_period=10.0, max_backoff_period=10.0)],
+        [config(loki.push_url, min_backoff_period=10.0, max_backoff_period=10.0)],
         clock=time_.clock,
         sleep=time_.sleep,
         random=lambda: 0.5,
@@ -290,20 +289,21 @@ async def test_a_probe_that_cannot_see_the_failure_leaves_the_backoff_alone(
 
 
 async def test_behind_a_gateway_without_ready_the_probe_is_an_empty_push() -> None:
-    loki = StubLoki()
-    await loki.start(prefix="/gw")
-    loki.ready_status = 404  # the gateway routes only the push path
-    loki.statuses = [(502, b"bad gateway\n")]
-    loki.empty_push_status = 502  # Loki behind it still down
+    loki = FakeLoki(path_prefix="/gw")
+    await loki.start()
+    loki.faults.ready_status = 404  # the gateway routes only the push path
+    # Loki behind it still down: the push and the empty pushes probing it get 502.
+    loki.faults.respond(502, "bad gateway")
     writer = Writer(
-        [config(loki.url, min_backoff_period=60.0, max_backoff_period=120.0)],
+        [config(loki.push_url, min_backoff_period=60.0, max_backoff_period=120.0)],
         probe_interval=0.02,
     )
     try:
         await writer.send(batch({"a": "1"}, "x"))
         await loki.wait_for(lambda: loki.events.count("empty-push") >= 2)
-        loki.empty_push_status = 422  # Loki's own answer to an empty push
-        await loki.wait_for_entries(1, within=10)
+        # Loki is back: an empty push gets its own answer (422), the push goes in.
+        loki.faults.clear()
+        await loki.wait_for_entries(1, timeout=10)
     finally:
         await writer.aclose(drain_timeout=1)
         await loki.aclose()
@@ -316,7 +316,7 @@ async def test_behind_a_gateway_without_ready_the_probe_is_an_empty_push() -> No
 
 
 def new_stream_limiter(
-    loki: StubLoki, known: set[str], *, masked: bool = False
+    loki: FakeLoki, known: set[str], *, masked: bool = False
 ) -> dict[str, bool]:
     """Judge pushes as Loki's ingester does with its stream limit reached: streams not
     in ``known`` are refused; the answer names the last stream of the request if it
@@ -344,7 +344,7 @@ def new_stream_limiter(
 
 
 async def test_a_stream_over_the_stream_limit_is_held_while_the_others_go_on(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     known = {'{app="old"}'}
     limiter = new_stream_limiter(loki, known)
@@ -352,7 +352,7 @@ async def test_a_stream_over_the_stream_limit_is_held_while_the_others_go_on(
     host = f"127.0.0.1:{loki.port}"
     results: dict[str, list[bool]] = {"old": [], "new": []}
     writer = Writer(
-        [config(loki.url, min_backoff_period=0.02, max_backoff_period=0.05)],
+        [config(loki.push_url, min_backoff_period=0.02, max_backoff_period=0.05)],
         registry=registry,
     )
     try:
@@ -377,10 +377,7 @@ async def test_a_stream_over_the_stream_limit_is_held_while_the_others_go_on(
         # The held stream keeps being retried on its own.
         await loki.wait_for(
             lambda: (
-                sum(
-                    s == [('{app="new"}', [LogEntry(1, "n1")])]
-                    for _, s in loki.requests
-                )
+                sum(s == [('{app="new"}', [LogEntry(1, "n1")])] for _, s in loki.pushes)
                 >= 2
             )
         )
@@ -400,12 +397,12 @@ async def test_a_stream_over_the_stream_limit_is_held_while_the_others_go_on(
 
 
 async def test_new_streams_loki_refused_without_saying_are_held_too(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     known = {'{app="old"}'}
     limiter = new_stream_limiter(loki, known, masked=True)
     writer = Writer(
-        [config(loki.url, min_backoff_period=0.02, max_backoff_period=0.05)]
+        [config(loki.push_url, min_backoff_period=0.02, max_backoff_period=0.05)]
     )
     try:
         await writer.send(batch({"app": "old"}, "o1"))
@@ -414,7 +411,7 @@ async def test_new_streams_loki_refused_without_saying_are_held_too(
             await writer.send(batch({"app": app}, f"{app}-line"))
         await loki.wait_for(lambda: "old-line" in loki.lines())
         # New streams go last, so a refused one is the one Loki reports.
-        assert [key for key, _ in loki.requests[1][1]] == [
+        assert [key for key, _ in loki.pushes[1][1]] == [
             '{app="old"}',
             '{app="new1"}',
             '{app="new2"}',
@@ -426,7 +423,7 @@ async def test_new_streams_loki_refused_without_saying_are_held_too(
     assert sorted(loki.lines()) == ["new1-line", "new2-line", "o1", "old-line"]
 
 
-def refuse_long_lines(loki: StubLoki, limit: int) -> None:
+def refuse_long_lines(loki: FakeLoki, limit: int) -> None:
     """Judge as Loki's distributor: drop lines over ``limit`` bytes, store the rest,
     answer 400 with the grouped messages."""
 
@@ -446,13 +443,13 @@ def refuse_long_lines(loki: StubLoki, limit: int) -> None:
         body = "; ".join(
             f"{n} errors like: {m}" if many or n > 1 else m for m, n in errors.items()
         )
-        return Answer(400, body + "\n", stored=stored)
+        return Answer(400, body, stored=stored)
 
     loki.judge = judge
 
 
 async def test_a_400_for_one_over_long_line_drops_that_line_alone(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     """Until issue 16 all 250 entries were counted dropped (ingester_error)."""
     refuse_long_lines(loki, 100)
@@ -460,12 +457,12 @@ async def test_a_400_for_one_over_long_line_drops_that_line_alone(
     host = f"127.0.0.1:{loki.port}"
     results: list[bool] = []
     lines = [f"{i:010d}" for i in range(249)] + ["x" * 500]
-    async with Writer([config(loki.url)], registry=registry) as writer:
+    async with Writer([config(loki.push_url)], registry=registry) as writer:
         await writer.send(
             batch({"app": "a"}, *lines, delivery=Delivery(results.append))
         )
         await writer.flush()
-    assert len(loki.requests) == 1  # never retried
+    assert len(loki.pushes) == 1  # never retried
     assert results == [True]
     assert dropped(registry, host, "line_too_long") == 1
     assert (
@@ -487,7 +484,7 @@ async def test_a_400_for_one_over_long_line_drops_that_line_alone(
 
 @pytest.mark.parametrize("retry_on_http_429", [True, False])
 async def test_a_429_for_one_new_stream_counts_that_stream_alone(
-    loki: StubLoki, retry_on_http_429: bool
+    loki: FakeLoki, retry_on_http_429: bool
 ) -> None:
     """Until issue 16 the 202 entries were retried whole, then all counted
     rate_limited, though Loki had stored 201 of them."""
@@ -498,7 +495,7 @@ async def test_a_429_for_one_new_stream_counts_that_stream_alone(
     writer = Writer(
         [
             config(
-                loki.url,
+                loki.push_url,
                 min_backoff_period=0.02,
                 max_backoff_period=0.05,
                 retry_on_http_429=retry_on_http_429,
@@ -514,7 +511,7 @@ async def test_a_429_for_one_new_stream_counts_that_stream_alone(
             await writer.send(batch({"app": f"s{i}"}, *(f"{j}" for j in range(67))))
         await writer.send(batch({"app": "new"}, "the new one"))
         await loki.wait_for(lambda: len(loki.lines()) == 3 + 201)
-        assert len(loki.requests) == 2  # the 202 entries went in one push
+        assert len(loki.pushes) == 2  # the 202 entries went in one push
         await poll(
             lambda: (
                 sample(registry, "loki_write_sent_entries_total", host=host, tenant="")
@@ -536,7 +533,7 @@ async def test_a_429_for_one_new_stream_counts_that_stream_alone(
 
 
 async def test_rate_limited_entries_listed_by_loki_are_retried_alone(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     seen: list[list[str]] = []
 
@@ -553,10 +550,10 @@ async def test_rate_limited_entries_listed_by_loki_are_retried_alone(
             ]
         )
         stored = [(key, [e for e in entries if e not in refused])]
-        return Answer(429, body + "\n", stored=stored)
+        return Answer(429, body, stored=stored)
 
     loki.judge = judge
-    async with Writer([config(loki.url)]) as writer:
+    async with Writer([config(loki.push_url)]) as writer:
         await writer.send(batch({"app": "a"}, "l0", "l1", "l2", "l3", "l4"))
         await writer.flush()
     assert seen == [["l0", "l1", "l2", "l3", "l4"], ["l2", "l3"]]
@@ -564,7 +561,7 @@ async def test_rate_limited_entries_listed_by_loki_are_retried_alone(
 
 
 async def test_a_held_backlog_is_retried_a_batch_size_at_a_time(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     """Loki refuses a stream's part of a push whole when it exceeds the rate limit's
     burst: held entries that piled up go back at most ``batch_size`` at a time."""
@@ -580,12 +577,12 @@ async def test_a_held_backlog_is_retried_a_batch_size_at_a_time(
         body = "\n".join(
             [*listed[:10], messages.trailer(len(entries), len(entries), key)]
         )
-        return Answer(429, body + "\n")
+        return Answer(429, body)
 
     loki.judge = judge
     lines = [f"{i:099d}" for i in range(25)]  # three batches of 10, 10 and 5 lines
     async with Writer(
-        [config(loki.url, batch_size=1000, min_backoff_period=0.05)]
+        [config(loki.push_url, batch_size=1000, min_backoff_period=0.05)]
     ) as writer:
         await writer.send(batch({"app": "a"}, *lines))
         await loki.wait_for(lambda: pushed[:3] == [10, 10, 5])
@@ -596,12 +593,14 @@ async def test_a_held_backlog_is_retried_a_batch_size_at_a_time(
 
 
 async def test_an_answer_not_understood_drops_the_batch_and_logs_it_once(
-    loki: StubLoki, caplog: pytest.LogCaptureFixture
+    loki: FakeLoki, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = CollectorRegistry()
-    loki.statuses = [(400, b"something Loki 4 says\nwith a detail on line two\n")]
+    loki.faults.respond(
+        400, "something Loki 4 says\nwith a detail on line two", times=1
+    )
     with caplog.at_level(logging.WARNING, logger="minilog.write"):
-        async with Writer([config(loki.url)], registry=registry) as writer:
+        async with Writer([config(loki.push_url)], registry=registry) as writer:
             await writer.send(batch({"a": "1"}, "x", "y"))
             await writer.flush()
     host = f"127.0.0.1:{loki.port}"
@@ -614,15 +613,15 @@ async def test_an_answer_not_understood_drops_the_batch_and_logs_it_once(
 
 
 async def test_a_send_loop_that_dies_fails_the_producers_waiting_for_room(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     async def broken_sleep(delay: float) -> None:
         raise RuntimeError("a bug in the retry wait")
 
-    loki.statuses = [(500, b"down\n")]
+    loki.faults.respond(500, "down", times=1)
     results: list[bool] = []
     writer = Writer(
-        [config(loki.url, batch_size=10, queue_capacity=10)], sleep=broken_sleep
+        [config(loki.push_url, batch_size=10, queue_capacity=10)], sleep=broken_sleep
     )
     try:
         await writer.send(batch({"a": "1"}, "0123456789"))
@@ -646,9 +645,9 @@ async def test_a_send_loop_that_dies_fails_the_producers_waiting_for_room(
 
 
 async def test_url_userinfo_is_sent_as_basic_auth_and_shown_nowhere(
-    loki: StubLoki, caplog: pytest.LogCaptureFixture
+    loki: FakeLoki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    secret_url = loki.url.replace("http://", "http://ops%40corp:s3cr%3Ait@")
+    secret_url = loki.push_url.replace("http://", "http://ops%40corp:s3cr%3Ait@")
     dead = f"http://ops:s3cr3t-dead@127.0.0.1:{free_port()}/loki/api/v1/push"
     registry = CollectorRegistry()
     with caplog.at_level(logging.DEBUG):
@@ -677,7 +676,7 @@ async def test_url_userinfo_is_sent_as_basic_auth_and_shown_nowhere(
             states = repr(writer.endpoint_states())
         finally:
             await writer.aclose(drain_timeout=0.05)
-    headers, _ = loki.requests[0]
+    headers, _ = loki.pushes[0]
     assert (
         headers["Authorization"]
         == "Basic " + base64.b64encode(b"ops@corp:s3cr:it").decode()
@@ -691,10 +690,10 @@ async def test_url_userinfo_is_sent_as_basic_auth_and_shown_nowhere(
 
 
 async def test_configured_credentials_never_show_and_a_header_wins(
-    loki: StubLoki, caplog: pytest.LogCaptureFixture
+    loki: FakeLoki, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = config(
-        loki.url.replace("http://", "http://u:url-pass@"),
+        loki.push_url.replace("http://", "http://u:url-pass@"),
         headers={"Authorization": "Bearer header-token", "X-Api-Key": "key-value"},
     )
     with caplog.at_level(logging.DEBUG):
@@ -702,13 +701,13 @@ async def test_configured_credentials_never_show_and_a_header_wins(
             await writer.send(batch({"a": "1"}, "x"))
             await writer.flush()
             states = repr(writer.endpoint_states())
-    headers, _ = loki.requests[0]
+    headers, _ = loki.pushes[0]
     # As Go's client: a configured Authorization header is sent as it is.
     assert headers["Authorization"] == "Bearer header-token"
     assert headers["X-Api-Key"] == "key-value"
     other = [
-        config(loki.url, basic_auth=BasicAuth("user", "basic-pass")),
-        config(loki.url, bearer_token="bearer-secret"),
+        config(loki.push_url, basic_auth=BasicAuth("user", "basic-pass")),
+        config(loki.push_url, bearer_token="bearer-secret"),
     ]
     for text in (repr(cfg), states, caplog.text, *map(repr, other)):
         for secret in (

@@ -27,7 +27,7 @@ from aiohttp import web
 from minilog.docker.client import DockerClient, DockerTLS, parse_host, unavailable_error
 from minilog.errors import ClosedError, ConfigError, DockerError, DockerUnavailableError
 
-DATA = Path(__file__).parent / "data" / "docker"
+DATA = Path(__file__).resolve().parents[1] / "data" / "docker"
 MIXED_ID = "2f7ff8409f41189702ee498e0a299b896c9b8c32c30e5c95df86aca18df5364f"
 
 

@@ -28,7 +28,7 @@ from minilog.testing import FakeLoki
 
 pytestmark = pytest.mark.docker
 
-SEED = Path(__file__).parent / "data" / "alloy" / "seed-config.alloy"
+SEED = Path(__file__).resolve().parents[1] / "data" / "alloy" / "seed-config.alloy"
 SECOND_NS = 1_000_000_000
 SHIPPED = ("web-gateway", "order-api", "fulfillment-worker")
 NOT_SHIPPED = "inventory-db"

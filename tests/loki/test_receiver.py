@@ -37,7 +37,7 @@ from minilog.loki.wire import compress, encode_push_request
 from minilog.model import LogEntry, StreamBatch
 from minilog.testing import FakeLoki
 
-DATA = Path(__file__).parent / "data" / "loki-push"
+DATA = Path(__file__).resolve().parents[1] / "data" / "loki-push"
 VECTORS = {v["name"]: v for v in json.loads((DATA / "vectors.json").read_text())}
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}

@@ -22,7 +22,7 @@ from minilog.docker.frames import (
 )
 from minilog.model import LogEntry
 
-DATA = Path(__file__).parent / "data" / "docker"
+DATA = Path(__file__).resolve().parents[1] / "data" / "docker"
 MIXED_TS = (DATA / "mixed-logs-timestamps.bin").read_bytes()
 MIXED_PLAIN = (DATA / "mixed-logs-plain.bin").read_bytes()
 TTY_TS = (DATA / "tty-logs-timestamps.bin").read_bytes()

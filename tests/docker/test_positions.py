@@ -197,20 +197,18 @@ def test_a_damaged_backup_too_starts_from_scratch(
 
 
 def test_an_unreadable_file_is_damaged_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warnings: Callable[[], list[str]]
+    tmp_path: Path, warnings: Callable[[], list[str]]
 ) -> None:
     # Root reads any file: the permission error is injected at the read boundary.
     path = tmp_path / "positions.json"
     saved_twice(path)
-    real = Path.read_bytes
 
-    def read_bytes(self: Path) -> bytes:
-        if self == path:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real(self)
+    def read_bytes(file: Path) -> bytes:
+        if file == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return file.read_bytes()
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    pos = Positions(path)
+    pos = Positions(path, read=read_bytes)
     assert pos.get(CID) == Position(100, 1, '{job="a"}')
     (message,) = warnings()
     assert "Permission denied" in message

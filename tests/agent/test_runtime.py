@@ -438,7 +438,7 @@ async def test_shutdown_stops_phase_by_phase_then_finalizes(
 
 # -------------------------------------------------------------- with the Docker Engine
 
-SEED = Path(__file__).parent / "data" / "alloy" / "seed-config.alloy"
+SEED = Path(__file__).resolve().parents[1] / "data" / "alloy" / "seed-config.alloy"
 SEED_SERVICES = "(web-gateway|order-api|fulfillment-worker)"
 
 

@@ -11,20 +11,24 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 from agent_helpers import free_port
 from prometheus_client import CollectorRegistry
-from stub_loki import StubLoki
 
-from minilog.errors import ClosedError, ConfigError, WouldBlockError
-from minilog.loki.wire import encode_push_request
+from minilog.errors import (
+    ClosedError,
+    ConfigError,
+    PushError,
+    ServerError,
+    WouldBlockError,
+)
+from minilog.loki.wire import decode_push_request, decompress, encode_push_request
 from minilog.model import Delivery, LogEntry, StreamBatch
+from minilog.testing import FakeLoki
 from minilog.write import DROP_REASONS, ENTRY_OVERHEAD_BYTES, EndpointConfig, Writer
 
 
 @pytest.fixture
-async def loki() -> AsyncIterator[StubLoki]:
-    server = StubLoki()
-    await server.start()
-    yield server
-    await server.aclose()
+async def loki() -> AsyncIterator[FakeLoki]:
+    async with FakeLoki() as server:
+        yield server
 
 
 def config(url: str, **options: object) -> EndpointConfig:
@@ -47,14 +51,16 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-async def test_entries_reach_loki_grouped_by_stream(loki: StubLoki) -> None:
+async def test_entries_reach_loki_grouped_by_stream(loki: FakeLoki) -> None:
     registry = CollectorRegistry()
-    async with Writer([config(loki.url, batch_wait=10.0)], registry=registry) as writer:
+    async with Writer(
+        [config(loki.push_url, batch_wait=10.0)], registry=registry
+    ) as writer:
         await writer.send(batch({"app": "a", "__meta": "x"}, "one", "two"))
         await writer.send(batch({"app": "b"}, "three"))
         await writer.flush()
-        assert len(loki.requests) == 1  # both streams in one request
-    _, streams = loki.requests[0]
+        assert len(loki.pushes) == 1  # both streams in one request
+    _, streams = loki.pushes[0]
     assert dict(streams) == {
         '{app="a"}': [LogEntry(1, "one"), LogEntry(2, "two")],
         '{app="b"}': [LogEntry(1, "three")],
@@ -75,46 +81,50 @@ async def test_entries_reach_loki_grouped_by_stream(loki: StubLoki) -> None:
     )
 
 
-async def test_open_batch_is_sent_after_batch_wait(loki: StubLoki) -> None:
-    async with Writer([config(loki.url, batch_wait=0.05)]) as writer:
+async def test_open_batch_is_sent_after_batch_wait(loki: FakeLoki) -> None:
+    async with Writer([config(loki.push_url, batch_wait=0.05)]) as writer:
         await writer.send(batch({"app": "a"}, "late"))
-        assert loki.requests == []  # held for batch_wait, not sent per line
+        assert loki.pushes == []  # held for batch_wait, not sent per line
         await loki.wait_for_entries(1)
 
 
-async def test_full_batch_is_sent_without_waiting(loki: StubLoki) -> None:
-    async with Writer([config(loki.url, batch_wait=30.0, batch_size=10)]) as writer:
+async def test_full_batch_is_sent_without_waiting(loki: FakeLoki) -> None:
+    async with Writer(
+        [config(loki.push_url, batch_wait=30.0, batch_size=10)]
+    ) as writer:
         await writer.send(batch({"app": "a"}, "0123456789", "next"))
-        await loki.wait_for_entries(1, within=2.0)
+        await loki.wait_for_entries(1, timeout=2.0)
         assert [e.line for _, e in loki.entries] == ["0123456789"]
 
 
-async def test_external_labels_merge_and_entry_labels_win(loki: StubLoki) -> None:
-    writer = Writer([config(loki.url)], external_labels={"cluster": "c1", "app": "ext"})
+async def test_external_labels_merge_and_entry_labels_win(loki: FakeLoki) -> None:
+    writer = Writer(
+        [config(loki.push_url)], external_labels={"cluster": "c1", "app": "ext"}
+    )
     await writer.send(batch({"app": "mine"}, "x"))
     await writer.aclose()
-    assert [labels for labels, _ in loki.entries] == ['{app="mine", cluster="c1"}']
+    assert list(loki.streams()) == ['{app="mine", cluster="c1"}']
 
 
-async def test_tenant_label_routes_to_x_scope_orgid(loki: StubLoki) -> None:
-    writer = Writer([config(loki.url, tenant_id="default")])
+async def test_tenant_label_routes_to_x_scope_orgid(loki: FakeLoki) -> None:
+    writer = Writer([config(loki.push_url, tenant_id="default")])
     await writer.send(batch({"app": "a"}, "x"))
     await writer.send(batch({"app": "a", "__tenant_id__": "other"}, "y"))
     await writer.aclose()
-    tenants = sorted(headers["X-Scope-OrgID"] for headers, _ in loki.requests)
+    tenants = sorted(headers["X-Scope-OrgID"] for headers, _ in loki.pushes)
     assert tenants == ["default", "other"]
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
-async def test_retriable_statuses_are_retried(loki: StubLoki, status: int) -> None:
+async def test_retriable_statuses_are_retried(loki: FakeLoki, status: int) -> None:
     registry = CollectorRegistry()
-    loki.statuses = [(status, b"busy\n"), (status, b"busy\n")]
+    loki.faults.respond(status, "busy", times=2)
     results: list[bool] = []
-    async with Writer([config(loki.url)], registry=registry) as writer:
+    async with Writer([config(loki.push_url)], registry=registry) as writer:
         await writer.send(batch({"app": "a"}, "x", delivery=Delivery(results.append)))
         await loki.wait_for_entries(1)
         await writer.flush()
-    assert len(loki.requests) == 3
+    assert len(loki.pushes) == 3
     assert results == [True]
     host = f"127.0.0.1:{loki.port}"
     assert sample(registry, "loki_write_batch_retries_total", host=host, tenant="") == 2
@@ -123,7 +133,7 @@ async def test_retriable_statuses_are_retried(loki: StubLoki, status: int) -> No
 
 async def test_connection_refused_is_retried_until_loki_is_up() -> None:
     port = free_port()
-    loki = StubLoki()
+    loki = FakeLoki(port=port)
     url = f"http://127.0.0.1:{port}/loki/api/v1/push"
     registry = CollectorRegistry()
     writer = Writer([config(url, max_backoff_retries=0)], registry=registry)
@@ -136,7 +146,7 @@ async def test_connection_refused_is_retried_until_loki_is_up() -> None:
                 break
             await asyncio.sleep(0.005)
         assert sample(registry, retries, host=host, tenant="") >= 2
-        await loki.start(port)
+        await loki.start()
         await loki.wait_for_entries(1)
         assert (
             sample(
@@ -155,18 +165,18 @@ async def test_connection_refused_is_retried_until_loki_is_up() -> None:
 
 
 async def test_client_error_is_not_retried_and_logged_once(
-    loki: StubLoki, caplog: pytest.LogCaptureFixture
+    loki: FakeLoki, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = CollectorRegistry()
-    loki.statuses = [(400, b"entry too far behind\nmore detail\n")]
+    loki.faults.respond(400, "entry too far behind\nmore detail", times=1)
     results: list[bool] = []
     with caplog.at_level(logging.WARNING, logger="minilog.write"):
-        async with Writer([config(loki.url)], registry=registry) as writer:
+        async with Writer([config(loki.push_url)], registry=registry) as writer:
             await writer.send(
                 batch({"a": "1"}, "x", "yy", delivery=Delivery(results.append))
             )
             await writer.flush()
-    assert len(loki.requests) == 1
+    assert len(loki.pushes) == 1
     assert results == [True]  # finally dropped settles the delivery
     records = [r for r in caplog.records if r.name == "minilog.write"]
     assert len(records) == 1
@@ -186,27 +196,27 @@ async def test_client_error_is_not_retried_and_logged_once(
     )
 
 
-async def test_429_is_dropped_when_retry_on_http_429_is_off(loki: StubLoki) -> None:
+async def test_429_is_dropped_when_retry_on_http_429_is_off(loki: FakeLoki) -> None:
     registry = CollectorRegistry()
-    loki.statuses = [(429, b"slow down\n")]
+    loki.faults.respond(429, "slow down", times=1)
     async with Writer(
-        [config(loki.url, retry_on_http_429=False)], registry=registry
+        [config(loki.push_url, retry_on_http_429=False)], registry=registry
     ) as writer:
         await writer.send(batch({"a": "1"}, "x"))
         await writer.flush()
-    assert len(loki.requests) == 1
+    assert len(loki.pushes) == 1
     labels = {"host": f"127.0.0.1:{loki.port}", "tenant": "", "reason": "rate_limited"}
     assert sample(registry, "loki_write_dropped_entries_total", **labels) == 1
 
 
 async def test_an_outage_past_max_backoff_retries_drops_nothing(
-    loki: StubLoki, caplog: pytest.LogCaptureFixture
+    loki: FakeLoki, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Retries used up on 5xx: the endpoint is reported failing, the batch is kept and
     delivered once Loki accepts it; its delivery settles only then. (Until issue 16
     the batch was dropped after ``max_backoff_retries`` attempts, as Alloy does.)"""
     registry = CollectorRegistry()
-    loki.statuses = [(500, b"down\n")] * 10
+    loki.faults.respond(500, "down", times=10)
     settled: list[tuple[bool, int]] = []
     host = f"127.0.0.1:{loki.port}"
     failing: list[float] = []
@@ -217,11 +227,11 @@ async def test_an_outage_past_max_backoff_retries_drops_nothing(
 
     with caplog.at_level(logging.DEBUG, logger="minilog.write"):
         async with Writer(
-            [config(loki.url, max_backoff_retries=3)], registry=registry
+            [config(loki.push_url, max_backoff_retries=3)], registry=registry
         ) as writer:
             await writer.send(batch({"a": "1"}, "x", delivery=Delivery(on_delivery)))
             await writer.flush()
-    assert len(loki.requests) == 11  # ten 500s, then accepted
+    assert len(loki.pushes) == 11  # ten 500s, then accepted
     assert settled == [(True, 1)]  # settled once Loki held the entry, not before
     assert failing == [0.0]  # the success ended the failing state
     assert (
@@ -251,12 +261,12 @@ async def test_an_outage_past_max_backoff_retries_drops_nothing(
     assert any("answers again" in m for lvl, m in levels if lvl == logging.INFO)
 
 
-async def test_send_waits_while_queue_is_full_and_nowait_raises(loki: StubLoki) -> None:
+async def test_send_waits_while_queue_is_full_and_nowait_raises(loki: FakeLoki) -> None:
     FULL = 2 * (100 + ENTRY_OVERHEAD_BYTES)
     registry = CollectorRegistry()
-    loki.open.clear()  # Loki hangs
+    loki.faults.hang()  # Loki hangs
     writer = Writer(
-        [config(loki.url, batch_size=100, queue_capacity=FULL, batch_wait=0.01)],
+        [config(loki.push_url, batch_size=100, queue_capacity=FULL, batch_wait=0.01)],
         registry=registry,
     )
     try:
@@ -277,7 +287,7 @@ async def test_send_waits_while_queue_is_full_and_nowait_raises(loki: StubLoki) 
         }
         assert sample(registry, "loki_write_dropped_entries_total", **labels) == 2
         assert max(writer.queued_bytes().values()) <= FULL
-        loki.open.set()
+        loki.faults.clear()
         await asyncio.wait_for(blocked, 5)
         await writer.flush()
     finally:
@@ -286,8 +296,8 @@ async def test_send_waits_while_queue_is_full_and_nowait_raises(loki: StubLoki) 
     assert len(loki.entries) == 3
 
 
-async def test_delivery_callback_fires_only_after_loki_accepted(loki: StubLoki) -> None:
-    loki.open.clear()
+async def test_delivery_callback_fires_only_after_loki_accepted(loki: FakeLoki) -> None:
+    loki.faults.hang()
     done = asyncio.Event()
     results: list[bool] = []
 
@@ -295,20 +305,20 @@ async def test_delivery_callback_fires_only_after_loki_accepted(loki: StubLoki) 
         results.append(ok)
         done.set()
 
-    async with Writer([config(loki.url)]) as writer:
+    async with Writer([config(loki.push_url)]) as writer:
         await writer.send(batch({"a": "1"}, "x", delivery=Delivery(on_delivery)))
         await loki.wait_for_requests(1)
         assert results == []
-        loki.open.set()
+        loki.faults.clear()
         await asyncio.wait_for(done.wait(), 5)
     assert results == [True]
 
 
-async def test_close_abandons_what_cannot_be_sent_in_time(loki: StubLoki) -> None:
+async def test_close_abandons_what_cannot_be_sent_in_time(loki: FakeLoki) -> None:
     registry = CollectorRegistry()
-    loki.open.clear()
+    loki.faults.hang()
     results: list[bool] = []
-    writer = Writer([config(loki.url)], registry=registry)
+    writer = Writer([config(loki.push_url)], registry=registry)
     await writer.send(batch({"a": "1"}, "stuck", delivery=Delivery(results.append)))
     await loki.wait_for_requests(1)
     await writer.aclose(drain_timeout=0.05)
@@ -328,9 +338,9 @@ def writer_name(writer: Writer) -> str:
 
 
 async def test_close_drains_open_batches_without_waiting_batch_wait(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
-    writer = Writer([config(loki.url, batch_wait=60.0)])
+    writer = Writer([config(loki.push_url, batch_wait=60.0)])
     for i in range(5):
         await writer.send(batch({"n": str(i % 2)}, f"line {i}"))
     async with asyncio.timeout(5):
@@ -338,8 +348,8 @@ async def test_close_drains_open_batches_without_waiting_batch_wait(
     assert sorted(e.line for _, e in loki.entries) == [f"line {i}" for i in range(5)]
 
 
-async def test_send_after_close_abandons_the_delivery(loki: StubLoki) -> None:
-    writer = Writer([config(loki.url)])
+async def test_send_after_close_abandons_the_delivery(loki: FakeLoki) -> None:
+    writer = Writer([config(loki.push_url)])
     await writer.aclose()
     results: list[bool] = []
     with pytest.raises(ClosedError):
@@ -352,10 +362,10 @@ async def test_send_after_close_abandons_the_delivery(loki: StubLoki) -> None:
 
 
 async def test_blocked_sender_is_released_with_closed_error_at_close(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
-    loki.open.clear()
-    writer = Writer([config(loki.url, batch_size=10, queue_capacity=10)])
+    loki.faults.hang()
+    writer = Writer([config(loki.push_url, batch_size=10, queue_capacity=10)])
     await writer.send(batch({"a": "1"}, "0123456789"))
     results: list[bool] = []
     blocked = asyncio.create_task(
@@ -369,13 +379,13 @@ async def test_blocked_sender_is_released_with_closed_error_at_close(
     assert results == [False]
 
 
-async def test_a_dead_endpoint_does_not_stop_a_live_one(loki: StubLoki) -> None:
+async def test_a_dead_endpoint_does_not_stop_a_live_one(loki: FakeLoki) -> None:
     dead = f"http://127.0.0.1:{free_port()}/loki/api/v1/push"
     results: list[bool] = []
     writer = Writer(
         [
             config(dead, name="dead", max_backoff_retries=0),
-            config(loki.url, name="live", batch_size=50),
+            config(loki.push_url, name="live", batch_size=50),
         ]
     )
     try:
@@ -392,20 +402,20 @@ async def test_a_dead_endpoint_does_not_stop_a_live_one(loki: StubLoki) -> None:
     assert results == [False] * 20
 
 
-async def test_delivery_settles_once_every_endpoint_is_done(loki: StubLoki) -> None:
-    other = StubLoki()
+async def test_delivery_settles_once_every_endpoint_is_done(loki: FakeLoki) -> None:
+    other = FakeLoki()
     await other.start()
     results: list[bool] = []
     try:
-        other.open.clear()
+        other.faults.hang()
         async with Writer(
-            [config(loki.url, name="a"), config(other.url, name="b")]
+            [config(loki.push_url, name="a"), config(other.push_url, name="b")]
         ) as writer:
             await writer.send(batch({"a": "1"}, "x", delivery=Delivery(results.append)))
             await loki.wait_for_entries(1)
             await other.wait_for_requests(1)
             assert results == []
-            other.open.set()
+            other.faults.clear()
             await writer.flush()
         assert results == [True]
     finally:
@@ -413,7 +423,7 @@ async def test_delivery_settles_once_every_endpoint_is_done(loki: StubLoki) -> N
 
 
 async def test_big_batches_are_encoded_off_the_event_loop_thread(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     """A 1 MiB batch takes ~8 ms to encode: too long to hold the loop for."""
     threads: list[tuple[int, bool]] = []
@@ -425,7 +435,7 @@ async def test_big_batches_are_encoded_off_the_event_loop_thread(
 
     line = "x" * 150
     async with Writer(
-        [config(loki.url, batch_size=1 << 21)], encode=recording
+        [config(loki.push_url, batch_size=1 << 21)], encode=recording
     ) as writer:
         await writer.send(
             StreamBatch({"a": "1"}, [LogEntry(i, line) for i in range(7000)])
@@ -487,9 +497,9 @@ async def test_end_to_end_through_fake_loki_with_faults_and_restart() -> None:
     assert retries == 2
 
 
-async def test_cancelled_send_abandons_its_delivery(loki: StubLoki) -> None:
-    loki.open.clear()
-    writer = Writer([config(loki.url, batch_size=10, queue_capacity=10)])
+async def test_cancelled_send_abandons_its_delivery(loki: FakeLoki) -> None:
+    loki.faults.hang()
+    writer = Writer([config(loki.push_url, batch_size=10, queue_capacity=10)])
     try:
         await writer.send(batch({"a": "1"}, "0123456789"))
         await loki.wait_for_requests(1)
@@ -504,19 +514,19 @@ async def test_cancelled_send_abandons_its_delivery(loki: StubLoki) -> None:
         assert results == [False]
         assert writer.queued_bytes() == {writer_name(writer): 10 + ENTRY_OVERHEAD_BYTES}
     finally:
-        loki.open.set()
+        loki.faults.clear()
         await writer.aclose()
     assert [e.line for _, e in loki.entries] == ["0123456789"]
 
 
-async def test_send_nowait_is_all_or_nothing_across_endpoints(loki: StubLoki) -> None:
-    other = StubLoki()
+async def test_send_nowait_is_all_or_nothing_across_endpoints(loki: FakeLoki) -> None:
+    other = FakeLoki()
     await other.start()
-    other.open.clear()
+    other.faults.hang()
     writer = Writer(
         [
-            config(loki.url, name="roomy"),
-            config(other.url, name="tight", batch_size=5, queue_capacity=5),
+            config(loki.push_url, name="roomy"),
+            config(other.push_url, name="tight", batch_size=5, queue_capacity=5),
         ]
     )
     try:
@@ -530,7 +540,7 @@ async def test_send_nowait_is_all_or_nothing_across_endpoints(loki: StubLoki) ->
         await asyncio.sleep(0.05)  # a wrongly queued "more" would be pushed by now
         assert writer.queued_bytes() == {"roomy": 0, "tight": 5 + ENTRY_OVERHEAD_BYTES}
     finally:
-        other.open.set()
+        other.faults.clear()
         await writer.aclose()
         await other.aclose()
     assert [e.line for _, e in loki.entries] == ["12345"]
@@ -551,7 +561,7 @@ async def test_batches_waiting_out_an_outage_are_compacted_and_delivered() -> No
 
     one = 10 * (100 + ENTRY_OVERHEAD_BYTES)  # what one uncompressed batch weighs
     port = free_port()
-    loki = StubLoki()
+    loki = FakeLoki(port=port)
     url = f"http://127.0.0.1:{port}/loki/api/v1/push"
     writer = Writer(
         [config(url, batch_size=1000, queue_capacity=3 * one, max_backoff_retries=0)],
@@ -570,7 +580,7 @@ async def test_batches_waiting_out_an_outage_are_compacted_and_delivered() -> No
             await asyncio.sleep(0.005)
         # Loki is down: the batch in flight and the three behind the next one
         assert encoded == [10] * 4
-        await loki.start(port)
+        await loki.start()
         await writer.flush()
     finally:
         await writer.aclose(drain_timeout=1)
@@ -581,13 +591,20 @@ async def test_batches_waiting_out_an_outage_are_compacted_and_delivered() -> No
 
 
 async def test_a_queue_full_of_open_batches_sends_them_without_waiting_batch_wait(
-    loki: StubLoki,
+    loki: FakeLoki,
 ) -> None:
     """Capacity below batch_size: the open batch is what fills the queue; a waiting
     producer gets it sent at once instead of idling until batch_wait."""
     one = 100 + ENTRY_OVERHEAD_BYTES
     writer = Writer(
-        [config(loki.url, batch_size=1 << 20, batch_wait=60.0, queue_capacity=2 * one)]
+        [
+            config(
+                loki.push_url,
+                batch_size=1 << 20,
+                batch_wait=60.0,
+                queue_capacity=2 * one,
+            )
+        ]
     )
     try:
         async with asyncio.timeout(5):
@@ -599,12 +616,12 @@ async def test_a_queue_full_of_open_batches_sends_them_without_waiting_batch_wai
     assert [e.line for _, e in loki.entries] == [f"{i:0100d}" for i in range(6)]
 
 
-async def test_a_filled_batch_waits_compressed(loki: StubLoki) -> None:
+async def test_a_filled_batch_waits_compressed(loki: FakeLoki) -> None:
     """A batch is encoded when filling makes it ready: it waits as its compressed
     body, not as entries (what keeps the agent's memory low during a drain)."""
-    loki.open.clear()  # Loki hangs: everything waits in the queue
+    loki.faults.hang()  # Loki hangs: everything waits in the queue
     lines = [f"{i:04d}" + "a" * 996 for i in range(100)]  # 100 KB, compressible
-    writer = Writer([config(loki.url, batch_size=64 << 10, batch_wait=60.0)])
+    writer = Writer([config(loki.push_url, batch_size=64 << 10, batch_wait=60.0)])
     try:
         await writer.send(batch({"a": "1"}, *lines))
         as_entries = len(lines) * (1000 + ENTRY_OVERHEAD_BYTES)
@@ -614,8 +631,51 @@ async def test_a_filled_batch_waits_compressed(loki: StubLoki) -> None:
             35 * (1000 + ENTRY_OVERHEAD_BYTES) + 8192
         )
         assert max(writer.queued_bytes().values()) < as_entries / 2
-        loki.open.set()
+        loki.faults.clear()
         await writer.flush()
     finally:
         await writer.aclose()
     assert [e.line for _, e in loki.entries] == lines
+
+
+class RecordingTransport:
+    """A ``PushTransport`` without HTTP: keeps what it is asked to push."""
+
+    def __init__(self, answers: list[PushError | None]) -> None:
+        self.answers = answers
+        self.pushed: list[tuple[str, list[tuple[str, list[LogEntry]]]]] = []
+        self.closed = False
+
+    async def push(self, body: bytes, *, tenant: str = "") -> int:
+        self.pushed.append((tenant, decode_push_request(decompress(body))))
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+        return 204
+
+    async def probe(self, timeout: float) -> bool:  # noqa: ASYNC109 - the protocol's
+        return True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_the_transport_is_a_seam_the_writer_owns() -> None:
+    """Each endpoint's HTTP side comes from the ``transport`` factory: the writer
+    retries what it refuses and closes it when it drains."""
+    transport = RecordingTransport([ServerError("down", status=500)])
+    configs: list[EndpointConfig] = []
+
+    def factory(config: EndpointConfig) -> RecordingTransport:
+        configs.append(config)
+        return transport
+
+    endpoint = config("http://loki.invalid/loki/api/v1/push", tenant_id="t")
+    writer = Writer([endpoint], transport=factory)
+    await writer.send(batch({"app": "a"}, "one"))
+    await writer.flush()
+    assert configs == [endpoint]
+    assert transport.pushed == [("t", [('{app="a"}', [LogEntry(1, "one")])])] * 2
+    assert not transport.closed
+    await writer.aclose()
+    assert transport.closed

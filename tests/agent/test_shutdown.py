@@ -41,7 +41,7 @@ FAST: dict[str, Any] = {
 }
 # What a close may take beyond its drain timeout: cancelling, settling, closing sockets.
 CLOSE_MARGIN = 0.5
-_MINILOG_DIR = Path(__file__).resolve().parents[1] / "minilog"
+_MINILOG_DIR = Path(__file__).resolve().parents[2] / "minilog"
 # Server-side modules: FakeLoki's handler tasks are not the client's to clean up.
 _SERVER_FILES = ("receiver.py", "testing.py", "_httpguard.py")
 

@@ -24,7 +24,7 @@ from minilog.loki.wire import (
 )
 from minilog.model import LogEntry
 
-DATA = Path(__file__).parent / "data" / "loki-push"
+DATA = Path(__file__).resolve().parents[1] / "data" / "loki-push"
 VECTORS = json.loads((DATA / "vectors.json").read_text())
 NAMES = [v["name"] for v in VECTORS]
 

@@ -1,32 +1,24 @@
 """loki.write against a real Loki 3.6 with low limits: what it refuses is parsed from
 its own answers, counted by reason, held and retried, never re-sent when stored.
 
-A local Loki (``/usr/local/bin/loki``) runs on free ports for this module, with
-``auth_enabled`` so each test has a tenant of its own (limits are per tenant), and
-limits small enough to reach: 3 streams, 2 KB/s per stream (4 KB burst), 1 KB lines.
-Skipped when the binary is absent. (A small fixture of this module's own; the shared
-real-Loki fixture may replace it.)
+A Loki of this module's own (``loki_starter``: the seed's config on free ports) runs
+with ``auth_enabled`` so each test has a tenant of its own (limits are per tenant),
+and limits small enough to reach: 3 streams, 2 KB/s per stream (4 KB burst), 1 KB
+lines. Skipped, with the reason, when no real Loki can be run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-from agent_helpers import free_port
 from prometheus_client import CollectorRegistry
+from real_loki import LokiStarter
 
 from minilog.loki.refusals import parse_refusal
 from minilog.loki.wire import compress, encode_push_request
@@ -35,95 +27,21 @@ from minilog.write import EndpointConfig, Writer
 
 __all__: list[str] = []
 
-LOKI_BIN = os.environ.get("MINILOG_LOKI_BIN", "/usr/local/bin/loki")
-
-pytestmark = [
-    pytest.mark.loki,
-    pytest.mark.skipif(
-        shutil.which(LOKI_BIN) is None, reason=f"no Loki binary at {LOKI_BIN}"
-    ),
-]
-
-_CONFIG = """
-auth_enabled: true
-server:
-  http_listen_address: 127.0.0.1
-  http_listen_port: {http}
-  grpc_listen_address: 127.0.0.1
-  grpc_listen_port: {grpc}
-  log_level: warn
-common:
-  instance_addr: 127.0.0.1
-  path_prefix: {data}
-  storage:
-    filesystem:
-      chunks_directory: {data}/chunks
-      rules_directory: {data}/rules
-  replication_factor: 1
-  ring:
-    kvstore:
-      store: inmemory
-schema_config:
-  configs:
-    - from: 2020-10-24
-      store: tsdb
-      object_store: filesystem
-      schema: v13
-      index:
-        prefix: index_
-        period: 24h
-ingester:
-  lifecycler:
-    min_ready_duration: 0s
-    final_sleep: 0s
-limits_config:
-  max_global_streams_per_user: 3
-  per_stream_rate_limit: 2KB
-  per_stream_rate_limit_burst: 4KB
-  max_line_size: 1KB
-analytics:
-  reporting_enabled: false
-"""
+#: Limits small enough to reach in a test (per tenant).
+_LIMITS = {
+    "max_global_streams_per_user": 3,
+    "per_stream_rate_limit": "2KB",
+    "per_stream_rate_limit_burst": "4KB",
+    "max_line_size": "1KB",
+}
 
 
 @pytest.fixture(scope="module")
-def loki_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a Loki of this module's own; stopped with SIGTERM after."""
-    root = tmp_path_factory.mktemp("loki")
-    http = free_port()
-    config = root / "loki.yaml"
-    config.write_text(_CONFIG.format(http=http, grpc=free_port(), data=root / "data"))
-    log = (root / "loki.log").open("wb")
-    proc = subprocess.Popen(
-        [LOKI_BIN, f"-config.file={config}"], stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{http}"
-    try:
-        _wait_ready(base, proc, root / "loki.log")
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"Loki exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(base + "/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)  # Loki offers nothing to wait on: poll, bounded
-    raise AssertionError("Loki not ready after 60 s")
+def loki_url(loki_starter: LokiStarter) -> Iterator[str]:
+    """Base URL of a Loki for this module (the shared launcher), with ``auth_enabled``
+    and the low limits."""
+    with loki_starter({"auth_enabled": True, "limits_config": _LIMITS}) as loki:
+        yield loki.base_url
 
 
 @pytest.fixture
