@@ -7,6 +7,7 @@ timestamp. It owns nothing but the exported receiver.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from minilog.components.base import (
@@ -15,33 +16,37 @@ from minilog.components.base import (
     StableReceiver,
     register,
 )
-from minilog.config.schema import Schema
 from minilog.labels import format_labels, public_labels
 from minilog.model import StreamBatch
 
-__all__ = ["LokiEcho"]
+__all__ = ["LokiEcho", "LokiEchoArgs"]
+
+
+@dataclass(frozen=True)
+class LokiEchoArgs:
+    """``loki.echo "x" {}`` takes no arguments."""
 
 
 @register
-class LokiEcho(Component[Mapping[str, Any]]):
+class LokiEcho(Component[LokiEchoArgs]):
     """Logs what reaches it; ``loki.echo "x" {}`` takes no arguments."""
 
     name = "loki.echo"
-    schema = Schema(attrs=[])
+    args_class = LokiEchoArgs
     phase = "process"
 
     @classmethod
     def placeholder_exports(cls, component_id: str) -> Mapping[str, Any]:
         return {"receiver": StableReceiver(component_id)}
 
-    def __init__(self, opts: ComponentOptions, args: Mapping[str, Any]) -> None:
+    def __init__(self, opts: ComponentOptions, args: LokiEchoArgs) -> None:
         super().__init__(opts, args)
         self._exports = {"receiver": self}
 
     def exports(self) -> Mapping[str, Any]:
         return self._exports
 
-    async def update(self, args: Mapping[str, Any]) -> None:
+    async def update(self, args: LokiEchoArgs) -> None:
         self.args = args
 
     async def send(self, batch: StreamBatch) -> None:

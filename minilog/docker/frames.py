@@ -173,6 +173,10 @@ class _LineDecoder:
         self._cnt = count_at_position
         self._skip = count_at_position
         self._cache: dict[bytes, int] = {}
+        self._start()
+
+    def _start(self) -> None:
+        """Set up what the stream kind holds back between chunks."""
 
     @property
     def position_ns(self) -> int:
@@ -283,18 +287,7 @@ class FrameDecoder(_LineDecoder):
 
     __slots__ = ("_buf", "_partials")
 
-    def __init__(
-        self,
-        *,
-        position_ns: int = 0,
-        count_at_position: int = 0,
-        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
-    ) -> None:
-        super().__init__(
-            position_ns=position_ns,
-            count_at_position=count_at_position,
-            max_line_size=max_line_size,
-        )
+    def _start(self) -> None:
         self._buf = b""
         # Per-stream rejoin buffers (index 1 stdout, 2 stderr): parts and their total
         # size.
@@ -419,18 +412,7 @@ class RawLineSplitter(_LineDecoder):
 
     __slots__ = ("_pending", "_pending_size")
 
-    def __init__(
-        self,
-        *,
-        position_ns: int = 0,
-        count_at_position: int = 0,
-        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
-    ) -> None:
-        super().__init__(
-            position_ns=position_ns,
-            count_at_position=count_at_position,
-            max_line_size=max_line_size,
-        )
+    def _start(self) -> None:
         self._pending: list[bytes] = []
         self._pending_size = 0
 

@@ -346,15 +346,7 @@ class ContainerTailer:
                 self._ctx.metrics.resumes.labels("since").inc()
         else:
             since, tail, expect = window.since, str(window.tail), window.anchor
-        stream = self._ctx.client.logs(
-            self.container_id,
-            follow=True,
-            stdout=True,
-            stderr=True,
-            timestamps=True,
-            since=since,
-            tail=tail,
-        )
+        stream = self._logs(follow=True, since=since, tail=tail)
         head = b""
         try:
             while True:
@@ -418,18 +410,24 @@ class ContainerTailer:
             return None  # the log changed between the probes
         return _Window(since_arg(newest_ns), n, newest[0])
 
-    async def _probe(self, since: str | None, tail: int) -> list[bytes] | None:
-        """Frames of a non-follow read; None when it is too large or not framed."""
-        data = bytearray()
-        stream = self._ctx.client.logs(
+    def _logs(
+        self, *, follow: bool, since: str | None, tail: str | None
+    ) -> AsyncGenerator[bytes, None]:
+        """Both streams of the container's log, each record with its timestamp."""
+        return self._ctx.client.logs(
             self.container_id,
-            follow=False,
+            follow=follow,
             stdout=True,
             stderr=True,
             timestamps=True,
             since=since,
-            tail=str(tail),
+            tail=tail,
         )
+
+    async def _probe(self, since: str | None, tail: int) -> list[bytes] | None:
+        """Frames of a non-follow read; None when it is too large or not framed."""
+        data = bytearray()
+        stream = self._logs(follow=False, since=since, tail=str(tail))
         try:
             async for chunk in stream:
                 data += chunk
