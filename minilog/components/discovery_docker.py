@@ -21,7 +21,13 @@ from minilog.components.arguments import check_docker_host
 from minilog.components.base import Component, ComponentOptions, register
 from minilog.config.ast import Block
 from minilog.config.schema import attr, block
-from minilog.docker.discovery import DiscoveryMetrics, DockerDiscovery
+from minilog.docker.discovery import (
+    DEFAULT_HOST_NETWORKING_HOST,
+    DEFAULT_PORT,
+    DEFAULT_REFRESH_INTERVAL_S,
+    DiscoveryMetrics,
+    DockerDiscovery,
+)
 
 __all__ = ["DiscoveryDocker", "DiscoveryDockerArgs", "DockerFilter"]
 
@@ -39,9 +45,9 @@ class DiscoveryDockerArgs:
     """``discovery.docker``'s arguments, Alloy's names and defaults."""
 
     host: str = attr("string", required=True)
-    port: int = attr("int", 80)
-    host_networking_host: str = attr("string", "localhost")
-    refresh_interval: float = attr("duration", 60.0)
+    port: int = attr("int", DEFAULT_PORT)
+    host_networking_host: str = attr("string", DEFAULT_HOST_NETWORKING_HOST)
+    refresh_interval: float = attr("duration", DEFAULT_REFRESH_INTERVAL_S)
     match_first_network: bool = attr("bool", True)
     filter: tuple[DockerFilter, ...] = block(DockerFilter, repeated=True)
 

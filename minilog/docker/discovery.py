@@ -41,6 +41,9 @@ from minilog.labels import (
 )
 
 __all__ = [
+    "DEFAULT_HOST_NETWORKING_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_REFRESH_INTERVAL_S",
     "SLOW_AFTER_S",
     "ClientSource",
     "DiscoveryMetrics",
@@ -53,6 +56,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+#: Prometheus/Alloy defaults of ``discovery.docker``: the port of a target whose
+#: container publishes none, the address of ``host``-network targets, and the seconds
+#: between full refreshes.
+DEFAULT_PORT: Final = 80
+DEFAULT_HOST_NETWORKING_HOST: Final = "localhost"
+DEFAULT_REFRESH_INTERVAL_S: Final = 60.0
 
 #: Events after which the container list may differ. Network connect/disconnect change a
 #: container's networks (and so its targets); the rest change the set of containers.
@@ -130,8 +140,8 @@ def build_targets(
     containers: Sequence[Mapping[str, Any]],
     networks: Sequence[Mapping[str, Any]],
     *,
-    port: int = 80,
-    host_networking_host: str = "localhost",
+    port: int = DEFAULT_PORT,
+    host_networking_host: str = DEFAULT_HOST_NETWORKING_HOST,
     match_first_network: bool = True,
 ) -> list[dict[str, str]]:
     """Prometheus 3.13.2 ``discovery/moby`` targets (alloy-spec.md §1.3), in list order.
@@ -313,10 +323,10 @@ class DockerDiscovery:
         client: ClientSource = None,
         *,
         filters: Sequence[tuple[str, Sequence[str]]] = (),
-        port: int = 80,
-        host_networking_host: str = "localhost",
+        port: int = DEFAULT_PORT,
+        host_networking_host: str = DEFAULT_HOST_NETWORKING_HOST,
         match_first_network: bool = True,
-        refresh_interval: float = 60.0,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL_S,
         exited_grace_s: float = 60.0,
         registry: CollectorRegistry | None = None,
         metrics: DiscoveryMetrics | None = None,

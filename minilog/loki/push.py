@@ -42,6 +42,7 @@ from minilog.errors import (
 )
 
 __all__ = [
+    "DEFAULT_REMOTE_TIMEOUT_S",
     "MAX_RESPONSE_TEXT",
     "ONE_CREDENTIAL",
     "BasicAuth",
@@ -83,6 +84,8 @@ MAX_RESPONSE_TEXT = 4 << 20
 # The push paths Loki serves; what precedes them is a gateway's prefix, under which
 # ``/ready`` is looked for.
 _PUSH_SUFFIXES = ("/loki/api/v1/push", "/api/v1/push", "/api/prom/push")
+#: Seconds for one whole push request (Alloy's ``remote_timeout`` default).
+DEFAULT_REMOTE_TIMEOUT_S = 10.0
 #: Alloy's message for two credentials in one endpoint.
 ONE_CREDENTIAL = (
     "at most one of basic_auth, bearer_token & bearer_token_file must be configured"
@@ -222,7 +225,7 @@ class LokiPusher:
         bearer_token: str = "",
         bearer_token_file: str = "",
         tls_config: TLSConfig | None = None,
-        remote_timeout: float = 10.0,
+        remote_timeout: float = DEFAULT_REMOTE_TIMEOUT_S,
         user_agent: str | None = None,
     ) -> None:
         parts = urlsplit(url)

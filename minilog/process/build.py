@@ -15,12 +15,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prometheus_client import CollectorRegistry, Counter
 
-from minilog._go import parse_base2_bytes, parse_duration_ns
 from minilog._re2 import group_index
 from minilog.errors import StageError
 from minilog.labels import TENANT_LABEL, is_valid_label_name
 from minilog.model import StreamBatch
-from minilog.process.core import Segment, compile_regex, finish, go_string
+from minilog.process.arguments import METRIC_ARGS, STAGE_ARGS, StageArgs
+from minilog.process.core import Segment, compile_regex, finish
 from minilog.process.extract import JsonStage, LogfmtStage, RegexStage
 from minilog.process.filter import DropStage, LimitStage, MatchStage, SamplingStage
 from minilog.process.gotime import compile_format
@@ -62,7 +62,7 @@ __all__ = ["STAGE_NAMES", "Pipeline", "StageSpec", "build_pipeline"]
 #: One stage block: its name (``stage.json``) and its decoded arguments by Alloy name.
 StageSpec = tuple[str, Mapping[str, Any]]
 
-#: ``stage.metrics`` block names, with the actions each allows.
+#: The actions each ``stage.metrics`` block allows.
 _METRIC_ACTIONS: Final = {
     "metric.counter": ("inc", "add"),
     "metric.gauge": ("set", "inc", "dec", "add", "sub"),
@@ -191,130 +191,6 @@ def build_pipeline(
     return Pipeline(builder.stages(stages))
 
 
-class _Args:
-    """Typed access to one stage's arguments, refusing names the stage does not have."""
-
-    def __init__(
-        self, stage: str, args: Mapping[str, Any], allowed: frozenset[str]
-    ) -> None:
-        unknown = sorted(set(args) - allowed)
-        if unknown:
-            raise StageError(f"unsupported argument(s): {', '.join(unknown)}", stage)
-        self.stage = stage
-        self._args = args
-
-    def error(self, message: str) -> StageError:
-        return StageError(message, self.stage)
-
-    def has(self, key: str) -> bool:
-        return self._args.get(key) is not None
-
-    def string(self, key: str, default: str = "", required: bool = False) -> str:
-        value = self._args.get(key)
-        if value is None:
-            if required:
-                raise self.error(f"{key!r} is required")
-            return default
-        text = _as_string(value)
-        if text is None:
-            raise self.error(f"{key!r} must be a string, got {type(value).__name__}")
-        if required and not text:
-            raise self.error(f"{key!r} must not be empty")
-        return text
-
-    def number(self, key: str, default: float = 0.0, required: bool = False) -> float:
-        value = self._args.get(key)
-        if value is None:
-            if required:
-                raise self.error(f"{key!r} is required")
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(f"{key!r} must be a number")
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._args.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.error(f"{key!r} must be a bool")
-        return value
-
-    def integer(self, key: str, default: int) -> int:
-        value = self._args.get(key)
-        if value is None:
-            return default
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise self.error(f"{key!r} must be a whole number")
-
-    def string_map(self, key: str, required: bool = False) -> dict[str, str]:
-        value = self._args.get(key)
-        if value is None:
-            if required:
-                raise self.error(f"{key!r} is required")
-            return {}
-        if not isinstance(value, Mapping):
-            raise self.error(f"{key!r} must be a map of strings")
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            text = "" if v is None else _as_string(v)
-            if not isinstance(k, str) or text is None:
-                raise self.error(f"{key!r} must be a map of strings")
-            out[k] = text
-        return out
-
-    def string_list(self, key: str) -> list[str]:
-        value = self._args.get(key)
-        if value is None:
-            return []
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise self.error(f"{key!r} must be a list of strings")
-        texts = [_as_string(v) for v in value]
-        if any(t is None for t in texts):
-            raise self.error(f"{key!r} must be a list of strings")
-        return [t for t in texts if t is not None]
-
-    def duration_ns(self, key: str, default_s: float) -> int:
-        value = self._args.get(key)
-        if value is None or value == "":
-            return round(default_s * _NS)
-        if isinstance(value, bool):
-            raise self.error(f"{key!r} must be a duration")
-        if isinstance(value, int | float):
-            return round(value * _NS)
-        if isinstance(value, str):
-            try:
-                return parse_duration_ns(value.strip())
-            except ValueError:
-                raise self.error(f"{key!r}: invalid duration {value!r}") from None
-        raise self.error(f"{key!r} must be a duration")
-
-    def byte_size(self, key: str) -> int:
-        value = self._args.get(key)
-        if value is None or value == "":
-            return 0
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if isinstance(value, str):
-            try:
-                return parse_base2_bytes(value.strip())
-            except ValueError:
-                pass
-        raise self.error(f'{key!r}: invalid size {value!r} (for example "8KB")')
-
-
-def _as_string(value: Any) -> str | None:
-    """A string argument; numbers convert as Alloy converts them, bools do not."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return go_string(value)
-    return None
-
-
 class _Builder:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
@@ -339,7 +215,7 @@ class _Builder:
         return out
 
     def json(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"expressions", "source", "drop_malformed"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         expressions = a.string_map("expressions", required=True)
         if not expressions:
             raise a.error("JMES expression is required")
@@ -352,11 +228,11 @@ class _Builder:
                     f"could not compile JMES expression for {key!r}: {exc}"
                 ) from None
         return JsonStage(
-            compiled, a.string("source") or None, a.boolean("drop_malformed", False)
+            compiled, a.string("source") or None, a.boolean("drop_malformed")
         )
 
     def logfmt(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"mapping", "source", "regex"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         mapping = a.string_map("mapping")
         pattern = a.string("regex")
         if not mapping and not pattern:
@@ -365,17 +241,17 @@ class _Builder:
         return LogfmtStage(mapping, a.string("source") or None, regex)
 
     def regex(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"expression", "source", "labels_from_groups"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         pattern = a.string("expression", required=True)
         compiled = compile_regex(pattern, name)
         groups = group_index(compiled)
         label_groups = None
-        if a.boolean("labels_from_groups", False):
+        if a.boolean("labels_from_groups"):
             label_groups = {k: v for k, v in groups.items() if is_valid_label_name(k)}
         source = a.string("source") or None
         return RegexStage(compiled, groups, source, label_groups)
 
-    def _label_values(self, a: _Args, key: str = "values") -> dict[str, str]:
+    def _label_values(self, a: StageArgs, key: str = "values") -> dict[str, str]:
         values = a.string_map(key)
         for label in values:
             if not is_valid_label_name(label):
@@ -383,9 +259,9 @@ class _Builder:
         return values
 
     def labels(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"values", "source_type"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         values = {k: v or k for k, v in self._label_values(a).items()}
-        source_type = a.string("source_type", "extracted")
+        source_type = a.string("source_type")
         if source_type not in ("extracted", "structured_metadata"):
             raise a.error(
                 f"invalid labels source_type: {source_type}. "
@@ -394,38 +270,26 @@ class _Builder:
         return LabelsStage(values, from_metadata=source_type == "structured_metadata")
 
     def static_labels(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"values"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         return StaticLabelsStage(self._label_values(a))
 
     def label_drop(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"values"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         return LabelDropStage(a.string_list("values"))
 
     def label_keep(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"values"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         return LabelKeepStage(a.string_list("values"))
 
     def structured_metadata(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"values", "regex"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         values = {k: v or k for k, v in self._label_values(a).items()}
         pattern = a.string("regex")
         regex = compile_regex(pattern, name, "regex") if pattern else None
         return StructuredMetadataStage(values, regex)
 
     def timestamp(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(
-            name,
-            raw,
-            frozenset(
-                {
-                    "source",
-                    "format",
-                    "fallback_formats",
-                    "location",
-                    "action_on_failure",
-                }
-            ),
-        )
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         source = a.string("source", required=True)
         fmt = a.string("format", required=True)
         location: ZoneInfo | None = None
@@ -435,7 +299,7 @@ class _Builder:
                 location = ZoneInfo(loc_name)
             except (ZoneInfoNotFoundError, ValueError):
                 raise a.error(f"invalid location specified: {loc_name}") from None
-        action = a.string("action_on_failure", "fudge") or "fudge"
+        action = a.string("action_on_failure", blank=True)
         if action not in ("fudge", "skip"):
             raise a.error(
                 "invalid action on failure (supported values are [skip fudge])"
@@ -448,11 +312,11 @@ class _Builder:
         )
 
     def output(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"source"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         return OutputStage(a.string("source", required=True))
 
     def replace(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"expression", "source", "replace"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         compiled = compile_regex(a.string("expression", required=True), name)
         text = a.string("replace")
         try:
@@ -464,7 +328,7 @@ class _Builder:
         return ReplaceStage(compiled, group_index(compiled), source, template, fields)
 
     def template(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"source", "template"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         source = a.string("source", required=True)
         if not a.has("template"):
             raise a.error("'template' is required")
@@ -477,38 +341,32 @@ class _Builder:
         return TemplateStage(source, template, fields)
 
     def pack(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"labels", "ingest_timestamp"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         if not a.has("labels"):
             raise a.error("'labels' is required")
-        return PackStage(a.string_list("labels"), a.boolean("ingest_timestamp", True))
+        return PackStage(a.string_list("labels"), a.boolean("ingest_timestamp"))
 
     def docker(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        _Args(name, raw, frozenset())
+        StageArgs(name, raw, STAGE_ARGS[name])
         return DockerStage(compile_format("RFC3339Nano", None))
 
     def sampling(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"rate", "drop_counter_reason"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         rate = a.number("rate", required=True)
         if not 0.0 <= rate <= 1.0:
             raise a.error(f"rate must be between 0.0 and 1.0, got {rate}")
-        reason = a.string("drop_counter_reason", "sampling_stage") or "sampling_stage"
+        reason = a.string("drop_counter_reason", blank=True)
         dropped = _drop_counter(self._registry).labels(reason)
         return SamplingStage(rate, dropped, random.Random())
 
     def limit(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(
-            name,
-            raw,
-            frozenset(
-                {"rate", "burst", "drop", "by_label_name", "max_distinct_labels"}
-            ),
-        )
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         rate = a.number("rate", required=True)
-        burst = a.integer("burst", 0)
+        burst = a.integer("burst")
         if rate <= 0 or burst <= 0:
             raise a.error("limit stage failed to parse rate or burst")
         by_label = a.string("by_label_name")
-        if not a.boolean("drop", False):
+        if not a.boolean("drop"):
             raise a.error(
                 "drop = false (wait for tokens, slowing the pipeline) is not supported "
                 "by minilog; set drop = true"
@@ -526,15 +384,15 @@ class _Builder:
             burst,
             by_label,
             # Alloy raises smaller values to this minimum.
-            max(a.integer("max_distinct_labels", 10_000), 10_000),
+            max(a.integer("max_distinct_labels"), 10_000),
             _drop_counter(self._registry).labels("ratelimit_drop_stage"),
             by_label_counter,
         )
 
     def metrics(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset(_METRIC_ACTIONS))
+        a = StageArgs(name, raw, STAGE_ARGS[name], blocks=frozenset(METRIC_ARGS))
         collectors: list[SeriesCollector] = []
-        for block_name in sorted(_METRIC_ACTIONS):
+        for block_name in sorted(METRIC_ARGS):
             blocks = raw.get(block_name) or []
             if isinstance(blocks, Mapping):
                 blocks = [blocks]
@@ -552,24 +410,18 @@ class _Builder:
         return MetricsStage(collectors)
 
     def _metric_spec(self, stage: str, kind: str, raw: Mapping[str, Any]) -> MetricSpec:
-        allowed = {"name", "description", "source", "prefix", "max_idle_duration"}
-        allowed |= {"value"} if kind == "histogram" else {"value", "action"}
-        if kind == "counter":
-            allowed |= {"match_all", "count_entry_bytes"}
-        if kind == "histogram":
-            allowed |= {"buckets"}
-        a = _Args(f"{stage} metric.{kind}", raw, frozenset(allowed))
+        a = StageArgs(f"{stage} metric.{kind}", raw, METRIC_ARGS[f"metric.{kind}"])
         short = a.string("name", required=True)
-        full = (a.string("prefix") or "loki_process_custom_") + short
+        full = a.string("prefix", blank=True) + short
         if not is_valid_metric_name(full):
             raise a.error(f"invalid metric name {full!r}")
         action = a.string("action")
         actions = _METRIC_ACTIONS[f"metric.{kind}"]
         if kind != "histogram" and action not in actions:
             raise a.error(f"action must be one of {', '.join(actions)}")
-        match_all = a.boolean("match_all", False)
+        match_all = a.boolean("match_all")
         value = a.string("value")
-        count_bytes = a.boolean("count_entry_bytes", False)
+        count_bytes = a.boolean("count_entry_bytes")
         if match_all and value:
             raise a.error("match_all and value cannot both be set")
         if count_bytes and not (match_all or action == "add"):
@@ -585,7 +437,7 @@ class _Builder:
             ):
                 raise a.error("buckets must be a non-empty list of numbers")
             buckets = tuple(sorted(float(b) for b in raw_buckets))
-        max_idle_ns = a.duration_ns("max_idle_duration", 300.0)
+        max_idle_ns = a.duration_ns("max_idle_duration")
         if max_idle_ns < _NS:
             raise a.error("max_idle_duration less than 1s not allowed")
         return MetricSpec(
@@ -602,11 +454,11 @@ class _Builder:
         )
 
     def decolorize(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        _Args(name, raw, frozenset())
+        StageArgs(name, raw, STAGE_ARGS[name])
         return DecolorizeStage()
 
     def tenant(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"label", "source", "value"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         given = [k for k in ("label", "source", "value") if a.string(k)]
         if len(given) != 1:
             raise a.error("exactly one of 'label', 'source' or 'value' must be set")
@@ -617,25 +469,11 @@ class _Builder:
         return LabelsStage({TENANT_LABEL: a.string("source")})
 
     def drop(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(
-            name,
-            raw,
-            frozenset(
-                {
-                    "source",
-                    "value",
-                    "separator",
-                    "expression",
-                    "older_than",
-                    "longer_than",
-                    "drop_counter_reason",
-                }
-            ),
-        )
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         source = a.string("source")
         expression = a.string("expression")
         value = a.string("value")
-        older_than_ns = a.duration_ns("older_than", 0.0)
+        older_than_ns = a.duration_ns("older_than")
         longer_than = a.byte_size("longer_than")
         if not (source or expression or older_than_ns or longer_than):
             raise a.error(
@@ -653,25 +491,19 @@ class _Builder:
         regex = compile_regex(expression, name) if expression else None
         return DropStage(
             sources=tuple(source.split(",")) if source else (),
-            separator=a.string("separator", ";") or ";",
+            separator=a.string("separator", blank=True),
             regex=regex,
             value=value or None,
             older_than_ns=older_than_ns,
             longer_than=longer_than,
             counter=_drop_counter(self._registry),
-            reason=a.string("drop_counter_reason", "drop_stage") or "drop_stage",
+            reason=a.string("drop_counter_reason", blank=True),
         )
 
     def match(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(
-            name,
-            raw,
-            frozenset(
-                {"selector", "action", "pipeline_name", "drop_counter_reason", "stages"}
-            ),
-        )
+        a = StageArgs(name, raw, STAGE_ARGS[name], blocks=frozenset({"stages"}))
         selector_text = a.string("selector", required=True)
-        action = a.string("action", "keep") or "keep"
+        action = a.string("action", blank=True)
         nested = raw.get("stages") or []
         if not isinstance(nested, Sequence) or isinstance(nested, str):
             raise a.error("'stages' must be a list of (name, arguments) pairs")
@@ -691,19 +523,19 @@ class _Builder:
             raise a.error(f"invalid selector syntax for match stage: {exc}") from None
         counter = None
         if action == "drop":
-            reason = a.string("drop_counter_reason", "match_stage") or "match_stage"
+            reason = a.string("drop_counter_reason", blank=True)
             counter = _drop_counter(self._registry).labels(reason)
         return MatchStage(selector, self.stages(nested), counter)
 
     def multiline(self, name: str, raw: Mapping[str, Any]) -> Stage:
-        a = _Args(name, raw, frozenset({"firstline", "max_lines", "max_wait_time"}))
+        a = StageArgs(name, raw, STAGE_ARGS[name])
         firstline = compile_regex(
             a.string("firstline", required=True), name, "firstline"
         )
-        max_lines = a.integer("max_lines", 128)
+        max_lines = a.integer("max_lines")
         if max_lines < 1:
             raise a.error("max_lines must be at least 1")
-        max_wait_ns = a.duration_ns("max_wait_time", 3.0)
+        max_wait_ns = a.duration_ns("max_wait_time")
         if max_wait_ns <= 0:
             raise a.error("max_wait_time must be greater than 0")
         return MultilineStage(firstline, max_lines, max_wait_ns)
@@ -736,3 +568,5 @@ _BUILDERS: Final = {
 
 #: The ``stage.*`` blocks minilog implements.
 STAGE_NAMES: Final[frozenset[str]] = frozenset(_BUILDERS)
+
+assert set(STAGE_ARGS) == STAGE_NAMES, "every stage needs its arguments"

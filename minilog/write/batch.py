@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from minilog.labels import TENANT_LABEL, format_labels
 from minilog.model import Delivery, LogEntry, StreamBatch, entries_size, entry_size
+from minilog.write.config import EndpointConfig
 
 __all__ = [
     "Batch",
@@ -141,8 +142,8 @@ class Batcher:
     def __init__(
         self,
         *,
-        batch_size: int = 1 << 20,
-        batch_wait: float = 1.0,
+        batch_size: int = EndpointConfig.batch_size,
+        batch_wait: float = EndpointConfig.batch_wait,
         max_streams: int = 0,
         tenant_id: str = "",
         clock: Callable[[], float] = time.monotonic,

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from minilog.errors import ConfigError
 from minilog.loki.push import (
+    DEFAULT_REMOTE_TIMEOUT_S,
     ONE_CREDENTIAL,
     BasicAuth,
     LokiPusher,
@@ -51,7 +52,7 @@ class EndpointConfig:
     name: str = ""
     batch_wait: float = 1.0
     batch_size: int = 1 << 20
-    remote_timeout: float = 10.0
+    remote_timeout: float = DEFAULT_REMOTE_TIMEOUT_S
     tenant_id: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     basic_auth: BasicAuth | None = None
