@@ -23,14 +23,18 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from minilog.testing import FakeLoki
+
 __all__ = [
     "REPO",
     "SOURCE_ID",
     "AgentProcess",
+    "StartAgent",
     "docker_config",
     "docker_lines",
     "free_port",
     "metric_sum",
+    "only_stream",
     "paced_script",
     "positions_file",
     "read_positions",
@@ -284,3 +288,18 @@ async def start_agent_process(
         await agent.kill()
         raise
     return agent
+
+
+#: The ``agents`` fixture: ``agents(config, storage=None, *flags, **kw)`` is
+#: ``start_agent_process`` with the test's ``tmp_path / "data"`` as default storage.
+StartAgent = Callable[..., Awaitable["AgentProcess"]]
+
+
+def only_stream(loki: FakeLoki, name: str) -> list[tuple[int, str]]:
+    """``(timestamp_ns, line)`` of every entry ``loki`` received, all of which must be
+    in the stream ``{container="<name>"}``."""
+    out = []
+    for labels, entry in loki.entries:
+        assert labels == {"container": name}, labels
+        out.append((entry.timestamp_ns, entry.line))
+    return out

@@ -1,20 +1,23 @@
-"""Fixtures shared by every test module: Docker and a real Loki (and nothing else).
+"""Fixtures shared by test modules: Docker, a real Loki, a fake one, agent processes.
 
 ``docker_client`` skips the test when the Engine or the test image is unavailable;
 ``docker_containers`` starts labelled containers and force-removes them at teardown.
 ``loki_base`` is the base URL of a real Loki 3.6 running the seed's config
 (``LOKI_URL``, else one started for the session by ``real_loki``); ``loki_starter``
 starts more, each with its own config overrides. Both skip, with the reason, when no
-real Loki exists.
+real Loki exists. ``loki`` is a running ``FakeLoki``; ``agents`` starts agent
+subprocesses (killed at teardown).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_helpers import AgentProcess, StartAgent, start_agent_process
 from docker_helpers import ContainerStarter, docker_unavailable_reason
 from loki_helpers import loki_base_url
 from real_loki import (
@@ -25,9 +28,13 @@ from real_loki import (
     running_loki,
 )
 
+from minilog.testing import FakeLoki
+
 __all__ = [
+    "agents",
     "docker_client",
     "docker_containers",
+    "loki",
     "loki_base",
     "loki_launcher",
     "loki_starter",
@@ -115,3 +122,30 @@ def tenant_loki(loki_starter: LokiStarter) -> Iterator[str]:
     (pushes and queries need ``X-Scope-OrgID``), started once for the session."""
     with loki_starter({"auth_enabled": True}) as loki:
         yield loki.base_url
+
+
+@pytest.fixture
+async def loki() -> AsyncIterator[FakeLoki]:
+    """A running ``FakeLoki``, stopped after the test."""
+    async with FakeLoki() as server:
+        yield server
+
+
+@pytest.fixture
+async def agents(tmp_path: Path) -> AsyncIterator[StartAgent]:
+    """Start agent processes (on one storage path unless told); kills them at
+    teardown."""
+    started: list[AgentProcess] = []
+
+    async def start(
+        config: Path | None, storage: Path | None = None, *extra: str, **kw: Any
+    ) -> AgentProcess:
+        agent = await start_agent_process(
+            config, tmp_path / "data" if storage is None else storage, *extra, **kw
+        )
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        await agent.kill()

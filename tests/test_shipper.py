@@ -9,7 +9,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +22,6 @@ from minilog.model import LogEntry
 from minilog.shipper import Shipper, SyncShipper, push_url
 from minilog.testing import FakeLoki
 from minilog.write import ENTRY_OVERHEAD_BYTES
-
-
-@pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as server:
-        yield server
 
 
 @pytest.fixture

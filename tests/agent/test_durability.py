@@ -21,13 +21,14 @@ import pytest
 from agent_helpers import (
     SOURCE_ID,
     AgentProcess,
+    StartAgent,
     docker_config,
     docker_lines,
     metric_sum,
+    only_stream,
     paced_script,
     read_positions,
     resume_index,
-    start_agent_process,
     wait_until,
 )
 from docker_helpers import ContainerStarter
@@ -40,14 +41,6 @@ __all__: list[str] = []
 
 pytestmark = pytest.mark.docker
 
-StartAgent = Callable[[Path], Any]
-
-
-@pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as server:
-        yield server
-
 
 @pytest.fixture
 def name() -> str:
@@ -55,35 +48,10 @@ def name() -> str:
     return f"minilog-dur-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-async def agents(tmp_path: Path) -> AsyncIterator[StartAgent]:
-    """Start agent processes on one storage path; kills leftovers at teardown."""
-    started: list[AgentProcess] = []
-    storage = tmp_path / "data"
-
-    async def start(config: Path) -> AgentProcess:
-        agent = await start_agent_process(config, storage)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        await agent.kill()
-
-
 def write_config(tmp_path: Path, name_regex: str, loki: FakeLoki, **kw: Any) -> Path:
     path = tmp_path / "agent.alloy"
     path.write_text(docker_config(name_regex, loki.push_url, **kw))
     return path
-
-
-def only_stream(loki: FakeLoki, name: str) -> list[tuple[int, str]]:
-    """Every recorded entry, checked to belong to the one stream of ``name``."""
-    out = []
-    for labels, entry in loki.entries:
-        assert labels == {"container": name}, labels
-        out.append((entry.timestamp_ns, entry.line))
-    return out
 
 
 # ------------------------------------------------------------------ 1. kill -9 / TERM

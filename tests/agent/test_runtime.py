@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,6 @@ loki.write "out" {{
   }}
 }}
 """
-
-
-@pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as fake:
-        yield fake
 
 
 def write_config(

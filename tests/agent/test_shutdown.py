@@ -15,7 +15,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,12 +44,6 @@ CLOSE_MARGIN = 0.5
 _MINILOG_DIR = Path(__file__).resolve().parents[2] / "minilog"
 # Server-side modules: FakeLoki's handler tasks are not the client's to clean up.
 _SERVER_FILES = ("receiver.py", "testing.py", "_httpguard.py")
-
-
-@pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as server:
-        yield server
 
 
 def metric_total(registry: CollectorRegistry, name: str, **match: str) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,10 @@ from agent_helpers import (
     AgentProcess,
     docker_config,
     docker_lines,
+    only_stream,
     positions_file,
     read_positions,
     resume_index,
-    start_agent_process,
     wait_until,
 )
 from docker_helpers import ContainerStarter
@@ -88,36 +88,8 @@ def position_of(records: list[tuple[int, str]], index: int) -> tuple[int, int]:
 
 
 @pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as server:
-        yield server
-
-
-@pytest.fixture
 def name() -> str:
     return f"minilog-pos-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[Callable[..., Any]]:
-    started: list[AgentProcess] = []
-
-    async def start(config: Path, storage: Path, **kw: Any) -> AgentProcess:
-        agent = await start_agent_process(config, storage, **kw)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        await agent.kill()
-
-
-def lines_of(loki: FakeLoki, name: str) -> list[tuple[int, str]]:
-    out = []
-    for labels, entry in loki.entries:
-        assert labels == {"container": name}, labels
-        out.append((entry.timestamp_ns, entry.line))
-    return out
 
 
 async def wait_saved(storage: Path, container: Any, lines: int) -> None:
@@ -162,7 +134,7 @@ async def first_run(
     await wait_until(
         lambda: len(docker_lines(container)) == TOTAL, 20, "the rest of the log"
     )
-    return container, config, lines_of(loki, name)
+    return container, config, only_stream(loki, name)
 
 
 async def second_run_ships_exactly(
@@ -185,7 +157,7 @@ async def second_run_ships_exactly(
         "the end of the log saved by the second agent",
     )
     # Everything it read is acknowledged and saved: nothing more is on its way.
-    after = lines_of(loki, name)[len(before) :]
+    after = only_stream(loki, name)[len(before) :]
     assert after == records[resume_at:]
     assert {line for _, line in before + after} == {line for _, line in records}
     assert await agent.stop() == 0
@@ -322,7 +294,7 @@ async def test_a_full_disk_keeps_shipping_says_so_and_a_restart_resends_only_the
     assert read_positions(storage)[container.id] == position_of(records, FIRST - 1)
     assert agent.log_count("cannot save positions file") == 1
     await agent.kill()
-    before = lines_of(loki, name)
+    before = only_stream(loki, name)
     assert before == records
 
     # Space again: a new agent re-sends exactly what was shipped after the last save.

@@ -44,12 +44,6 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from agent_helpers import (
-    AgentProcess,
+    StartAgent,
     docker_config,
     docker_lines,
+    only_stream,
     paced_script,
     read_positions,
     resume_index,
-    start_agent_process,
     wait_until,
 )
 from docker_helpers import ContainerStarter
@@ -30,36 +28,6 @@ from minilog.testing import FakeLoki
 __all__: list[str] = []
 
 pytestmark = pytest.mark.docker
-
-StartAgent = Callable[[Path], Any]
-
-
-@pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as server:
-        yield server
-
-
-@pytest.fixture
-async def agents(tmp_path: Path) -> AsyncIterator[StartAgent]:
-    started: list[AgentProcess] = []
-
-    async def start(config: Path) -> AgentProcess:
-        agent = await start_agent_process(config, tmp_path / "data")
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        await agent.kill()
-
-
-def only_stream(loki: FakeLoki, name: str) -> list[tuple[int, str]]:
-    out = []
-    for labels, entry in loki.entries:
-        assert labels == {"container": name}, labels
-        out.append((entry.timestamp_ns, entry.line))
-    return out
 
 
 @pytest.mark.timeout(240)

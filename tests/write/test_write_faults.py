@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import loki_messages as messages
 import pytest
@@ -35,12 +35,6 @@ from minilog.write import (
 )
 
 __all__: list[str] = []
-
-
-@pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as server:
-        yield server
 
 
 def config(url: str, **options: object) -> EndpointConfig:

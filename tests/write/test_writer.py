@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from agent_helpers import free_port
@@ -23,12 +23,6 @@ from minilog.loki.wire import decode_push_request, decompress, encode_push_reque
 from minilog.model import Delivery, LogEntry, StreamBatch
 from minilog.testing import FakeLoki
 from minilog.write import DROP_REASONS, ENTRY_OVERHEAD_BYTES, EndpointConfig, Writer
-
-
-@pytest.fixture
-async def loki() -> AsyncIterator[FakeLoki]:
-    async with FakeLoki() as server:
-        yield server
 
 
 def config(url: str, **options: object) -> EndpointConfig:
