@@ -13,7 +13,9 @@
     │   └── ClientRequestError    any other 4xx (never retried)
     ├── ClosedError               an object was used after ``aclose()``/``close()``
     │   └── BrokenError           ...or cannot be used: a task inside it died of a bug
-    └── WouldBlockError           a ``*_nowait`` call could not proceed without waiting
+    ├── WouldBlockError           a ``*_nowait`` call could not proceed without waiting
+    └── BenchError                ``minilog bench`` cannot set up or go on (a tool missing,
+                                  Loki not ready, the Docker Engine refusing a request)
 
 Foreign exceptions are mapped to these once, at the boundary module that meets them.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "BenchError",
     "BrokenError",
     "ClientRequestError",
     "ClosedError",
@@ -167,3 +170,7 @@ class BrokenError(ClosedError):
 
 class WouldBlockError(MinilogError):
     """A ``*_nowait`` call would have had to wait (for instance, the queue is full)."""
+
+
+class BenchError(MinilogError):
+    """``minilog bench`` cannot set up or go on; the message says what to do."""
