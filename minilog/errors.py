@@ -14,8 +14,8 @@
     ├── ClosedError               an object was used after ``aclose()``/``close()``
     │   └── BrokenError           ...or cannot be used: a task inside it died of a bug
     ├── WouldBlockError           a ``*_nowait`` call could not proceed without waiting
-    └── BenchError                ``minilog bench`` cannot set up or go on (a tool missing,
-                                  Loki not ready, the Docker Engine refusing a request)
+    └── BenchError                ``minilog bench`` cannot set up or go on (a tool
+                                  missing, Loki not ready, Docker refusing a request)
 
 Foreign exceptions are mapped to these once, at the boundary module that meets them.
 """

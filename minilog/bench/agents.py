@@ -9,8 +9,8 @@ fault proxy with ``loki.write``'s defaults (batch 1 MiB or 1 s, timeout 10 s, ba
 - ``minilog``: the installed package as a process (``python -m minilog run``).
 - ``minilog-image``: the ``minilog:latest`` image in the compose stack's ``alloy`` role
   (``--network host``, the Docker socket mounted, the same ``config.alloy``).
-- ``alloy``: ``ALLOY_BIN`` or ``alloy`` on PATH, else the ``grafana/alloy:latest`` image,
-  running that same ``config.alloy``.
+- ``alloy``: ``ALLOY_BIN`` or ``alloy`` on PATH, else the ``grafana/alloy:latest``
+  image, running that same ``config.alloy``.
 - ``promtail``: ``PROMTAIL_BIN`` or ``promtail`` on PATH, else the
   ``grafana/promtail:3.6.0`` image, with the equivalent ``docker_sd_configs`` scrape
   config and the same client settings.
@@ -137,7 +137,7 @@ loki.write "bench" {{
 def promtail_config(
     run: str, push_url: str, retry: RetrySettings, storage: Path, http_port: int
 ) -> dict[str, object]:
-    """Promtail's equivalent of :func:`alloy_config` (written as JSON, which is YAML)."""
+    """Promtail's equivalent of :func:`alloy_config` (JSON, which is YAML)."""
     backoff = {
         "min_period": retry.min_backoff_period or "500ms",
         "max_period": retry.max_backoff_period or "5m",
@@ -369,7 +369,8 @@ class AgentRunner:
             await self._start_container()
         else:
             with self.log_path.open("ab") as log:
-                self._proc = subprocess.Popen(
+                # Popen returns at once; waiting for the child happens in a thread.
+                self._proc = subprocess.Popen(  # noqa: ASYNC220
                     self._argv(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -498,7 +499,7 @@ class AgentRunner:
     # -- readings --------------------------------------------------------------------
 
     def rss_mb(self) -> float:
-        """Resident memory of the agent's process tree (MB); ``nan`` when not running."""
+        """RSS of the agent's process tree (MB); ``nan`` when it is not running."""
         if not self._pid or not self.alive():
             return math.nan
         total = 0.0

@@ -79,7 +79,7 @@ class Acks:
         )
 
     def first_acks(self, gens: Iterable[str] | None = None) -> list[int]:
-        out = []
+        out: list[int] = []
         for gen in self.written if gens is None else gens:
             out.extend(t for t in self._first[gen][1:] if t)
         return out
@@ -89,7 +89,7 @@ class Acks:
         return max(acks) if acks else 0
 
     def throughput(self, t0_ns: int, bin_s: float = 1.0) -> list[tuple[float, float]]:
-        """``(seconds since t0, lines/s)``: distinct lines first acknowledged per bin."""
+        """``(s since t0, lines/s)``: distinct lines first acknowledged per bin."""
         acks = self.first_acks()
         if not acks:
             return []
@@ -112,7 +112,7 @@ class Acks:
         return out
 
     def timestamps(self, gen: str) -> array[int]:
-        """Docker's timestamp of each acknowledged line of ``gen``, by number (0: none)."""
+        """Docker's timestamp of each acknowledged line of ``gen`` (0: none)."""
         return self._ts[gen]
 
     def first_ack_of(self, gen: str, seq: int = 1) -> int:

@@ -77,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
         "--sink",
         choices=("loki", "null"),
         default="loki",
-        help="loki: a real Loki 3.6 the bench starts (or --loki-url); null: the bench's "
+        help="loki: a real Loki 3.6 the bench starts (or --loki-url); null: the "
+        "bench's "
         "proxy answers 204 itself (pure agent cost)",
     )
     p.add_argument(
@@ -94,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
         help="fault length in seconds (60)",
     )
     f.add_argument("--pre-s", type=float, help="writing before the fault (10)")
-    f.add_argument("--post-s", type=float, help="writing after the fault (20)")
+    f.add_argument("--post-s", type=float, help="writing after the fault (10)")
     f.add_argument("--kill-at", type=float, help="kill: fraction of the outage (0.5)")
     f.add_argument("--retry-after-s", type=int, help="throttle: Retry-After (2)")
     f.add_argument("--slow-delay-s", type=float, help="slow: added to every answer (2)")

@@ -83,10 +83,10 @@ class Tally:
 class PageCursor:
     """Forward paging over ``[start_ns, end_ns]`` that loses and doubles nothing.
 
-    Each page starts at the newest timestamp of the previous one (``query_range``'s start
-    is inclusive), so entries sharing that timestamp may straddle the border. A page
-    that starts at ``t`` holds every entry at ``t`` (it is sorted by time and not full
-    before ``t`` is past), so its entries at ``t`` replace those held back from the
+    Each page starts at the newest timestamp of the previous one (``query_range``'s
+    start is inclusive), so entries sharing that timestamp may straddle the border. A
+    page that starts at ``t`` holds every entry at ``t`` (it is sorted by time and not
+    full before ``t`` is past), so its entries at ``t`` replace those held back from the
     previous page: nothing is counted twice, and true duplicates Loki holds at ``t`` are
     all kept. A page full of a single timestamp cannot move on; the limit is doubled and
     the page asked again. Only the entries at the border are held in memory.

@@ -3,7 +3,7 @@
 Owns the Docker boundary of ``minilog bench`` (and nothing of the agent's own Docker
 client, so the harness measures any agent with code of its own): ping, image lookup,
 create/start/kill/remove of containers, inspect, listing by label, and the last lines
-of a container's log. ``DOCKER_HOST`` as ``unix://PATH`` or ``tcp://HOST:PORT`` (no TLS).
+of a container's log. ``DOCKER_HOST``: ``unix://PATH`` or ``tcp://HOST:PORT`` (no TLS).
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ __all__ = ["DEFAULT_DOCKER_HOST", "DockerAPI"]
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 _API = "/v1.41"  # Docker 20.10 and later
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 class DockerAPI:
@@ -77,7 +81,8 @@ class DockerAPI:
                 if resp.status not in ok:
                     message = raw.decode(errors="replace").strip()
                     raise BenchError(
-                        f"Docker Engine: {method} {path} answered {resp.status}: {message}"
+                        f"Docker Engine: {method} {path} answered {resp.status}: "
+                        + message
                     )
                 return resp.status, raw
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -87,7 +92,7 @@ class DockerAPI:
 
     async def ping(self) -> None:
         """Raises BenchError (the reason) when the Engine does not answer."""
-        if self.socket_path and not os.path.exists(self.socket_path):
+        if self.socket_path and not _exists(self.socket_path):
             raise BenchError(f"Docker Engine socket {self.socket_path} does not exist")
         await self._call("GET", "/_ping")
 
@@ -160,7 +165,7 @@ class DockerAPI:
         return data
 
     async def list_ids(self, label: str) -> list[str]:
-        """IDs of every container (running or not) with ``label`` (``key`` or ``k=v``)."""
+        """IDs of every container, running or not, with ``label`` (``k`` or ``k=v``)."""
         filters = orjson.dumps({"label": [label]}).decode()
         _, raw = await self._call(
             "GET", "/containers/json", params={"all": "1", "filters": filters}

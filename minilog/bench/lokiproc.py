@@ -182,7 +182,8 @@ class LokiProcess:
         args = [f"-config.file={self.config_path}"]
         if self.launcher.kind == "binary":
             with self.log_path.open("ab") as log:
-                self._proc = subprocess.Popen(
+                # Popen returns at once; waiting for the child happens in a thread.
+                self._proc = subprocess.Popen(  # noqa: ASYNC220
                     [self.launcher.target, *args],
                     stdin=subprocess.DEVNULL,
                     stdout=log,

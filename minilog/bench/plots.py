@@ -43,6 +43,15 @@ def _shade(ax: Any, rec: dict[str, Any]) -> None:
         )
 
 
+def _value(
+    records: Sequence[dict[str, Any]], agent: str, profile: str, key: str
+) -> float:
+    for rec in records:
+        if rec["agent"] == agent and rec["profile"] == profile:
+            return float(rec.get(key) or 0)
+    return 0.0
+
+
 def plot_all(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """Write the plots into ``out``; the paths written."""
     import matplotlib
@@ -140,13 +149,7 @@ def plot_all(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         axes_list = list(axes) if n > 1 else [axes]
         names = [a for a in agents if any(r["agent"] == a for r in done)]
         for ax, (profile, key, title) in zip(axes_list, present, strict=False):
-            values = []
-            for a in names:
-                rec = next(
-                    (r for r in done if r["agent"] == a and r["profile"] == profile),
-                    None,
-                )
-                values.append((rec or {}).get(key) or 0)
+            values = [_value(done, a, profile, key) for a in names]
             ax.bar(names, values, color=[color[a] for a in names])
             ax.set_title(title, fontsize=9)
             ax.grid(axis="y", alpha=0.3)
@@ -168,15 +171,9 @@ def plot_all(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
             ):
                 width = 0.8 / max(1, len(names))
                 for j, a in enumerate(names):
-                    vals = []
-                    for p in fault_profiles:
-                        rec = next(
-                            (r for r in done if r["agent"] == a and r["profile"] == p),
-                            None,
-                        )
-                        vals.append((rec or {}).get(key) or 0)
-                    xs = [i + j * width for i in range(len(fault_profiles))]
-                    ax.bar(xs, vals, width=width, label=a, color=color[a])
+                    vals = [_value(done, a, p, key) for p in fault_profiles]
+                    slots = [i + j * width for i in range(len(fault_profiles))]
+                    ax.bar(slots, vals, width=width, label=a, color=color[a])
                 ax.set_xticks(
                     [
                         i + width * (len(names) - 1) / 2

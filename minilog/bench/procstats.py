@@ -44,7 +44,7 @@ def proc_cpu_s(pid: int) -> float:
 
 
 def proc_rss_mb(pid: int, key: str = "VmRSS") -> float:
-    """A kB field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``) in MB (10^6 bytes)."""
+    """A kB field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``) in MB (10^6 B)."""
     try:
         with (_PROC / str(pid) / "status").open() as f:
             for line in f:

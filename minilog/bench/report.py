@@ -1,4 +1,6 @@
-"""The results: ``results.json`` and the table printed at the end. Pure but for the file.
+"""The results: ``results.json`` and the table printed at the end.
+
+Pure but for writing the file.
 
 ``results.json`` is ``{"machine": {...}, "command": "...", "results": [record, ...]}``
 with one record per agent and profile (``FIELDS`` always present; profiles add their
@@ -113,8 +115,9 @@ def format_table(records: Sequence[dict[str, Any]], markdown: bool = False) -> s
             if not c.startswith("skipped"):
                 widths[i] = max(widths[i], len(c))
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(heads)).rstrip()]
-    for r in rows:
-        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    lines.extend(
+        "  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows
+    )
     return "\n".join(lines)
 
 
@@ -134,7 +137,8 @@ def targets(records: Sequence[dict[str, Any]]) -> list[str]:
         verdict = "met" if ratio <= 0.33 else f"MISSED by {ratio / 0.33:.2f}x"
         out.append(
             f"drain CPU per 1M lines, {mini['agent']} / promtail = "
-            f"{mini['agent_cpu_s_per_million']:.2f} / {prom['agent_cpu_s_per_million']:.2f} "
+            f"{mini['agent_cpu_s_per_million']:.2f} / "
+            f"{prom['agent_cpu_s_per_million']:.2f} "
             f"= {ratio:.2f} (target <= 0.33): {verdict}"
         )
     for rec in records:
@@ -149,7 +153,8 @@ def targets(records: Sequence[dict[str, Any]]) -> list[str]:
         )
         dup = rec["lines_duplicated"]
         out.append(
-            f"{name}: {dup} lines sent twice (target: at most one unacknowledged batch, "
+            f"{name}: {dup} lines sent twice (target: at most one unacknowledged "
+            "batch, "
             "~6,000 lines of these at 1 MiB)"
             + (": met" if dup is not None and dup <= 6000 else ": MISSED")
         )

@@ -54,7 +54,7 @@ class Options:
     rate: float = 1000.0  # lines/s per container
     fault_s: float = 60.0
     pre_s: float = 10.0
-    post_s: float = 20.0
+    post_s: float = 10.0
     kill_at: float = 0.5  # fraction of the outage at which the agent is killed
     retry_after_s: int = 2
     slow_delay_s: float = 2.0
@@ -273,7 +273,8 @@ class Run:
                 continue
             if time.monotonic() > deadline:
                 raise BenchError(
-                    f"generator {gen} did not write its {count} lines in {limit_s:.0f} s"
+                    f"generator {gen} did not write its {count} lines in "
+                    f"{limit_s:.0f} s"
                 )
             await asyncio.sleep(0.2)
 
@@ -334,6 +335,7 @@ class Run:
             await asyncio.sleep(seconds * kill_at)
             await self.kill_agent()
             self.phase("outage: agent killed, restarting")
+            self.agent.restarts += 1
             await self.start_agent()
             self.phase("outage (agent restarted)")
         remaining = seconds - (time.monotonic() - stopped_at)
