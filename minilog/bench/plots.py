@@ -117,9 +117,14 @@ def plot_all(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                     label=f"{rec['agent']} idle RSS",
                 )
         _shade(ax, recs[0])
-        for t, what in recs[0]["series"].get("events", []):
-            if "killed" in what:
-                ax.axvline(t, color="black", lw=0.8, ls="-.", label="agent kill -9")
+        kills = [
+            (t, rec["agent"])
+            for rec in recs
+            for t, what in rec["series"].get("events", [])
+            if "killed" in what
+        ]
+        for t, agent in kills:
+            ax.axvline(t, color=color[agent], lw=0.9, ls="-.", label=f"{agent} kill -9")
         ax.set_title(f"{profile}: agent resident memory")
         ax.set_xlabel("time since the run started (s)")
         ax.set_ylabel("RSS (MB)")
@@ -174,6 +179,9 @@ def plot_all(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
                     vals = [_value(done, a, p, key) for p in fault_profiles]
                     slots = [i + j * width for i in range(len(fault_profiles))]
                     ax.bar(slots, vals, width=width, label=a, color=color[a])
+                    for x, v in zip(slots, vals, strict=True):
+                        ax.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+                ax.set_ylim(bottom=0, top=None if ax.get_ylim()[1] > 1 else 1)
                 ax.set_xticks(
                     [
                         i + width * (len(names) - 1) / 2
