@@ -28,7 +28,7 @@ from minilog.bench.wire import count_marker, decode_push
 from minilog.encode import compress, encode_push_request
 from minilog.model import LogEntry
 
-# -- the lines -------------------------------------------------------------------------
+# -- the lines ----------
 
 
 def _line(gen: str, seq: int) -> str:
@@ -54,7 +54,7 @@ def test_generator_command_refuses_a_name_that_would_break_the_script() -> None:
         generator_command("g", -1, 0)
 
 
-# -- Tally -----------------------------------------------------------------------------
+# -- Tally ----------
 
 
 def test_tally_finds_injected_losses_and_duplicates_per_generator() -> None:
@@ -88,7 +88,7 @@ def test_tally_finds_injected_losses_and_duplicates_per_generator() -> None:
     assert tally.foreign == 1
 
 
-# -- PageCursor ------------------------------------------------------------------------
+# -- PageCursor ----------
 
 
 def _fake_loki(entries: list[tuple[int, bytes]]):  # type: ignore[no-untyped-def]
@@ -143,7 +143,7 @@ def test_a_page_from_before_its_start_is_refused() -> None:
         cursor.feed([(99, b"a")])
 
 
-# -- what the proxy keeps ---------------------------------------------------------------
+# -- what the proxy keeps ----------
 
 
 async def test_proxy_record_counts_injected_losses_and_duplicates(
@@ -269,7 +269,7 @@ def test_acks_latency_throughput_and_backlog() -> None:
     }
 
 
-# -- a real Loki ------------------------------------------------------------------------
+# -- a real Loki ----------
 
 
 async def test_counting_from_a_real_loki_with_small_pages(loki_base: str) -> None:
@@ -314,3 +314,49 @@ async def test_counting_from_a_real_loki_with_small_pages(loki_base: str) -> Non
     assert (b.delivered, b.lost, b.duplicated) == (79, 1, 0)
     assert tally.missing("a") == [5, 60]
     assert tally.missing("b") == [80]
+
+
+# -- the report ----------
+
+
+def _rec(agent: str, profile: str, **figures: object) -> dict[str, object]:
+    from minilog.bench.profiles import new_record
+
+    rec = new_record(agent, profile, "loki")
+    rec.update(figures)
+    return rec
+
+
+def test_targets_say_met_or_by_how_much_missed() -> None:
+    from minilog.bench.report import format_table, targets
+
+    records = [
+        _rec("minilog", "drain", agent_cpu_s_per_million=5.0),
+        _rec("promtail", "drain", agent_cpu_s_per_million=12.5),
+        _rec(
+            "minilog",
+            "outage",
+            lines_lost=0,
+            lines_duplicated=10,
+            agent_peak_rss_in_fault_mb=70.0,
+            rss_bound_mb=61.5,
+            input_lines_per_s=2000.0,
+            catch_up_lines_per_s=50_000.0,
+        ),
+        _rec("minilog", "kill", lines_lost=3, lines_duplicated=9000),
+        _rec("alloy", "drain", skipped="no Grafana Alloy here"),
+    ]
+    lines = targets(records)
+    assert lines[0].endswith("= 0.40 (target <= 0.33): MISSED by 1.21x")
+    assert "minilog outage: 0 lines lost (target 0): met" in lines
+    assert any(line.endswith("61.5 MB: MISSED by 8.5 MB") for line in lines)
+    assert any("25.0x the input rate (target >= 3x): met" in line for line in lines)
+    assert "minilog kill: 3 lines lost (target 0): MISSED" in lines
+    assert any(
+        line.startswith("minilog kill: 9000 lines sent twice")
+        and line.endswith("MISSED")
+        for line in lines
+    )
+    table = format_table(records)
+    assert "skipped: no Grafana Alloy here" in table
+    assert len(table.splitlines()) == 1 + len(records)

@@ -385,6 +385,14 @@ async def fault(
         start_ns = run.t0_ns + int(start_s * NS)
         end_ns = run.t0_ns + int(end_s * NS)
         rec["fault_window_s"] = [_r(start_s, 2), _r(end_s, 2)]
+        in_fault = [
+            v
+            for smp in run.samples
+            if start_s <= smp.t_s <= end_s
+            for v in (smp.rss_mb, smp.hwm_mb)
+            if not math.isnan(v)
+        ]
+        rec["agent_peak_rss_in_fault_mb"] = _r(max(in_fault), 1) if in_fault else None
         rec["fault_actual_s"] = _r(end_s - start_s, 2)
         after = [
             t for t, status in run.proxy.pushes if t >= end_ns and 200 <= status < 300

@@ -158,12 +158,14 @@ def targets(records: Sequence[dict[str, Any]]) -> list[str]:
             "~6,000 lines of these at 1 MiB)"
             + (": met" if dup is not None and dup <= 6000 else ": MISSED")
         )
-        if rec["profile"] == "outage" and rec.get("rss_bound_mb"):
-            peak, bound = rec["agent_peak_rss_mb"], rec["rss_bound_mb"]
+        if rec["profile"] in ("outage", "kill") and rec.get("rss_bound_mb"):
+            peak = rec.get("agent_peak_rss_in_fault_mb")
+            bound = rec["rss_bound_mb"]
             ok = peak is not None and peak <= bound
             out.append(
-                f"{name}: peak RSS {peak} MB vs queue bound + idle RSS {bound} MB: "
-                + ("met" if ok else "MISSED")
+                f"{name}: peak RSS during the outage {peak} MB vs queue bound + idle "
+                f"RSS {bound} MB: "
+                + ("met" if ok else f"MISSED by {(peak or 0) - bound:.1f} MB")
             )
         rate, cu = rec.get("input_lines_per_s"), rec.get("catch_up_lines_per_s")
         if rate and cu:
