@@ -111,8 +111,14 @@ async def _count(run: Run, rec: dict[str, Any], gens: list[str] | None = None) -
     rec["lines_written"] = total
     rec["lines_duplicated"] = acks.duplicated(list(written))
     tally = await run.loki_tally()
+    per = {
+        g: {"container": g, "written": n, "duplicated": acks.duplicated([g])}
+        for g, n in written.items()
+    }
     if tally is not None:
         counts = [tally.count(g) for g in sorted(written)]
+        for c in counts:
+            per[c.gen].update(delivered=c.delivered, lost=c.lost)
         rec["lines_delivered"] = sum(c.delivered for c in counts)
         rec["lines_lost"] = sum(c.lost for c in counts)
         rec["lines_duplicated_in_loki"] = sum(c.duplicated for c in counts)
@@ -128,6 +134,10 @@ async def _count(run: Run, rec: dict[str, Any], gens: list[str] | None = None) -
         delivered = acks.delivered(list(written))
         rec["lines_delivered"] = delivered
         rec["lines_lost"] = total - delivered
+        for g, n in written.items():
+            got = acks.delivered([g])
+            per[g].update(delivered=got, lost=n - got)
+    rec["per_container"] = [per[g] for g in sorted(per)]
     if acks.foreign:
         rec["notes"].append(f"{acks.foreign} acknowledged lines not from a generator")
     return acks
