@@ -342,9 +342,20 @@ def test_targets_say_met_or_by_how_much_missed() -> None:
             rss_bound_mb=61.5,
             input_lines_per_s=2000.0,
             catch_up_lines_per_s=50_000.0,
+            backlog_at_fault_end=120_000,
+        ),
+        _rec(
+            "minilog",
+            "slow",
+            lines_lost=0,
+            lines_duplicated=0,
+            input_lines_per_s=2000.0,
+            catch_up_lines_per_s=2500.0,
+            backlog_at_fault_end=3000,
         ),
         _rec("minilog", "kill", lines_lost=3, lines_duplicated=9000),
         _rec("alloy", "drain", skipped="no Grafana Alloy here"),
+        _rec("alloy", "outage", skipped="no Grafana Alloy here"),
     ]
     lines = targets(records)
     assert lines[0].endswith("= 0.40 (target <= 0.33): MISSED by 1.21x")
@@ -357,6 +368,12 @@ def test_targets_say_met_or_by_how_much_missed() -> None:
         and line.endswith("MISSED")
         for line in lines
     )
+    assert any(
+        line.startswith("minilog slow: backlog at the fault's end 3,000 lines")
+        and line.endswith("catch-up not judged")
+        for line in lines
+    )
     table = format_table(records)
-    assert "skipped: no Grafana Alloy here" in table
+    assert table.count("skipped: no Grafana Alloy here") == 1
+    assert "skipped (as above)" in table
     assert len(table.splitlines()) == 1 + len(records)

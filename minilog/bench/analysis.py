@@ -138,5 +138,16 @@ class Acks:
                     newest = max(newest, first[seq])
         return newest or None
 
+    def pending_at(self, t_ns: int) -> int:
+        """Lines written by ``t_ns`` that Loki first acknowledged after it: the
+        backlog at that moment (lines never acknowledged are not counted)."""
+        pending = 0
+        for gen, first in self._first.items():
+            ts = self._ts[gen]
+            for seq in range(1, len(first)):
+                if first[seq] > t_ns and ts[seq] <= t_ns:
+                    pending += 1
+        return pending
+
     def acked_between(self, from_ns: int, to_ns: int) -> int:
         return sum(1 for t in self.first_acks() if from_ns < t <= to_ns)

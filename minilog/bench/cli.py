@@ -116,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--steady-rates",
         type=_rates,
-        help="total lines/s steps (1000,5000,20000,50000)",
+        help="total lines/s steps (1000,5000,20000,50000,100000)",
     )
     g.add_argument("--steady-step-s", type=float, help="seconds per step (15)")
     g.add_argument("--latency-rates", type=_rates, help="(1000,10000)")

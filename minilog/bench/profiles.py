@@ -410,6 +410,7 @@ async def fault(
         rec["first_push_after_fault_s"] = (
             _r((min(after) - end_ns) / NS) if after else None
         )
+        rec["backlog_at_fault_end"] = acks.pending_at(end_ns)
         cleared = acks.backlog_cleared_ns(start_ns, end_ns)
         if cleared is not None:
             catch_up = max(0.0, (cleared - end_ns) / NS)

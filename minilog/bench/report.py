@@ -18,7 +18,14 @@ from typing import Any
 
 import orjson
 
-__all__ = ["FIELDS", "format_table", "machine", "targets", "write_results"]
+__all__ = [
+    "CATCH_UP_MIN_BACKLOG_S",
+    "FIELDS",
+    "format_table",
+    "machine",
+    "targets",
+    "write_results",
+]
 
 FIELDS = (
     "agent",
@@ -52,6 +59,11 @@ _COLUMNS = (
     ("1st push after s", "first_push_after_fault_s"),
     ("catch-up s", "catch_up_s"),
 )
+
+
+#: The catch-up target is judged only when the fault left at least this many seconds
+#: of input waiting.
+CATCH_UP_MIN_BACKLOG_S = 5.0
 
 
 def machine() -> dict[str, Any]:
@@ -97,10 +109,15 @@ def format_table(records: Sequence[dict[str, Any]], markdown: bool = False) -> s
     """One row per record; a skipped record says why in place of its figures."""
     heads = [h for h, _ in _COLUMNS]
     rows = []
+    said: set[tuple[str, str]] = set()
     for rec in records:
         if rec.get("skipped"):
             row = [_cell(rec.get(k)) for _, k in _COLUMNS[:3]]
-            row.append("skipped: " + str(rec["skipped"]))
+            reason = (rec["agent"], str(rec["skipped"]))
+            row.append(
+                "skipped" + (" (as above)" if reason in said else ": " + reason[1])
+            )
+            said.add(reason)
             row.extend([""] * (len(_COLUMNS) - 4))
         else:
             row = [_cell(rec.get(k)) for _, k in _COLUMNS]
@@ -168,7 +185,14 @@ def targets(records: Sequence[dict[str, Any]]) -> list[str]:
                 + ("met" if ok else f"MISSED by {(peak or 0) - bound:.1f} MB")
             )
         rate, cu = rec.get("input_lines_per_s"), rec.get("catch_up_lines_per_s")
-        if rate and cu:
+        backlog = rec.get("backlog_at_fault_end") or 0
+        if rate and backlog < CATCH_UP_MIN_BACKLOG_S * rate:
+            # A backlog of a batch or two clears in one round trip: no rate to judge.
+            out.append(
+                f"{name}: backlog at the fault's end {backlog:,} lines (under "
+                f"{CATCH_UP_MIN_BACKLOG_S:g} s of input): catch-up not judged"
+            )
+        elif rate and cu:
             ratio = cu / rate
             out.append(
                 f"{name}: catch-up {cu:,.0f} lines/s = {ratio:.1f}x the input rate "

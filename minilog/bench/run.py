@@ -63,7 +63,7 @@ class Options:
     drain_containers: int = 4
     drain_lines: int = 200_000
     # steady: total lines/s over steady_containers, each step steady_step_s long
-    steady_rates: tuple[int, ...] = (1000, 5000, 20000, 50000)
+    steady_rates: tuple[int, ...] = (1000, 5000, 20000, 50000, 100000)
     steady_containers: int = 4
     steady_step_s: float = 15.0
     steady_grace_s: float = 10.0
