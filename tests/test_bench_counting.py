@@ -259,6 +259,8 @@ def test_acks_latency_throughput_and_backlog() -> None:
     assert percentile(acks.latencies_s(), 50) == 2.2
     # Lines written in [1 s, 2 s]: the last of them acknowledged at 5 s.
     assert acks.backlog_cleared_ns(s, 2 * s) == 5 * s
+    # At 4 s, lines 2, 3 and 4 were written and not yet acknowledged.
+    assert acks.pending_at(4 * s) == 3
     assert dict(acks.throughput(0)) == {
         0.5: 1.0,
         1.5: 0.0,
