@@ -35,7 +35,11 @@ __all__ = ["FAULTS", "PROFILES", "Idle", "measure_idle", "new_record", "run_prof
 FAULTS = ("outage", "kill", "throttle", "slow")
 PROFILES = ("drain", "steady", "latency", *FAULTS)
 IDLE_S = 5.0
-FAULT_QUIET_S = 45.0  # past the backoff a 60 s outage leaves Promtail with (32 s)
+# How long delivery may stall before the bench stops waiting after the input ended: past
+# the longest wait an Alloy-style backoff (doubling from 500 ms to max_backoff_period)
+# reaches in these profiles' outages (64 s, then 128 s), so that a late retry is not
+# counted as a loss.
+FAULT_QUIET_S = 150.0
 NS = 1_000_000_000
 
 
@@ -253,6 +257,10 @@ async def steady(
             step_gens.append(names)
             if not held:
                 break
+        # The agent fell behind (or the top step passed): let it finish, so that what is
+        # counted lost was lost, not late.
+        run.phase("steady: settling")
+        await run.wait_delivered(run.expected, 30.0, o.settle_limit_s)
         rec["agent_peak_rss_mb"] = _r(_peak_rss(run), 1)
         rec["agent_exit_code"] = await run.stop_agent()
         acks = await _count(run, rec)

@@ -72,7 +72,7 @@ class Options:
     latency_s: float = 10.0
     latency_probes: int = 3
     # Time allowed for delivery to finish after the input stopped.
-    settle_limit_s: float = 180.0
+    settle_limit_s: float = 300.0
 
 
 @dataclass
