@@ -284,6 +284,9 @@ async def steady(
                 )
             if step["caught_up"] and lost == 0:
                 best = step["rate"]
+                rec["highest_rate_held_input_lines_per_s"] = step.get(
+                    "input_lines_per_s"
+                )
         rec["steps"] = steps
         rec["highest_rate_held"] = best
         rec["lines_per_s"] = best
