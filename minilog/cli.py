@@ -229,6 +229,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=_STABILITY_LEVELS,
     )
 
+    # Parsed by minilog.bench itself (imported only when used): listed here for --help.
+    sub.add_parser(
+        "bench",
+        help="measure agents against a real Loki (minilog bench --help)",
+        add_help=False,
+    )
+
     fmt = sub.add_parser("fmt", help="print a config file in canonical format")
     fmt.add_argument("path", metavar="CONFIG_FILE")
     fmt.add_argument(
@@ -473,7 +480,12 @@ def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``minilog = "minilog.cli:main"``); returns the exit code."""
-    args = _parser().parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["bench"]:
+        from minilog.bench import main as bench_main
+
+        return bench_main(raw[1:])
+    args = _parser().parse_args(normalize_argv(raw))
     if args.command == "validate":
         return _cmd_validate(args)
     if args.command == "fmt":

@@ -19,7 +19,9 @@
     │   └── ClientRequestError    any other 4xx (never retried)
     ├── ClosedError               an object was used after ``aclose()``/``close()``
     │   └── BrokenError           ...or cannot be used: a task inside it died of a bug
-    └── WouldBlockError           a ``*_nowait`` call could not proceed without waiting
+    ├── WouldBlockError           a ``*_nowait`` call could not proceed without waiting
+    └── BenchError                ``minilog bench`` cannot set up or go on (a tool
+                                  missing, Loki not ready, Docker refusing a request)
 
 Foreign exceptions are mapped to these once, at the boundary module that meets them.
 """
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "BenchError",
     "BodyTooLargeError",
     "BrokenError",
     "ClientRequestError",
@@ -278,3 +281,7 @@ class RequestRefused(MinilogError):
         self.message = message
         self.close = close
         self.headers = headers
+
+
+class BenchError(MinilogError):
+    """``minilog bench`` cannot set up or go on; the message says what to do."""
