@@ -25,7 +25,7 @@ from minilog.bench.lines import generator_command, parse_line
 from minilog.bench.lokiapi import LokiAPI
 from minilog.bench.proxy import FaultProxy, recorded
 from minilog.bench.wire import count_marker, decode_push
-from minilog.encode import compress, encode_push_request
+from minilog.loki.wire import compress, encode_push_request
 from minilog.model import LogEntry
 
 # -- the lines ----------
