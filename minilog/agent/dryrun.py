@@ -36,6 +36,7 @@ from minilog.components.discovery_docker import DiscoveryDockerArgs
 from minilog.docker.client import DockerClient
 from minilog.docker.discovery import DockerDiscovery, build_targets, merge_filters
 from minilog.errors import DockerError
+from minilog.labels import DOCKER_CONTAINER_ID
 from minilog.relabel import RelabelRules
 
 __all__ = ["DOCKER_TIMEOUT_S", "docker_unlisted", "explain_config", "matches"]
@@ -56,9 +57,9 @@ def _state_text(container: Mapping[str, Any]) -> str:
 
 async def docker_unlisted(
     client: DockerClient, args: DiscoveryDockerArgs, listed: set[str]
-) -> list[DiscoveredTarget]:
+) -> tuple[list[DiscoveredTarget], dict[str, str]]:
     """Containers Docker has but ``listed`` lacks (discovery lists running ones only),
-    with the targets discovery would build for them."""
+    with the targets discovery would build for them; and every container's state."""
     filters = {
         k: v
         for k, v in merge_filters(
@@ -70,11 +71,11 @@ async def docker_unlisted(
         everything = await client.containers(all=True, filters=filters or None)
         missing = [c for c in everything if str(c.get("Id")) not in listed]
         networks = await client.networks() if missing else []
-    state = {str(c.get("Id")): _state_text(c) for c in missing}
+    state = {str(c.get("Id")): _state_text(c) for c in everything}
     return [
         DiscoveredTarget(
             labels,
-            state=f"{state.get(labels.get('__meta_docker_container_id', ''), '')}: "
+            state=f"{state.get(labels.get(DOCKER_CONTAINER_ID, ''), '')}: "
             "discovery.docker lists running containers only",
             listed=False,
         )
@@ -85,7 +86,7 @@ async def docker_unlisted(
             host_networking_host=args.host_networking_host,
             match_first_network=args.match_first_network,
         )
-    ]
+    ], state
 
 
 async def _discover_docker(
@@ -104,17 +105,13 @@ async def _discover_docker(
         targets = await discovery.refresh(client)
         if targets is None:
             raise DockerError(discovery.error or "cannot list containers")
-        states: dict[str, str] = {}
-        async with asyncio.timeout(DOCKER_TIMEOUT_S):
-            for c in await client.containers(all=True):
-                states[str(c.get("Id"))] = _state_text(c)
+        ids = {t.get(DOCKER_CONTAINER_ID, "") for t in targets}
+        unlisted, states = await docker_unlisted(client, args, ids)
         listed = [
-            DiscoveredTarget(t, state=states.get(t["__meta_docker_container_id"], ""))
+            DiscoveredTarget(t, state=states.get(t.get(DOCKER_CONTAINER_ID, ""), ""))
             for t in targets
-            if t.get("__meta_docker_container_id")
         ]
-        ids = {t.labels["__meta_docker_container_id"] for t in listed}
-        return targets, listed + await docker_unlisted(client, args, ids)
+        return targets, listed + unlisted
     except TimeoutError:
         raise DockerError(
             f"Docker at {client.host} did not answer within {DOCKER_TIMEOUT_S:g} s"
