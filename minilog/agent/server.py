@@ -41,9 +41,9 @@ __all__ = ["UI_DIR", "AgentServer", "AgentView", "parse_listen_addr"]
 #: The UI's files (package data).
 UI_DIR: Final = Path(__file__).parent / "ui"
 
-#: A live debugging stream writes at least this often (SSE comment), so a client
-#: that went away is noticed.
-_HEARTBEAT_S: Final = 5.0
+#: How often an idle live debugging stream checks that its client is still there
+#: (an SSE stream also writes a comment, which proxies and browsers want).
+_HEARTBEAT_S: Final = 1.0
 #: Entries per write of a live debugging stream.
 _CHUNK: Final = 256
 #: Alloy's live debugging delimiter.
@@ -243,7 +243,7 @@ class AgentServer:
             if sse:
                 hello = {"component": component_id, "capacity": viewer.capacity}
                 await response.write(_sse("hello", hello))
-            await self._stream(response, viewer, sse, sample)
+            await self._stream(request, response, viewer, sse, sample)
         except (ConnectionError, TimeoutError):
             pass  # the viewer went away, or stopped reading for write_timeout
         finally:
@@ -252,13 +252,21 @@ class AgentServer:
         return response
 
     async def _stream(
-        self, response: web.StreamResponse, viewer: Viewer, sse: bool, sample: float
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        viewer: Viewer,
+        sse: bool,
+        sample: float,
     ) -> None:
         reported = 0
         write_timeout = self._guard.limits.write_timeout_s
         redact = self._agent.redact_text
         while not viewer.closed:
             await viewer.wait(_HEARTBEAT_S)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return  # the viewer went away
             parts: list[bytes] = []
             for seen in viewer.take(_CHUNK):
                 if sample < 1 and random.random() > sample:
