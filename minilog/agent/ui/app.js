@@ -29,7 +29,7 @@ function s(tag, attrs, ...children) {
 }
 
 function append(el, children) {
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -80,8 +80,16 @@ function alloyText(value, indent = "") {
 // -- views --------------------------------------------------------------------------
 
 let cleanup = null; // stops what the current view runs (live debugging's stream)
+let routeSeq = 0; // the route being shown; a slower, older one must not replace it
+
+function show(seq, ...nodes) {
+  if (seq !== routeSeq) return false;
+  main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
+  return true;
+}
 
 async function viewComponents() {
+  const seq = routeSeq;
   const components = await getJSON(`${API}/components`);
   const rows = components.map((c) =>
     h("tr", {},
@@ -94,7 +102,7 @@ async function viewComponents() {
         : h("span", { class: "muted" }, "-")),
     ));
   const unhealthy = components.filter((c) => c.health.state === "unhealthy").length;
-  main.replaceChildren(
+  show(seq,
     h("h1", {}, "Components"),
     h("p", { class: "muted" }, `${components.length} components, ${unhealthy} unhealthy.`),
     h("table", {},
@@ -104,6 +112,7 @@ async function viewComponents() {
 }
 
 async function viewComponent(id) {
+  const seq = routeSeq;
   const c = await getJSON(`${API}/components/${id}`);
   const section = (title, value) => [
     h("h2", {}, title),
@@ -114,7 +123,7 @@ async function viewComponent(id) {
   const links = (ids) => ids.length
     ? ids.map((r, i) => [i ? ", " : "", h("a", { href: `#/component/${r}` }, r)])
     : h("span", { class: "muted" }, "none");
-  main.replaceChildren(
+  show(seq,
     h("h1", {}, c.localID, " ", badge(c.health.state)),
     h("dl", { class: "meta" },
       h("dt", {}, "type"), h("dd", {}, c.name),
@@ -127,9 +136,9 @@ async function viewComponent(id) {
         ? h("a", { href: `#/debug/${c.localID}` }, "watch entries leaving it")
         : "not supported (it forwards no log entries)"),
     ),
-    section("Arguments", c.arguments),
-    section("Exports", c.exports),
-    section("Debug info", c.debugInfo),
+    ...section("Arguments", c.arguments),
+    ...section("Exports", c.exports),
+    ...section("Debug info", c.debugInfo),
   );
 }
 
@@ -137,6 +146,7 @@ async function viewComponent(id) {
 // left to right. Layers by longest path from a source; order in a layer by the mean
 // position of the nodes feeding it (one sweep), which keeps pipelines straight.
 async function viewGraph() {
+  const seq = routeSeq;
   const components = await getJSON(`${API}/components`);
   const ids = components.map((c) => c.localID);
   const byId = new Map(components.map((c) => [c.localID, c]));
@@ -192,7 +202,7 @@ async function viewGraph() {
       s("text", { class: "name", x: x + 18, y: y + 24 }, c.name),
       s("text", { class: "label", x: x + 18, y: y + 44 }, `${c.label}  ·  ${state}`)));
   }
-  main.replaceChildren(
+  show(seq,
     h("h1", {}, "Graph"),
     h("p", { class: "muted" }, `${ids.length} components, ${edges.length} edges; data flows left to right. Tab to a component, Enter opens it.`),
     h("div", { class: "graph-wrap" }, svg),
@@ -211,7 +221,7 @@ function stageView(stage) {
     const set = Object.entries(st.changes.set).map(([k, v]) => h("span", { class: "change-set" }, ` +${k}=${JSON.stringify(v)}`));
     const removed = st.changes.removed.map((k) => h("span", { class: "change-removed" }, ` -${k}`));
     return h("li", {}, `rule ${st.rule} (${st.action}) `, h("code", {}, st.text),
-      h("div", { class: "labels" }, set.length || removed.length ? [set, removed] : "no change"),
+      h("div", { class: "labels" }, (set.length || removed.length) ? [set, removed] : "no change"),
       h("details", {}, h("summary", {}, "labels after it"), h("div", { class: "labels" }, labelsText(st.labels))));
   });
   return h("div", { class: "stage" }, title,
@@ -244,6 +254,7 @@ function targetView(t) {
 }
 
 async function viewTargets() {
+  const seq = routeSeq;
   const targets = await getJSON(`${API}/explain`);
   const filter = h("input", { type: "search", id: "filter", placeholder: "container name", "aria-label": "filter targets by name" });
   const list = h("div", {});
@@ -259,7 +270,7 @@ async function viewTargets() {
   filter.addEventListener("input", render);
   render();
   const shipped = targets.filter((t) => t.shipped).length;
-  main.replaceChildren(
+  show(seq,
     h("h1", {}, "Targets: why each container is shipped or not"),
     h("p", { class: "muted" }, `${targets.length} containers, ${shipped} shipped. Open one to see each step: what discovery found, each relabel rule in order with the labels after it, and what each stream reaches Loki with. As JSON: `, h("a", { href: `${API}/explain` }, `/${API}/explain`), "; from a shell: ", h("code", {}, "minilog explain CONFIG [CONTAINER]"), "."),
     h("div", { class: "toolbar" }, h("label", {}, "Filter ", filter)),
@@ -268,6 +279,7 @@ async function viewTargets() {
 }
 
 async function viewDebug(id) {
+  const seq = routeSeq;
   const components = (await getJSON(`${API}/components`)).filter((c) => c.liveDebuggingEnabled);
   if (!id && components.length) id = components[0].localID;
   const picker = h("select", { id: "debug-component", "aria-label": "component to watch" },
@@ -324,9 +336,7 @@ async function viewDebug(id) {
   });
   clear.addEventListener("click", () => { rows.length = 0; tbody.replaceChildren(); received = 0; droppedBrowser = 0; showCounts(); });
   filter.addEventListener("input", () => { for (const r of rows) r.el.hidden = !matches(r.text); });
-  cleanup = stop;
-
-  main.replaceChildren(
+  const shown = show(seq,
     h("h1", {}, "Live debugging"),
     h("p", { class: "muted" }, "Entries leaving the component, newest first, as they leave. Needs ", h("code", {}, "livedebugging { enabled = true }"), " in the config. A viewer that falls behind loses entries (counted below); the pipeline never waits for it."),
     h("div", { class: "toolbar" },
@@ -340,6 +350,8 @@ async function viewDebug(id) {
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Timestamp"), h("th", { scope: "col" }, "Labels"), h("th", { scope: "col" }, "Line"))),
       tbody),
   );
+  if (!shown) return;
+  cleanup = stop;
   showCounts();
   connect();
 }
@@ -348,6 +360,7 @@ async function viewDebug(id) {
 
 async function route() {
   if (cleanup) { cleanup(); cleanup = null; }
+  const seq = ++routeSeq;
   const hash = location.hash.replace(/^#\/?/, "");
   const [view, ...rest] = hash.split("/");
   const arg = decodeURIComponent(rest.join("/"));
@@ -365,7 +378,7 @@ async function route() {
     main.dataset.view = view || "components";
     announce(`${name} loaded`);
   } catch (err) {
-    main.replaceChildren(h("h1", {}, "Error"), h("p", { class: "error" }, String(err.message || err)));
+    show(seq, h("h1", {}, "Error"), h("p", { class: "error" }, String(err.message || err)));
   }
 }
 
