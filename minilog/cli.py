@@ -1,4 +1,5 @@
-"""The ``minilog`` command: ``run``, ``validate``, ``fmt``; signals and exit codes.
+"""The ``minilog`` command: ``run``, ``validate``, ``explain``, ``fmt``; signals and
+exit codes.
 
 Flags are spelled as Alloy's (``--server.http.listen-addr=...`` or ``... value``), so
 compose files written for ``alloy run`` work unchanged. ``minilog run`` without a path
@@ -235,6 +236,31 @@ def _parser() -> argparse.ArgumentParser:
         help="measure agents against a real Loki (minilog bench --help)",
         add_help=False,
     )
+    explain = sub.add_parser(
+        "explain",
+        help="say why each container is shipped or not, without starting the agent",
+        description="Evaluate CONFIG up to its sources against the Docker socket "
+        "(nothing is tailed or sent) and explain each container: the labels "
+        "discovery produced, each relabel rule in order with the labels after it, "
+        "the rule that dropped it if one did, and the labels each stream would reach "
+        "Loki with.",
+    )
+    explain.add_argument("path", metavar="CONFIG_FILE_OR_DIR")
+    explain.add_argument(
+        "target", nargs="?", metavar="CONTAINER", help="a container name or ID prefix"
+    )
+    explain.add_argument(
+        "--json", action="store_true", help="print the explanations as JSON"
+    )
+    explain.add_argument(
+        "--verbose", "-v", action="store_true", help="show every step, kept or not"
+    )
+    explain.add_argument(
+        "--stability.level",
+        dest="stability_level",
+        default=STABLE,
+        choices=_STABILITY_LEVELS,
+    )
 
     fmt = sub.add_parser("fmt", help="print a config file in canonical format")
     fmt.add_argument("path", metavar="CONFIG_FILE")
@@ -290,6 +316,35 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_diagnostics(exc)
         return _EXIT_CONFIG
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import orjson
+
+    from minilog.agent.dryrun import explain_config
+    from minilog.agent.explain import render_text
+
+    try:
+        explanations = asyncio.run(
+            explain_config(args.path, args.target, stability_level=args.stability_level)
+        )
+    except ConfigError as exc:
+        _print_diagnostics(exc)
+        return _EXIT_CONFIG
+    except MinilogError as exc:
+        print(f"minilog explain: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps(explanations, option=orjson.OPT_INDENT_2).decode()
+        )
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(explanations, verbose=args.verbose))
+    if args.target is not None and not explanations:
+        print(f"minilog explain: no target named {args.target!r}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -490,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_validate(args)
     if args.command == "fmt":
         return _cmd_fmt(args)
+    if args.command == "explain":
+        return _cmd_explain(args)
     configure_logging("info", "logfmt")
     for name, value in vars(args).items():
         if name.startswith("ignored_") and value not in (None, False):

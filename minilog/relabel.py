@@ -30,6 +30,8 @@ __all__ = [
     "RelabelRules",
     "RelabelRulesLike",
     "Rule",
+    "RuleStep",
+    "Trace",
     "compile_rules",
     "docker_stream_labels",
     "expand",
@@ -41,6 +43,7 @@ __all__ = [
     "parse_action",
     "process",
     "relabel_stream",
+    "trace_stream",
 ]
 
 DEFAULT_SEPARATOR: Final = ";"
@@ -514,6 +517,44 @@ def _replace_step(
     return replace
 
 
+@dataclass(frozen=True, slots=True)
+class RuleStep:
+    """One rule of a :class:`Trace`: its 1-based number (as a reader counts the
+    ``rule`` blocks), the rule, and the labels after it (``None``: it dropped them)."""
+
+    number: int
+    rule: Rule
+    labels: dict[str, str] | None
+
+    @property
+    def dropped(self) -> bool:
+        return self.labels is None
+
+    def describe(self) -> str:
+        """``rule 2 (keep)``: how the UI and the CLI name the rule."""
+        return f"rule {self.number} ({self.rule.action})"
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """Rule-by-rule result of :meth:`RelabelRules.trace`.
+
+    ``input`` is the label set the rules saw (empty values removed), ``output`` the
+    result (``None`` when a rule dropped it: the last step, then).
+    """
+
+    input: dict[str, str]
+    steps: tuple[RuleStep, ...]
+    output: dict[str, str] | None
+
+    @property
+    def dropped_by(self) -> RuleStep | None:
+        """The rule that dropped the labels, if one did."""
+        if self.output is None and self.steps:
+            return self.steps[-1]
+        return None
+
+
 class RelabelRules:
     """A compiled, validated rule list; build it with ``compile_rules``.
 
@@ -550,6 +591,24 @@ class RelabelRules:
             if not step(working):
                 return None
         return working
+
+    def trace(self, labels: Mapping[str, str]) -> Trace:
+        """``process`` one rule at a time, keeping the labels after each rule.
+
+        The same compiled steps as ``process`` (no second implementation of the
+        actions); only the loop differs, so the hot path pays nothing for it. The
+        trace stops at the rule that dropped the labels.
+        """
+        working = {name: val for name, val in labels.items() if val}
+        start = dict(working)
+        steps: list[RuleStep] = []
+        for index, (rule, step) in enumerate(zip(self.rules, self._steps, strict=True)):
+            kept = step(working)
+            after = {name: val for name, val in working.items() if val}
+            steps.append(RuleStep(index + 1, rule, after if kept else None))
+            if not kept:
+                return Trace(start, tuple(steps), None)
+        return Trace(start, tuple(steps), working)
 
     def process_many(
         self, targets: Iterable[Mapping[str, str]]
@@ -615,7 +674,28 @@ def relabel_stream(
         if not relabelled:
             return None
         labels = relabelled
+    return _strip_internal(labels, keep)
+
+
+def _strip_internal(labels: Mapping[str, str], keep: frozenset[str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if not is_internal(k) or k in keep}
+
+
+def trace_stream(
+    labels: Mapping[str, str],
+    rules: RelabelRules | None,
+    *,
+    keep: frozenset[str] = frozenset(),
+) -> tuple[Trace | None, dict[str, str] | None]:
+    """:func:`relabel_stream` with the rules traced: ``(trace, labels)``, where
+    ``labels`` is what ``relabel_stream`` returns for the same input (``trace`` is
+    ``None`` when there are no rules)."""
+    trace = None if rules is None else rules.trace(labels)
+    if trace is not None:
+        if not trace.output:
+            return trace, None
+        labels = trace.output
+    return trace, _strip_internal(labels, keep)
 
 
 def docker_stream_labels(

@@ -4,6 +4,7 @@ process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -264,7 +265,7 @@ async def test_run_without_a_path_uses_the_embedded_seed_config(
             aiohttp.ClientSession() as session,
             session.get(agent.url + "/api/v0/web/components") as resp,
         ):
-            components = {c["id"]: c for c in await resp.json()}
+            components = {c["localID"]: c for c in await resp.json()}
         assert set(components) == {
             "discovery.docker.containers",
             "discovery.relabel.logs",
@@ -275,7 +276,8 @@ async def test_run_without_a_path_uses_the_embedded_seed_config(
         assert status == 200
         assert "process_resident_memory_bytes" in metrics
         assert 'component_id="discovery.docker.containers"' in metrics
-        endpoints = components["loki.write.endpoint"]["debug_info"]["endpoints"]
+        _, body = await agent.get("/api/v0/web/components/loki.write.endpoint")
+        endpoints = json.loads(body)["debugInfo"]["endpoints"]
         assert [e["url"] for e in endpoints] == ["http://127.0.0.1:9/loki/api/v1/push"]
         assert await agent.stop() == 0
     finally:

@@ -30,6 +30,8 @@ from minilog.relabel import (
     is_utf8_label_name,
     parse_action,
     process,
+    relabel_stream,
+    trace_stream,
 )
 
 
@@ -291,6 +293,51 @@ def test_process(
     original = dict(labels)
     assert compiled.process(labels) == expected
     assert labels == original
+
+
+@pytest.mark.parametrize(("rules", "labels", "expected"), PROCESS_CASES)
+def test_trace_ends_where_process_ends(
+    rules: list[dict[str, Any]], labels: dict[str, str], expected: dict[str, str] | None
+) -> None:
+    # The tracing mode runs the same compiled steps: its end is process()'s result,
+    # and each step's labels are what process() gives for the rules up to it.
+    compiled = compile_rules([Rule(**r) for r in rules])
+    trace = compiled.trace(labels)
+    assert trace.output == expected
+    for step in trace.steps:
+        prefix = compile_rules(compiled.rules[: step.number])
+        assert step.labels == prefix.process(labels)
+    if expected is None:
+        assert trace.dropped_by is trace.steps[-1]
+    else:
+        assert trace.dropped_by is None
+        assert len(trace.steps) == len(rules)
+
+
+def test_trace_names_the_rule_that_dropped_and_stops_there() -> None:
+    rules = compile_rules(
+        [*SEED_RULES, Rule(target_label="after", replacement="never")]
+    )
+    trace = rules.trace({"__meta_docker_container_name": "/loki"})
+    assert trace.input == {"__meta_docker_container_name": "/loki"}
+    assert [s.labels for s in trace.steps] == [
+        {"__meta_docker_container_name": "/loki", "service": "loki"},
+        None,
+    ]
+    dropped = trace.dropped_by
+    assert dropped is not None
+    assert dropped.describe() == "rule 2 (keep)"
+
+
+def test_trace_stream_matches_relabel_stream() -> None:
+    rules = compile_rules(SEED_RULES, legacy_names=True)
+    for name in ("/web-gateway", "/loki"):
+        labels = {"__meta_docker_container_name": name, "__meta_docker_x": "1"}
+        trace, out = trace_stream(labels, rules)
+        assert out == relabel_stream(labels, rules)
+        assert trace is not None
+        assert trace.output == rules.process(labels)
+    assert trace_stream({"a": "b", "__x": "y"}, None) == (None, {"a": "b"})
 
 
 SEED_RULES = [

@@ -161,13 +161,20 @@ loki.write "out" {{
 
                 async def discovery_failed() -> bool:
                     _, body = await agent.get("/api/v0/web/components")
-                    info = {c["id"]: c for c in orjson.loads(body)}
-                    return info["discovery.docker.remote"]["health"] == "unhealthy"
+                    info = {c["localID"]: c for c in orjson.loads(body)}
+                    state = info["discovery.docker.remote"]["health"]["state"]
+                    return bool(state == "unhealthy")
 
                 await wait_until(discovery_failed, 20, "discovery.docker unhealthy")
                 metrics = (await agent.get("/metrics"))[1]
                 page = (await agent.get("/"))[1]
-                components = (await agent.get("/api/v0/web/components"))[1]
+                # Every component's detail (Alloy's list has no arguments).
+                listed = orjson.loads((await agent.get("/api/v0/web/components"))[1])
+                details = [
+                    (await agent.get(f"/api/v0/web/components/{c['localID']}"))[1]
+                    for c in listed
+                ]
+                components = "[" + ",".join(details) + "]"
                 assert await agent.stop() == 0
             finally:
                 await agent.kill()
@@ -199,7 +206,7 @@ def test_no_secret_in_the_ui_its_json_or_the_logs(outputs: Outputs, where: str) 
 
 
 def test_hidden_values_are_shown_as_secret(outputs: Outputs) -> None:
-    info = {c["id"]: c for c in orjson.loads(outputs.components)}
+    info = {c["localID"]: c for c in orjson.loads(outputs.components)}
     endpoints = info["loki.write.out"]["arguments"]["endpoint"]
     assert endpoints[0]["url"].startswith("http://(secret)@127.0.0.1:")
     assert endpoints[1]["headers"] == {"X-Api-Key": "(secret)"}
@@ -207,7 +214,7 @@ def test_hidden_values_are_shown_as_secret(outputs: Outputs) -> None:
     assert endpoints[2]["bearer_token"] == "(secret)"
     discovery = info["discovery.docker.remote"]
     assert discovery["arguments"]["host"].startswith("tcp://(secret)@127.0.0.1:")
-    assert "tcp://(secret)@127.0.0.1:" in discovery["message"]
+    assert "tcp://(secret)@127.0.0.1:" in discovery["health"]["message"]
     # The unreachable Docker host was logged, with its userinfo hidden.
     assert "tcp://(secret)@127.0.0.1:" in outputs.stderr
 

@@ -10,7 +10,7 @@ anything starts. The runtime (``runtime.Agent``) builds and runs what this retur
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from minilog.errors import ConfigError, Diagnostic
 __all__ = [
     "CONFIG_BLOCKS",
     "Graph",
+    "LiveDebuggingConfig",
     "LoggingConfig",
     "Node",
     "build_graph",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 #: Top-level blocks that configure the agent rather than declare a component.
-CONFIG_BLOCKS = ("logging",)
+CONFIG_BLOCKS = ("logging", "livedebugging")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ class LoggingConfig:
 
     level: str = attr("string", "info")
     format: str = attr("string", "logfmt")
+
+
+@dataclass(frozen=True)
+class LiveDebuggingConfig:
+    """The top-level ``livedebugging`` block (Alloy's, off by default)."""
+
+    enabled: bool = attr("bool", False)
 
 
 @dataclass(slots=True)
@@ -63,6 +71,11 @@ class Graph:
     nodes: dict[str, Node]
     order: list[str]
     logging: LoggingConfig
+    livedebugging: LiveDebuggingConfig = LiveDebuggingConfig()
+    #: Data flow edges, as Alloy draws them: a reference to a receiver export
+    #: (``forward_to``) flows from the referencing component to the referenced
+    #: one, any other reference the other way.
+    flows: dict[str, list[str]] = field(default_factory=dict)
 
 
 def read_config(path: str | Path | None = None, text: str | None = None) -> File:
@@ -106,6 +119,7 @@ def build_graph(
     diagnostics: list[Diagnostic] = []
     nodes: dict[str, Node] = {}
     logging_cfg = LoggingConfig()
+    live_cfg = LiveDebuggingConfig()
     seen_config: set[str] = set()
     for stmt in file.body:
         if isinstance(stmt, Attribute):
@@ -124,7 +138,13 @@ def build_graph(
             else:
                 seen_config.add(name)
                 try:
-                    logging_cfg = _decode_logging(stmt)
+                    if name == "logging":
+                        logging_cfg = _decode_logging(stmt)
+                    else:
+                        values = decode_block(
+                            stmt, schema_for(LiveDebuggingConfig), Scope()
+                        )
+                        live_cfg = args_from(LiveDebuggingConfig, values)
                 except ConfigError as exc:
                     diagnostics.extend(exc.diagnostics)
             continue
@@ -157,11 +177,16 @@ def build_graph(
         order = toposort(refs)
     except ConfigError as exc:
         diagnostics.extend(exc.diagnostics)
+    exports_used: dict[str, list[tuple[str, str]]] = {}
     for cid, node in nodes.items():
         for ref in refs[cid]:
             target = _component_of(ref.path, nodes)
             if target is not None and target != cid:
                 node.deps.add(target)
+                rest = ref.path[len(target.split(".")) :]
+                exports_used.setdefault(cid, []).append(
+                    (target, rest[0] if rest else "")
+                )
 
     # Evaluate every component against placeholder exports of its dependencies, so
     # that type errors anywhere are reported at once, before anything starts.
@@ -179,7 +204,21 @@ def build_graph(
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.path, d.line, d.column))
         raise ConfigError(diagnostics)
-    return Graph(nodes, order, logging_cfg)
+    flows: dict[str, list[str]] = {cid: [] for cid in nodes}
+    for cid, used in exports_used.items():
+        for target, export in used:
+            value = scope.get(target, {}).get(export)
+            src, dst = (cid, target) if _is_receiver(value) else (target, cid)
+            if dst not in flows[src]:
+                flows[src].append(dst)
+    return Graph(nodes, order, logging_cfg, live_cfg, flows)
+
+
+def _is_receiver(value: Any) -> bool:
+    # A LogsReceiver export (what forward_to takes), alone or in a list.
+    if isinstance(value, list | tuple):
+        return any(_is_receiver(v) for v in value)
+    return callable(getattr(value, "send", None))
 
 
 def _diag(block: Block | Attribute, message: str) -> Diagnostic:

@@ -31,6 +31,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from minilog.agent.explain import (
+    SOURCE_KINDS,
+    DiscoveredTarget,
+    Pipeline,
+    TargetStatus,
+    explain_pipeline,
+    source_paths,
+)
 from minilog.agent.graph import (
     Graph,
     LoggingConfig,
@@ -39,6 +47,7 @@ from minilog.agent.graph import (
     decode_args,
     read_config,
 )
+from minilog.agent.livedebug import ComponentTap, LiveDebugging
 from minilog.agent.logsetup import component_logger
 from minilog.components import Component, ComponentOptions
 from minilog.components.base import STABLE, Phase
@@ -176,6 +185,9 @@ class Agent:
         self.failure: BaseException | None = None
         #: Every secret in the components' arguments, hidden from the UI and logs.
         self.redactor = Redactor()
+        #: Live debugging (the ``livedebugging`` block): who watches which component.
+        self.live = LiveDebugging()
+        self.live.bind(self._attach_tap)
         self.registry.register(_ComponentMetrics(self._component_registries))
         self._load_ok = Gauge(
             "minilog_config_last_load_successful",
@@ -221,7 +233,8 @@ class Agent:
         ``Redactor``: no configured secret is shown (``redact.py``).
         """
         out = []
-        for cid in self._graph.order if self._graph else []:
+        graph = self._graph
+        for cid in graph.order if graph else []:
             live = self._live.get(cid)
             if live is None:
                 continue
@@ -230,20 +243,107 @@ class Agent:
                 debug = live.component.debug_info()
             except Exception as exc:  # noqa: BLE001 - one broken view must not break the UI
                 debug = {"error": str(exc)}
+            name = live.node.cls.name
             info = {
                 "id": cid,
-                "name": live.node.cls.name,
+                "name": name,
+                "label": cid[len(name) + 1 :],
                 "health": health.state,
                 "message": health.message,
                 "updated": health.updated,
                 "references": sorted(live.node.deps),
                 "referenced_by": sorted(live.dependents),
+                "data_flow_edges_to": list(graph.flows.get(cid, ()) if graph else ()),
+                "live_debugging": live.component.supports_live_debugging,
                 "arguments": live.raw_args,
                 "exports": live.component.exports(),
                 "debug_info": debug,
             }
             out.append(self.redactor.value(info))
         return out
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with every known secret hidden (live debugging's lines)."""
+        return self.redactor.text(text)
+
+    def _attach_tap(self, component_id: str, tap: ComponentTap | None) -> bool:
+        live = self._live.get(component_id)
+        if live is None or not live.component.supports_live_debugging:
+            return False
+        live.component.set_live_tap(tap)
+        return True
+
+    async def explain(self) -> list[dict[str, Any]]:
+        """Why each target of every source is shipped or not (``explain.py``), with
+        what the running sources report; containers discovery does not list
+        (stopped) are asked of Docker, within ``dryrun.DOCKER_TIMEOUT_S``."""
+        from minilog.agent.dryrun import docker_unlisted
+        from minilog.docker.client import DockerClient
+
+        if self._graph is None:
+            return []
+        names = {cid: live.node.cls.name for cid, live in self._live.items()}
+        deps = {cid: live.node.deps for cid, live in self._live.items()}
+        rules = {}
+        discovered: dict[str, list[DiscoveredTarget]] = {}
+        for cid, live in list(self._live.items()):
+            exports = live.component.exports()
+            if names[cid] == "discovery.relabel":
+                rules[cid] = exports["rules"]
+            elif names[cid] == "discovery.docker":
+                targets = list(exports.get("targets") or [])
+                ids = {t.get(DOCKER_CONTAINER_ID, "") for t in targets}
+                client = DockerClient(live.component.args.host)
+                unlisted: list[DiscoveredTarget] = []
+                states: dict[str, str] = {}
+                try:
+                    unlisted, states = await docker_unlisted(
+                        client, live.component.args, ids
+                    )
+                except (MinilogError, TimeoutError) as exc:
+                    log.debug("cannot list stopped containers", extra={"err": str(exc)})
+                finally:
+                    await client.aclose()
+                discovered[cid] = [
+                    DiscoveredTarget(
+                        t, state=states.get(t.get(DOCKER_CONTAINER_ID, ""), "")
+                    )
+                    for t in targets
+                ] + unlisted
+        out: list[dict[str, Any]] = []
+        for cid in self._graph.order:
+            source = self._live.get(cid)
+            if source is None or names[cid] not in SOURCE_KINDS:
+                continue
+            args = source.component.args
+            pipeline = Pipeline(
+                source_id=cid,
+                kind=SOURCE_KINDS[names[cid]],
+                paths=source_paths(cid, deps, names),
+                rules=rules,
+                source_labels=dict(getattr(args, "labels", {}) or {}),
+                source_rules=getattr(args, "stream_rules", None),
+            )
+            status = {
+                info.id: TargetStatus(
+                    running=info.is_running,
+                    position_ns=info.position_ns,
+                    read_position_ns=info.read_position_ns,
+                    lag_s=info.lag_s,
+                    last_error=info.last_error,
+                    streams={
+                        name: {
+                            "lines": st.lines,
+                            "bytes": st.bytes,
+                            "last_ns": st.last_ns,
+                        }
+                        for name, st in info.streams.items()
+                    },
+                )
+                for info in getattr(source.component, "targets_info", list)()
+            }
+            out.extend(explain_pipeline(pipeline, discovered, status))
+        return [self.redactor.value(item) for item in out]
 
     def component(self, component_id: str) -> Component[Any]:
         """The running component with that ID (``KeyError`` if there is none)."""
@@ -410,6 +510,7 @@ class Agent:
     def _record_success(self, graph: Graph) -> None:
         self.last_error = None
         self._load_ok.set(1)
+        self.live.set_enabled(graph.livedebugging.enabled)
         if self._on_logging is not None:
             self._on_logging(graph.logging)
 
@@ -478,6 +579,8 @@ class Agent:
             raise _at(node.block, exc) from exc
         except (MinilogError, ValueError, OSError) as exc:
             raise ConfigError(_diag_at(node.block, f"{node.id}: {exc}")) from exc
+        # A component rebuilt while watched (a reload) is watched on.
+        component.set_live_tap(self.live.tap_for(node.id))
         try:
             await component.start()
         except (MinilogError, ValueError, OSError) as exc:

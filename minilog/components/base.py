@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Final, Generic, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -30,6 +30,7 @@ from minilog.model import LogsReceiver, StreamBatch
 __all__ = [
     "COMPONENT_TYPES",
     "STABLE",
+    "BatchTap",
     "Component",
     "ComponentOptions",
     "Fanout",
@@ -146,6 +147,8 @@ class Component(abc.ABC, Generic[ArgsT]):
         self._health = Health("healthy", "started")
         self._problems: dict[str, str] = {}
         self._problem_health: Health | None = None
+        self._fanouts: list[Fanout] = []
+        self._tap: BatchTap | None = None
 
     @property
     def id(self) -> str:
@@ -233,6 +236,25 @@ class Component(abc.ABC, Generic[ArgsT]):
         """A JSON-able view of internal state for the UI; ``None`` if there is none."""
         return None
 
+    def output_fanout(self, receivers: Sequence[LogsReceiver] = ()) -> Fanout:
+        """The ``Fanout`` this component forwards its entries through: live
+        debugging watches what leaves through it."""
+        fanout = Fanout(receivers)
+        fanout.tap = self._tap
+        self._fanouts.append(fanout)
+        return fanout
+
+    @property
+    def supports_live_debugging(self) -> bool:
+        """Whether it forwards entries (through ``output_fanout``)."""
+        return bool(self._fanouts)
+
+    def set_live_tap(self, tap: BatchTap | None) -> None:
+        """Watch (or stop watching) what leaves this component."""
+        self._tap = tap
+        for fanout in self._fanouts:
+            fanout.tap = tap
+
     def metrics_registry(self) -> CollectorRegistry:
         """The registry currently holding this component's metrics."""
         return self.opts.registry
@@ -303,23 +325,35 @@ def component_type(name: str) -> type[Component[Any]] | None:
     return COMPONENT_TYPES.get(name)
 
 
+class BatchTap(Protocol):
+    """Live debugging's view of a component's output (``agent.livedebug``): sees
+    every batch a fanout forwards; must not block."""
+
+    def publish(self, batch: StreamBatch) -> None: ...
+
+
 class Fanout:
     """A stable ``forward_to`` list: sends each batch to every receiver, in order.
 
     The source keeps one ``Fanout``; updates swap the list it holds. The batch's
     delivery is retained once per extra receiver and released when there is no receiver
-    at all.
+    at all. ``tap`` is set while someone live-debugs the component: it sees each batch
+    as it leaves (``None`` otherwise, the only cost then).
     """
 
-    __slots__ = ("receivers",)
+    __slots__ = ("receivers", "tap")
 
     def __init__(self, receivers: Sequence[LogsReceiver] = ()) -> None:
         self.receivers: tuple[LogsReceiver, ...] = tuple(receivers)
+        self.tap: BatchTap | None = None
 
     def set(self, receivers: Sequence[LogsReceiver]) -> None:
         self.receivers = tuple(receivers)
 
     async def send(self, batch: StreamBatch) -> None:
+        tap = self.tap
+        if tap is not None:
+            tap.publish(batch)
         receivers = self.receivers
         if not receivers:
             batch.settle()

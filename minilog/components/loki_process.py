@@ -23,7 +23,6 @@ from minilog.components.base import (
     STABLE,
     Component,
     ComponentOptions,
-    Fanout,
     StableReceiver,
     register,
 )
@@ -145,7 +144,7 @@ class LokiProcess(Component[LokiProcessArgs]):
     ) -> None:
         super().__init__(opts, args)
         self._clock = clock
-        self._fanout = Fanout(args.forward_to)
+        self._fanout = self.output_fanout(args.forward_to)
         self._scope = MetricsScope()
         opts.registry.register(self._scope)
         self._pipeline = build_pipeline(args.stages, registry=self._scope.current)

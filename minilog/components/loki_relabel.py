@@ -19,7 +19,6 @@ from minilog.components.base import (
     STABLE,
     Component,
     ComponentOptions,
-    Fanout,
     StableReceiver,
     register,
 )
@@ -94,7 +93,7 @@ class LokiRelabel(Component[LokiRelabelArgs]):
         self._size = Gauge(
             "loki_relabel_cache_size", "Total size of relabel cache", registry=reg
         )
-        self._fanout = Fanout()
+        self._fanout = self.output_fanout()
         self._cache: OrderedDict[_Key, dict[str, str] | None] = OrderedDict()
         self._rules = compile_rules(args.rules)
         self._max_cache = args.max_cache_size

@@ -30,7 +30,7 @@ from minilog._httpguard import (
     ServerLimits,
 )
 from minilog.components.arguments import check_relabel_rules, legacy_rules, positioned
-from minilog.components.base import Component, ComponentOptions, Fanout, register
+from minilog.components.base import Component, ComponentOptions, register
 from minilog.config.ast import Block
 from minilog.config.schema import attr, block
 from minilog.labels import TENANT_LABEL
@@ -166,7 +166,7 @@ class LokiSourceAPI(Component[LokiSourceAPIArgs]):
 
     def __init__(self, opts: ComponentOptions, args: LokiSourceAPIArgs) -> None:
         super().__init__(opts, args)
-        self._fanout = Fanout(args.forward_to)
+        self._fanout = self.output_fanout(args.forward_to)
         self._registry = opts.registry
         self._server = self._build(args, self._registry)
         self._last_stamp_ns = 0

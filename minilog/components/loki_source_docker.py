@@ -25,7 +25,7 @@ from minilog.components.arguments import (
     check_relabel_rules,
     legacy_rules,
 )
-from minilog.components.base import Component, ComponentOptions, Fanout, register
+from minilog.components.base import Component, ComponentOptions, register
 from minilog.config.ast import Block
 from minilog.config.schema import attr
 from minilog.docker.client import DockerClient
@@ -33,6 +33,7 @@ from minilog.docker.discovery import SLOW_AFTER_S
 from minilog.docker.metrics import SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.docker.source import DockerSource
+from minilog.docker.tailer import TargetInfo
 from minilog.errors import ClosedError, DockerError, LabelError
 from minilog.labels import parse_labels
 from minilog.model import LogsReceiver
@@ -90,7 +91,7 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
 
     def __init__(self, opts: ComponentOptions, args: LokiSourceDockerArgs) -> None:
         super().__init__(opts, args)
-        self._fanout = Fanout(args.forward_to)
+        self._fanout = self.output_fanout(args.forward_to)
         path = opts.data_path / "positions.json"
         self._positions = Positions(
             path, on_save=functools.partial(self._on_positions_saved, path)
@@ -241,6 +242,10 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
             stream: docker_stream_labels(target_labels, stream, rules)
             for stream in ("stdout", "stderr")
         }
+
+    def targets_info(self) -> list[TargetInfo]:
+        """Every tailer's state (the UI's explanation of each container)."""
+        return self._source.targets_info()
 
     def debug_info(self) -> Any:
         targets = []

@@ -358,7 +358,11 @@ class DockerDiscovery:
             )
         self._metrics = metrics
         self._clock = clock
-        self._wall_clock = wall_clock
+        # Events are replayed from a little before this object was made, not from when
+        # its task first runs: on a busy machine that can be seconds later, and a
+        # container that started and died in between (never listed: it is not running)
+        # would be missed for good.
+        self._events_since = f"{wall_clock() - 1.0:.9f}"
         self._wakeup = asyncio.Event()
         # container ID -> monotonic time it died (None: started, not seen dead yet)
         self._pinned: dict[str, float | None] = {}
@@ -534,9 +538,7 @@ class DockerDiscovery:
         self._wakeup.set()
 
     async def _follow_events(self, client: DockerAPI) -> None:
-        # Replay from a little before start, so a container started while the first
-        # list call was in flight still gets its event.
-        since = f"{self._wall_clock() - 1.0:.9f}"
+        since = self._events_since
         backoff = Backoff(0.1, 5.0)
         while True:
             try:

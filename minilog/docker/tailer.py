@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final, Protocol
 
@@ -34,10 +34,16 @@ from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, Source
 from minilog.docker.positions import Positions
 from minilog.errors import DockerError
 from minilog.labels import format_labels
-from minilog.model import Delivery, LogsReceiver, StreamBatch
+from minilog.model import Delivery, LogsReceiver, StreamBatch, entries_size
 from minilog.relabel import RelabelRulesLike, docker_stream_labels
 
-__all__ = ["ContainerTailer", "DockerLogsAPI", "TailerContext", "TargetInfo"]
+__all__ = [
+    "ContainerTailer",
+    "DockerLogsAPI",
+    "StreamStats",
+    "TailerContext",
+    "TargetInfo",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -82,9 +88,24 @@ class TailerContext:
     on_settled: Callable[[], None]
 
 
+@dataclass(slots=True)
+class StreamStats:
+    """What one stream (``stdout``/``stderr``) of a container handed on: entries and
+    their bytes (``model.entries_size``), and the newest entry's timestamp."""
+
+    lines: int = 0
+    bytes: int = 0
+    last_ns: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class TargetInfo:
-    """Debug state of one tailer, for the UI (Alloy's ``targets_info``)."""
+    """Debug state of one tailer, for the UI (Alloy's ``targets_info``).
+
+    ``lag_s``: seconds since the newest acknowledged entry while newer ones are in
+    flight (0 when everything read is acknowledged); ``streams``: per stream, what was
+    handed on since this tailer started.
+    """
 
     id: str
     labels: str
@@ -92,6 +113,8 @@ class TargetInfo:
     last_error: str
     position_ns: int
     read_position_ns: int
+    lag_s: float = 0.0
+    streams: dict[str, StreamStats] = field(default_factory=dict)
 
 
 def _finished_ns(text: object) -> int:
@@ -153,6 +176,8 @@ class ContainerTailer:
         self._reading = False
         self._interrupt = False
         self.task: asyncio.Task[None] | None = None
+        #: Per stream, what was handed on (the UI's explanation reads it).
+        self.streams: dict[str, StreamStats] = {}
 
     # -- state seen by the source --
 
@@ -184,6 +209,8 @@ class ContainerTailer:
             last_error=self.last_error,
             position_ns=self._ledger.committed[0],
             read_position_ns=self._ledger.read[0],
+            lag_s=self.lag_s(self._ctx.clock()),
+            streams={name: replace(st) for name, st in self.streams.items()},
         )
 
     def lag_s(self, now_s: float) -> float:
@@ -471,6 +498,12 @@ class ContainerTailer:
                 metrics.dropped.labels(reason).inc(len(entries))
                 continue
             batches.append((labels, entries))
+            stats = self.streams.get(stream)
+            if stats is None:
+                stats = self.streams[stream] = StreamStats()
+            stats.lines += len(entries)
+            stats.bytes += entries_size(entries)
+            stats.last_ns = entries[-1].timestamp_ns
         receivers = self._ctx.forward_to
         total = len(batches) * len(receivers)
         chunk = ledger.read_to(position)

@@ -92,14 +92,15 @@ async def test_seed_config_ships_the_three_services_to_fake_loki(
         await loki.wait_for_entries(15, timeout=30)
         async with (
             aiohttp.ClientSession() as session,
-            session.get(agent.url + "/api/v0/web/components") as resp,
+            session.get(
+                agent.url + "/api/v0/web/components/loki.source.docker.app_logs"
+            ) as resp,
         ):
-            components = {c["id"]: c for c in await resp.json()}
+            source = await resp.json()
         assert await agent.stop() == 0
 
     # The UI's view of the Docker source: each target's final labels and tail position.
-    source = components["loki.source.docker.app_logs"]
-    targets = source["debug_info"]["targets_info"]
+    targets = source["debugInfo"]["targets_info"]
     assert sorted(t["final_labels"]["stdout"]["service"] for t in targets) == sorted(
         SHIPPED
     )

@@ -266,7 +266,10 @@ async def unprivileged_agent(
 async def component_health(agent: AgentProcess) -> dict[str, tuple[str, str]]:
     status, body = await agent.get("/api/v0/web/components")
     assert status == 200
-    return {c["id"]: (c["health"], c["message"]) for c in orjson.loads(body)}
+    return {
+        c["localID"]: (c["health"]["state"], c["health"]["message"])
+        for c in orjson.loads(body)
+    }
 
 
 async def wait_both(agent: AgentProcess, state: str, text: str) -> None:

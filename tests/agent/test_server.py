@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from agent_helpers import wait_until
 from prometheus_client import CollectorRegistry, Counter
 
+from minilog.agent.livedebug import DISABLED_MESSAGE, LiveDebugging
 from minilog.agent.runtime import Agent
 from minilog.agent.server import AgentServer, parse_listen_addr
+from minilog.components.base import Fanout
 from minilog.errors import ConfigError, Diagnostic
+from minilog.model import LogEntry, StreamBatch
 from minilog.testing import FakeLoki
 
 
@@ -24,6 +29,7 @@ class FakeAgent:
         self.reload_error: ConfigError | None = None
         self.reloads = 0
         Counter("minilog_test_things", "things", registry=self.registry).inc(3)
+        self.live = LiveDebugging()
 
     def unhealthy_components(self) -> list[str]:
         return self.unhealthy
@@ -33,13 +39,27 @@ class FakeAgent:
             {
                 "id": "loki.source.docker.app",
                 "name": "loki.source.docker",
+                "label": "app",
                 "health": "healthy",
                 "message": "started",
+                "updated": 0.5,
+                "references": ["loki.write.out"],
+                "referenced_by": [],
+                "data_flow_edges_to": ["loki.write.out"],
+                "live_debugging": True,
+                "arguments": {"host": "unix:///var/run/docker.sock"},
+                "exports": {},
                 "debug_info": {
                     "targets_info": [{"labels": '{service="<b>"}', "position_ns": 7}]
                 },
             }
         ]
+
+    async def explain(self) -> list[dict[str, Any]]:
+        return [{"source": "s", "name": "web", "id": "abc", "shipped": True}]
+
+    def redact_text(self, text: str) -> str:
+        return text.replace("hunter2", "(secret)")
 
     async def reload(self) -> None:
         self.reloads += 1
@@ -109,13 +129,117 @@ async def test_metrics_and_component_views(served: tuple[FakeAgent, str]) -> Non
     status, body, ctype = await get(url + "/metrics")
     assert status == 200 and "minilog_test_things_total 3.0" in body
     assert ctype.startswith("text/plain")
+    # Behaviour change: the JSON has Alloy's shapes (component.Info); the list has no
+    # arguments, exports or debug info, the detail at /components/{id} has them.
     status, body, ctype = await get(url + "/api/v0/web/components")
     assert status == 200 and ctype == "application/json"
-    assert '"position_ns":7' in body
+    (listed,) = json.loads(body)
+    assert listed == {
+        "name": "loki.source.docker",
+        "type": "block",
+        "localID": "loki.source.docker.app",
+        "moduleID": "",
+        "label": "app",
+        "referencesTo": ["loki.write.out"],
+        "referencedBy": [],
+        "dataFlowEdgesTo": ["loki.write.out"],
+        "health": {
+            "state": "healthy",
+            "message": "started",
+            "updatedTime": "1970-01-01T00:00:00.500000Z",
+        },
+        "original": "",
+        "liveDebuggingEnabled": True,
+    }
+    status, body, _ = await get(url + "/api/v0/web/components/loki.source.docker.app")
+    detail = json.loads(body)
+    assert detail["debugInfo"]["targets_info"][0]["position_ns"] == 7
+    assert detail["arguments"] == {"host": "unix:///var/run/docker.sock"}
+    assert (await get(url + "/api/v0/web/components/loki.write.nope"))[0] == 404
+    status, body, ctype = await get(url + "/api/v0/web/explain?target=web")
+    assert status == 200 and json.loads(body)[0]["name"] == "web"
+    assert json.loads((await get(url + "/api/v0/web/explain?target=x"))[1]) == []
+    # The page and its assets are package files: no build step, nothing external.
     status, body, ctype = await get(url + "/")
     assert status == 200 and ctype.startswith("text/html")
-    assert "loki.source.docker.app" in body
-    assert "&lt;b&gt;" in body and "<b>" not in body  # label values are escaped
+    assert 'src="ui/app.js"' in body and "http" not in body.replace('xmlns="http', "")
+    status, body, ctype = await get(url + "/ui/app.js")
+    assert status == 200 and "javascript" in ctype and "viewGraph" in body
+
+
+async def test_state_changing_routes_take_only_alloys_methods(
+    served: tuple[FakeAgent, str],
+) -> None:
+    # Alloy: /-/reload is GET or POST (gorilla Methods), the debug stream is GET.
+    agent, url = served
+    for method in ("PUT", "DELETE", "HEAD", "PATCH"):
+        assert (await get(url + "/-/reload", method))[0] == 405, method
+        status = (await get(url + "/api/v0/web/debug/loki.source.docker.app", method))[
+            0
+        ]
+        assert status == 405, method
+    assert agent.reloads == 0
+
+
+async def test_live_debugging_is_refused_while_disabled(
+    served: tuple[FakeAgent, str],
+) -> None:
+    agent, url = served
+    status, body, _ = await get(url + "/api/v0/web/debug/loki.source.docker.app")
+    assert status == 400 and body == DISABLED_MESSAGE + "\n"
+    agent.live.set_enabled(True)
+    status, body, _ = await get(url + "/api/v0/web/debug/loki.source.docker.app")
+    assert status == 400 and "does not support live debugging" in body
+
+
+async def test_live_debugging_streams_sse_and_alloys_text(
+    served: tuple[FakeAgent, str],
+) -> None:
+    agent, url = served
+    agent.live.set_enabled(True)
+    fanout = Fanout()
+    agent.live.bind(lambda cid, tap: _set_tap(fanout, tap))
+    batch = StreamBatch(
+        {"service": "web"}, [LogEntry(1_700_000_000_123456789, "pw hunter2")]
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            url + "/api/v0/web/debug/loki.source.docker.app",
+            headers={"Accept": "text/event-stream"},
+        ) as resp:
+            assert resp.headers["Content-Type"] == "text/event-stream"
+            assert await resp.content.readuntil(b"\n\n") == (
+                b'event: hello\ndata: {"component":"loki.source.docker.app",'
+                b'"capacity":1000}\n\n'
+            )
+            await fanout.send(batch)
+            event = await resp.content.readuntil(b"\n\n")
+            assert event.startswith(b"event: entry\ndata: ")
+            entry = json.loads(event.split(b"data: ", 1)[1])
+            assert entry == {
+                "timestamp": "2023-11-14T22:13:20.123456789Z",
+                "timestamp_ns": 1_700_000_000_123456789,
+                "line": "pw (secret)",
+                "labels": {"service": "web"},
+                "structured_metadata": {},
+            }
+        async with session.get(
+            url + "/api/v0/web/debug/loki.source.docker.app"
+        ) as resp:
+            await fanout.send(batch)
+            text = await resp.content.readuntil(b"|;|")
+            assert text == (
+                b"[OUT]: timestamp: 2023-11-14T22:13:20.123456789Z, "
+                b"entry: pw (secret), "
+                b'labels: {service="web"}, structured_metadata: {}|;|'
+            )
+    # The last viewer gone, the tap is removed: the hot path is back to one None check.
+    await wait_until(lambda: fanout.tap is None, 5, "the tap to be removed")
+
+
+def _set_tap(fanout: Fanout, tap: Any) -> bool:
+    fanout.tap = tap
+    return True
 
 
 def test_parse_listen_addr() -> None:
@@ -144,7 +268,7 @@ async def test_server_over_a_real_agent(tmp_path: Path) -> None:
             status, body, _ = await get(server.url + "/-/reload", "POST")
             assert status == 400 and str(config) in body
             status, body, _ = await get(server.url + "/api/v0/web/components")
-            assert '"id":"loki.write.out"' in body
+            assert '"localID":"loki.write.out"' in body
             status, body, _ = await get(server.url + "/metrics")
             assert "minilog_config_load_failures_total 1.0" in body
         finally:

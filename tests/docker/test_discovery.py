@@ -633,3 +633,17 @@ async def test_real_daemon_container_that_exits_immediately_is_published(
     assert later is not None and box.id in ids_of(later)
     await stop(task)
     await client.aclose()
+
+
+async def test_events_are_replayed_from_when_discovery_was_made_not_when_it_runs() -> (
+    None
+):
+    """On a busy machine the task may first run seconds after the component was built:
+    a container that started and died in between is only known from its events."""
+    fake = FakeDocker()
+    wall = [5000.0]
+    discovery = DockerDiscovery(fake, refresh_interval=3600, wall_clock=lambda: wall[0])
+    wall[0] = 5030.0  # the task starts 30 s later
+    task = await running(discovery, Published())
+    assert fake.subscriptions == ["4999.000000000"]
+    await stop(task)

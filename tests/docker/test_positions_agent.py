@@ -270,8 +270,9 @@ async def test_a_full_disk_keeps_shipping_says_so_and_a_restart_resends_only_the
 
     async def source_health() -> tuple[str, str]:
         _, body = await agent.get("/api/v0/web/components")
-        info = {c["id"]: c for c in orjson.loads(body)}
-        return info[SOURCE_ID]["health"], info[SOURCE_ID]["message"]
+        info = {c["localID"]: c for c in orjson.loads(body)}
+        health = info[SOURCE_ID]["health"]
+        return health["state"], health["message"]
 
     # The rest is shipped while no position can be saved, and the source says why.
     await release(container, 1)
