@@ -18,9 +18,10 @@ from minilog import config as cfg
 from minilog.agent.logsetup import FORMATS, LEVELS
 from minilog.components import COMPONENT_TYPES, Component
 from minilog.components.base import STABLE
-from minilog.config import Scope, references, toposort
+from minilog.config import Reference, Scope, references, toposort
 from minilog.config.ast import Attribute, Block, File
 from minilog.config.schema import args_from, attr, decode_block, schema_for
+from minilog.config.stdlib import EXPERIMENTAL
 from minilog.errors import ConfigError, Diagnostic
 
 __all__ = [
@@ -162,6 +163,8 @@ def build_graph(
             target = _component_of(ref.path, nodes)
             if target is not None and target != cid:
                 node.deps.add(target)
+            elif target is None:
+                diagnostics.extend(_experimental_call(ref, stability_level))
 
     # Evaluate every component against placeholder exports of its dependencies, so
     # that type errors anywhere are reported at once, before anything starts.
@@ -188,6 +191,21 @@ def _diag(block: Block | Attribute, message: str) -> Diagnostic:
 
 def _supported() -> str:
     return ", ".join(sorted(COMPONENT_TYPES))
+
+
+def _experimental_call(ref: Reference, stability_level: str) -> list[Diagnostic]:
+    """Alloy refuses an experimental stdlib function below ``--stability.level=
+    experimental``, in featuregate's words, at the reference."""
+    name = ref.dotted
+    if name not in EXPERIMENTAL or stability_level == "experimental":
+        return []
+    message = (
+        f"{name} is at stability level experimental, which is below the minimum "
+        f"allowed stability level {stability_level}. Use --stability.level "
+        "command-line flag to enable experimental features"
+    )
+    pos = ref.pos
+    return [Diagnostic(pos.file, pos.line, pos.col, message)]
 
 
 def _component_of(path: tuple[str, ...], nodes: Mapping[str, Node]) -> str | None:
