@@ -340,7 +340,8 @@ def test_from_yaml_errors(text: str, message: str) -> None:
         (
             'encoding.from_json("NaN")',
             (
-                "1:5: encoding.from_json invalid character 'N' looking for beginning of value"
+                "1:5: encoding.from_json invalid character 'N' looking for "
+                "beginning of value"
             ),
         ),
         (
