@@ -171,14 +171,18 @@ def build_graph(
     scope: dict[str, Mapping[str, Any]] = {}
     for cid in order:
         node = nodes[cid]
+        exports = node.cls.placeholder_exports(cid)
         try:
             args = decode_args(node, scope)
             if learn is not None:
                 learn(args)
-            node.cls.parse_args(args, node.block, stability_level=stability_level)
+            parsed = node.cls.parse_args(
+                args, node.block, stability_level=stability_level
+            )
+            exports = node.cls.validation_exports(cid, parsed)
         except ConfigError as exc:
             diagnostics.extend(exc.diagnostics)
-        scope[cid] = node.cls.placeholder_exports(cid)
+        scope[cid] = exports
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.path, d.line, d.column))
         raise ConfigError(diagnostics)
