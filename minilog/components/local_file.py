@@ -110,6 +110,7 @@ class LocalFile(Component[LocalFileArgs]):
         self.set_health("healthy", "read file")
         self._restart = asyncio.Event()
         self._wake = asyncio.Event()
+        self._watch_events = 0  # change notifications seen (the UI shows it)
 
     @staticmethod
     def _wrap(content: str, args: LocalFileArgs) -> str:
@@ -219,6 +220,7 @@ class LocalFile(Component[LocalFileArgs]):
                 step=20,
                 ignore_permission_denied=True,
             ):
+                self._watch_events += 1
                 self._wake.set()
         except (OSError, RuntimeError) as exc:
             self.log.warning(
@@ -226,4 +228,8 @@ class LocalFile(Component[LocalFileArgs]):
             )
 
     def debug_info(self) -> Any:
-        return {"filename": self.args.filename, "detector": self.args.detector}
+        return {
+            "filename": self.args.filename,
+            "detector": self.args.detector,
+            "watch_events": self._watch_events,
+        }
