@@ -29,7 +29,6 @@ from importlib import metadata
 from typing import Any, Final, TypeVar
 
 from minilog._go import format_float, format_float_f, go_quote
-from minilog.config._yaml import YAMLDecodeError, decode_yaml
 
 __all__ = [
     "EXPERIMENTAL",
@@ -428,6 +427,9 @@ def _to_json(value: Any) -> str:
 
 
 def _from_yaml(text: Any) -> Any:
+    # Imported on first use: PyYAML costs an agent that never decodes YAML ~15 ms.
+    from minilog.config._yaml import YAMLDecodeError, decode_yaml
+
     try:
         return decode_yaml(_as_string(text, 0))
     except YAMLDecodeError as exc:
