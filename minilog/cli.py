@@ -262,10 +262,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=_STABILITY_LEVELS,
     )
 
-    fmt = sub.add_parser("fmt", help="print a config file in canonical format")
-    fmt.add_argument("path", metavar="CONFIG_FILE")
+    fmt = sub.add_parser(
+        "fmt",
+        aliases=["format"],
+        help="print a config file in canonical format (stdin when no file or -)",
+    )
+    fmt.add_argument("path", metavar="CONFIG_FILE", nargs="?", default="-")
     fmt.add_argument(
         "--write", "-w", action="store_true", help="rewrite the file in place"
+    )
+    fmt.add_argument(
+        "--test",
+        "-t",
+        action="store_true",
+        help="exit with non-zero when changes would be made",
     )
     return parser
 
@@ -349,22 +359,47 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_fmt(args: argparse.Namespace) -> int:
+    """``alloy fmt``: parse and print, nothing else (no component checks)."""
     from minilog.config import format_source
 
+    if args.write and args.test:
+        print(
+            "minilog: cannot use -w/--write and -t/--test at the same time",
+            file=sys.stderr,
+        )
+        return _EXIT_CONFIG
+    stdin = args.path == "-"
+    if stdin and args.write:
+        print("minilog: cannot use -w with standard input", file=sys.stderr)
+        return _EXIT_CONFIG
+    name = "<stdin>" if stdin else args.path
     path = Path(args.path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
+    if not stdin and path.is_dir():
+        print("minilog: cannot format a directory", file=sys.stderr)
         return _EXIT_CONFIG
     try:
-        formatted = format_source(text, str(path))
+        data = sys.stdin.buffer.read() if stdin else path.read_bytes()
+    except OSError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return _EXIT_CONFIG
+    # Bytes, not text mode: universal newlines would turn a carriage return inside
+    # a comment or a raw string into a line break. Undecodable bytes become lone
+    # surrogates, which the scanner reports in place ("illegal UTF-8 encoding").
+    text = data.decode("utf-8", errors="surrogateescape")
+    try:
+        formatted = format_source(text, name)
     except ConfigError as exc:
         _print_diagnostics(exc)
+        print("minilog: encountered errors during formatting", file=sys.stderr)
         return _EXIT_CONFIG
+    if args.test:
+        if formatted != text:
+            print(f"minilog: file {name} is not formatted correctly", file=sys.stderr)
+            return _EXIT_CONFIG
+        return 0
     if args.write:
         if formatted != text:
-            path.write_text(formatted, encoding="utf-8")
+            path.write_bytes(formatted.encode("utf-8"))
     else:
         sys.stdout.write(formatted)
     return 0
@@ -543,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(normalize_argv(raw))
     if args.command == "validate":
         return _cmd_validate(args)
-    if args.command == "fmt":
+    if args.command in ("fmt", "format"):
         return _cmd_fmt(args)
     if args.command == "explain":
         return _cmd_explain(args)

@@ -18,9 +18,10 @@ from minilog import config as cfg
 from minilog.agent.logsetup import FORMATS, LEVELS
 from minilog.components import COMPONENT_TYPES, Component
 from minilog.components.base import STABLE
-from minilog.config import Scope, references, toposort
+from minilog.config import Reference, Scope, references, toposort
 from minilog.config.ast import Attribute, Block, File
 from minilog.config.schema import args_from, attr, decode_block, schema_for
+from minilog.config.stdlib import EXPERIMENTAL
 from minilog.errors import ConfigError, Diagnostic
 
 __all__ = [
@@ -187,20 +188,26 @@ def build_graph(
                 exports_used.setdefault(cid, []).append(
                     (target, rest[0] if rest else "")
                 )
+            elif target is None:
+                diagnostics.extend(_experimental_call(ref, stability_level))
 
     # Evaluate every component against placeholder exports of its dependencies, so
     # that type errors anywhere are reported at once, before anything starts.
     scope: dict[str, Mapping[str, Any]] = {}
     for cid in order:
         node = nodes[cid]
+        exports = node.cls.placeholder_exports(cid)
         try:
             args = decode_args(node, scope)
             if learn is not None:
                 learn(args)
-            node.cls.parse_args(args, node.block, stability_level=stability_level)
+            parsed = node.cls.parse_args(
+                args, node.block, stability_level=stability_level
+            )
+            exports = node.cls.validation_exports(cid, parsed)
         except ConfigError as exc:
             diagnostics.extend(exc.diagnostics)
-        scope[cid] = node.cls.placeholder_exports(cid)
+        scope[cid] = exports
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.path, d.line, d.column))
         raise ConfigError(diagnostics)
@@ -227,6 +234,21 @@ def _diag(block: Block | Attribute, message: str) -> Diagnostic:
 
 def _supported() -> str:
     return ", ".join(sorted(COMPONENT_TYPES))
+
+
+def _experimental_call(ref: Reference, stability_level: str) -> list[Diagnostic]:
+    """Alloy refuses an experimental stdlib function below ``--stability.level=
+    experimental``, in featuregate's words, at the reference."""
+    name = ref.dotted
+    if name not in EXPERIMENTAL or stability_level == "experimental":
+        return []
+    message = (
+        f"{name} is at stability level experimental, which is below the minimum "
+        f"allowed stability level {stability_level}. Use --stability.level "
+        "command-line flag to enable experimental features"
+    )
+    pos = ref.pos
+    return [Diagnostic(pos.file, pos.line, pos.col, message)]
 
 
 def _component_of(path: tuple[str, ...], nodes: Mapping[str, Node]) -> str | None:

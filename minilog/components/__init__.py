@@ -25,6 +25,7 @@ from minilog.components.base import (
 )
 
 for _name, _module in (
+    ("local.file", "local_file"),
     ("loki.echo", "loki_echo"),
     ("loki.process", "loki_process"),
     ("loki.relabel", "loki_relabel"),

@@ -29,6 +29,7 @@ __all__ = [
     "check_docker_host",
     "check_relabel_rules",
     "compile_rule_args",
+    "go_duration",
     "legacy_rules",
     "positioned",
     "rule_blocks",
@@ -99,17 +100,56 @@ def tls_config_of(values: Mapping[str, Any] | None) -> TLSConfig | None:
     )
 
 
-def check_docker_host(host: str, refresh_interval: float, block: Block) -> None:
+def go_duration(seconds: float) -> str:
+    """Go's ``time.Duration.String()`` (``1m30s``, ``500ms``, ``0s``), for messages
+    that quote a duration as Alloy's do."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size or unit == "ns":
+                whole, frac = divmod(ns, size)
+                digits = (
+                    f"{frac:0{len(str(size)) - 1}d}".rstrip("0") if size > 1 else ""
+                )
+                return f"{sign}{whole}{'.' + digits if digits else ''}{unit}"
+    secs, frac = divmod(ns, 1_000_000_000)
+    hours, secs = divmod(secs, 3600)
+    minutes, secs = divmod(secs, 60)
+    digits = f"{frac:09d}".rstrip("0")
+    text = f"{secs}{'.' + digits if digits else ''}s"
+    if hours or minutes:
+        text = f"{minutes}m{text}"
+    if hours:
+        text = f"{hours}h{text}"
+    return sign + text
+
+
+def check_docker_host(
+    host: str, refresh_interval: float, block: Block, *, source: bool = False
+) -> None:
     """Alloy's checks of ``host`` and ``refresh_interval``, shared by the Docker
-    components, plus the host schemes minilog can reach.
+    components (worded as each words them: ``source`` for ``loki.source.docker``),
+    plus the host schemes minilog can reach.
 
     Raises:
         ConfigError: an empty or unparsable host, a scheme minilog does not support
             (npipe), or a refresh interval that is not positive.
     """
     if refresh_interval <= 0:
+        if source:
+            raise positioned(
+                block,
+                "refresh_interval must be positive, got "
+                f'"{go_duration(refresh_interval)}"',
+            )
         raise positioned(block, "refresh_interval must be greater than 0")
     if not host:
+        # Alloy's loki.source.docker accepts an empty host and fails to connect;
+        # refusing it up front is clearer.
         raise positioned(block, "host attribute must not be empty")
     try:
         scheme = urlsplit(host).scheme

@@ -163,6 +163,12 @@ class Component(abc.ABC, Generic[ArgsT]):
         """Exports of the right types, to validate dependents before anything starts."""
         return {}
 
+    @classmethod
+    def validation_exports(cls, component_id: str, args: Any) -> Mapping[str, Any]:
+        """``placeholder_exports`` knowing the component's parsed arguments (a
+        ``local.file`` with ``is_secret`` exports a secret), to validate dependents."""
+        return cls.placeholder_exports(component_id)
+
     def exports(self) -> Mapping[str, Any]:
         """Values other components may reference as ``<id>.<export>``."""
         return {}

@@ -60,8 +60,9 @@ class LokiRelabel(Component[LokiRelabelArgs]):
     def parse_args(
         cls, values: Mapping[str, Any], block: Block, *, stability_level: str = STABLE
     ) -> LokiRelabelArgs:
-        if values["max_cache_size"] < 0:
-            raise positioned(block, "max_cache_size must not be negative")
+        if values["max_cache_size"] <= 0:
+            # Alloy's LRU cache refuses a size that is not positive, in these words.
+            raise positioned(block, "must provide a positive size")
         rules = compile_rule_args(values["rule"], block)
         return LokiRelabelArgs(
             tuple(values["forward_to"]), values["max_cache_size"], rules.rules

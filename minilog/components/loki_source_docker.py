@@ -86,7 +86,7 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
 
     @classmethod
     def check_args(cls, args: LokiSourceDockerArgs, block: Block) -> None:
-        check_docker_host(args.host, args.refresh_interval, block)
+        check_docker_host(args.host, args.refresh_interval, block, source=True)
         check_relabel_rules(args.relabel_rules, block)
 
     def __init__(self, opts: ComponentOptions, args: LokiSourceDockerArgs) -> None:

@@ -121,24 +121,61 @@ def endpoint_configs(
                 Diagnostic(pos.file, pos.line, pos.col, d.message)
                 for d in exc.diagnostics
             )
-    names = [e.name for e in out]
-    if not diagnostics and len(set(names)) != len(names):
-        raise positioned(
-            block, "duplicate endpoint configs are not allowed, found duplicate names"
-        )
+    seen: set[str] = set()
+    for given, config in zip(endpoints, out, strict=False):
+        if not diagnostics and config.name in seen:
+            # Alloy names the duplicate by its ``name`` argument (empty when two
+            # unnamed endpoints are the same configuration).
+            raise positioned(
+                block,
+                "duplicate endpoint configs are not allowed, found duplicate for "
+                f"name: {given['name']}",
+            )
+        seen.add(config.name)
     if diagnostics:
         raise ConfigError(diagnostics)
     return out
 
 
+def _check_http_client(ep: Mapping[str, Any]) -> None:
+    """Alloy's ``HTTPClientConfig.Validate`` for the parts minilog supports."""
+    auth = ep["basic_auth"]
+    methods = [
+        auth is not None,
+        bool(ep["bearer_token"]),
+        bool(ep["bearer_token_file"]),
+    ]
+    if sum(methods) > 1:
+        raise ConfigError(
+            "at most one of basic_auth, authorization, oauth2, bearer_token & "
+            "bearer_token_file must be configured"
+        )
+    if auth is not None and auth["password"] and auth["password_file"]:
+        raise ConfigError(
+            "at most one of basic_auth password & password_file must be configured"
+        )
+    tls = ep["tls_config"]
+    if tls is not None:
+        if tls["cert_file"] and not tls["key_file"]:
+            raise ConfigError(
+                "exactly one of key_pem or key_file must be configured when a client "
+                "certificate is configured"
+            )
+        if tls["key_file"] and not tls["cert_file"]:
+            raise ConfigError(
+                "exactly one of cert_pem or cert_file must be configured when a client "
+                "key is configured"
+            )
+
+
 def _endpoint(ep: Mapping[str, Any], stability_level: str) -> EndpointConfig:
+    _check_http_client(ep)
     queue = ep["queue_config"] or _QUEUE_DEFAULTS
     if stability_level != "experimental" and any(
         queue[k] != v for k, v in _QUEUE_DEFAULTS.items()
     ):
         raise ConfigError(
-            "queue_config is experimental: run with --stability.level=experimental "
-            "to use non-default values"
+            "changing queue_config requires stability.level flag to be experimental"
         )
     if queue["min_shards"] != 1:
         raise ConfigError("queue_config: minilog supports only min_shards = 1")

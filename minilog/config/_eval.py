@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from minilog.config import ast
-from minilog.config.stdlib import Namespace, Secret, build_stdlib, type_name
+from minilog.config.stdlib import (
+    ArgError,
+    FuncError,
+    Namespace,
+    Secret,
+    alloy_type,
+    build_stdlib,
+    is_raw,
+    type_name,
+    values_equal,
+)
 from minilog.errors import ConfigError, Diagnostic
 
 __all__ = ["Reference", "Scope", "evaluate", "references", "toposort"]
@@ -237,9 +247,9 @@ def _binary(node: ast.BinaryExpr, scope: Scope) -> Any:
                 )
         return (left or right) if op == "||" else (left and right)
     if op == "==":
-        return _equal(left, right)
+        return values_equal(left, right)
     if op == "!=":
-        return not _equal(left, right)
+        return not values_equal(left, right)
     if op == "+" and isinstance(left, str) and isinstance(right, str):
         joined = str.__add__(left, right)
         return (
@@ -331,65 +341,49 @@ def _int_pow(node: ast.BinaryExpr, base: int, exp: int) -> int:
     return int(base**exp)
 
 
-def _equal(a: Any, b: Any) -> bool:
-    if _is_number(a) and _is_number(b):
-        return bool(a == b)
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, str) and isinstance(b, str):
-        return str.__eq__(a, b)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if a is None or b is None:
-        return a is b
-    kind = type_name(a)
-    if kind != type_name(b) or kind == "function":
-        # Alloy never considers two functions equal.
-        return False
-    return a is b or bool(a == b)
-
-
-def _callee_name(func: ast.Expr) -> str:
-    links = _chain(func)
-    return ".".join(_name(link) for link in links) if links is not None else "function"
-
-
 def _call(node: ast.CallExpr, scope: Scope) -> Any:
+    """Call a function as Alloy does; its errors are positioned as Alloy's are: an
+    argument's at that argument (or the element inside it), the function's own after
+    the function's name."""
     fn = _eval(node.func, scope)
-    name = _callee_name(node.func)
+    callee = ast.render(node.func)
+    where = ast.start_pos(node.func)
     if not callable(fn) or type_name(fn) != "function":
-        raise _error(node.pos, f"{name} is not a function (it is a {type_name(fn)})")
+        raise _error(where, f"{callee} should be function, got {alloy_type(fn)}")
     args = [_eval(a, scope) for a in node.args]
-    try:
-        inspect.signature(fn).bind(*args)
-    except TypeError:
-        raise _error(node.pos, f"{name}: {_arity(fn)}, got {len(args)}") from None
-    except ValueError:
-        pass  # builtins without an introspectable signature are called as they are
+    if not is_raw(fn):
+        problem = _arity_problem(fn, len(args))
+        if problem:
+            raise _error(where, f"{callee} {problem}")
     try:
         return fn(*args)
     except ConfigError:
         raise
+    except ArgError as exc:
+        target, suffix = ast.locate(node.args[exc.index], exc.path)
+        raise _error(
+            ast.start_pos(target), f"{ast.render(target)}{suffix} {exc.message}"
+        ) from None
+    except FuncError as exc:
+        text = exc.message if exc.bare else f"{callee} {exc.message}"
+        raise _error(where, text) from None
     except (ValueError, TypeError, ArithmeticError, LookupError) as exc:
-        raise _error(node.pos, f"{name}: {exc}") from None
+        raise _error(where, f"{callee} {exc}") from None
 
 
-def _arity(fn: Callable[..., Any]) -> str:
-    params = list(inspect.signature(fn).parameters.values())
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        least = sum(
-            1 for p in params if p.kind is not p.VAR_POSITIONAL and p.default is p.empty
-        )
-        return f"expected at least {least} arguments"
-    most = len(params)
-    least = sum(1 for p in params if p.default is p.empty)
-    return (
-        f"expected {most} arguments"
-        if least == most
-        else f"expected {least} to {most} arguments"
-    )
+def _arity_problem(fn: Callable[..., Any], count: int) -> str:
+    """Alloy's check of a Go function's argument count, worded as it words it."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except ValueError:
+        return ""  # builtins without an introspectable signature
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in params)
+    fixed = sum(1 for p in params if p.kind is not p.VAR_POSITIONAL)
+    if variadic and count < fixed:
+        return f"expected at least {fixed} args, got {count}"
+    if not variadic and count != fixed:
+        return f"expected {fixed} args, got {count}"
+    return ""
 
 
 def references(node: ast.Node) -> list[Reference]:

@@ -186,7 +186,8 @@ def tokenize(src: str, path: str = "<config>") -> tuple[list[Token], list[Diagno
             if not line_comment:
                 _advance_lines(sc, start, close)
             i = close
-            toks.append(Token(COMMENT, src[start:i], None, pos, i))
+            text = _comment_text(src[start:i], block=not line_comment)
+            toks.append(Token(COMMENT, text, None, pos, i))
         elif src.startswith(DOUBLE_OP_PREFIXES, i):
             op = src[i : i + 2]
             i += 2
@@ -211,6 +212,27 @@ def tokenize(src: str, path: str = "<config>") -> tuple[list[Token], list[Diagno
             if c not in BAD_CHARS:  # those were reported up front
                 sc.error(i, _illegal_message(c))
             i += 1
+
+
+def _comment_text(text: str, *, block: bool) -> str:
+    """A comment's text as Alloy's scanner gives it: carriage returns removed (the
+    formatter prints this text), except one between ``*`` and ``/`` in a block
+    comment, whose removal would end the comment early."""
+    if "\r" not in text:
+        return text
+    out: list[str] = []
+    n = len(text)
+    for j, ch in enumerate(text):
+        keep = (
+            block
+            and len(out) > 2
+            and out[-1] == "*"
+            and j + 1 < n
+            and text[j + 1] == "/"
+        )
+        if ch != "\r" or keep:
+            out.append(ch)
+    return "".join(out)
 
 
 def _illegal_message(c: str) -> str:

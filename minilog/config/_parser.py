@@ -99,8 +99,14 @@ def is_identifier(text: str) -> bool:
     return all(c.isalpha() or c.isdecimal() or c == "_" for c in text)
 
 
-def parse_file(src: str, path: str = "<config>") -> tuple[ast.File, list[Diagnostic]]:
-    """Parse a whole file: the (maybe partial) tree and every diagnostic, sorted."""
+def parse_file(
+    src: str, path: str = "<config>", *, components: bool = True
+) -> tuple[ast.File, list[Diagnostic]]:
+    """Parse a whole file: the (maybe partial) tree and every diagnostic, sorted.
+
+    ``components`` adds the checks of the top-level blocks as components
+    (``check_components``); ``alloy fmt`` parses without them.
+    """
     toks, lex_diags = tokenize(src, path)
     ctx = _Ctx([t for t in toks if t.kind != COMMENT], path)
     body, _ = _parse_body(ctx, 0, None, 0)
@@ -108,7 +114,8 @@ def parse_file(src: str, path: str = "<config>") -> tuple[ast.File, list[Diagnos
     lex_lines = {d.line for d in lex_diags}
     diags = lex_diags + [d for d in ctx.diags if d.line not in lex_lines]
     file = ast.File(path, tuple(body))
-    diags += check_components(file.body)
+    if components:
+        diags += check_components(file.body)
     diags.sort(key=lambda d: (d.line, d.column))
     return file, diags
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from minilog._go import go_quote
+
 __all__ = [
     "AccessExpr",
     "ArrayExpr",
@@ -30,6 +32,8 @@ __all__ = [
     "Stmt",
     "UnaryExpr",
     "dump",
+    "locate",
+    "render",
     "start_pos",
 ]
 
@@ -260,3 +264,65 @@ def dump(node: Node) -> Any:
     if isinstance(node, BinaryExpr):
         return {"binary": [node.op, dump(node.left), dump(node.right)]}
     return {"paren": dump(node.inner)}
+
+
+def render(node: Expr) -> str:
+    """An expression as one line of source, as Alloy prints the node an error is
+    about (``[0, 1, 2]``, ``key_value.object``, ``f(1, "a")``)."""
+    if isinstance(node, Literal):
+        return node.raw
+    if isinstance(node, Ident):
+        return node.name
+    if isinstance(node, ArrayExpr):
+        return "[" + ", ".join(render(e) for e in node.elements) + "]"
+    if isinstance(node, ObjectExpr):
+        fields = ", ".join(
+            f"{_quote_key(f.key) if f.quoted else f.key} = {render(f.value)}"
+            for f in node.fields
+        )
+        return "{" + fields + "}"
+    if isinstance(node, AccessExpr):
+        return f"{render(node.value)}.{node.name}"
+    if isinstance(node, IndexExpr):
+        return f"{render(node.value)}[{render(node.index)}]"
+    if isinstance(node, CallExpr):
+        return f"{render(node.func)}({', '.join(render(a) for a in node.args)})"
+    if isinstance(node, UnaryExpr):
+        return f"{node.op}{render(node.operand)}"
+    if isinstance(node, BinaryExpr):
+        return f"{render(node.left)} {node.op} {render(node.right)}"
+    return f"({render(node.inner)})"
+
+
+def _quote_key(key: str) -> str:
+    return go_quote(key)
+
+
+def locate(expr: Expr, path: tuple[int | str, ...]) -> tuple[Expr, str]:
+    """The node of ``expr`` that produced the value at ``path`` (array indices and
+    object keys) and the part of ``path`` below it, as Alloy finds the node an error
+    is about: through array and object literals as far as they go, then the rest of
+    the path written after the node's text (``discovery.x.targets[2]``)."""
+    node = expr
+    depth = 0
+    while depth < len(path):
+        inner = node
+        while isinstance(inner, ParenExpr):
+            inner = inner.inner
+        step = path[depth]
+        if isinstance(inner, ArrayExpr) and isinstance(step, int):
+            if not 0 <= step < len(inner.elements):
+                break
+            node = inner.elements[step]
+        elif isinstance(inner, ObjectExpr) and isinstance(step, str):
+            found = [f for f in inner.fields if f.key == step]
+            if not found:
+                break
+            node = found[-1].value  # a repeated key keeps its last value
+        else:
+            break
+        depth += 1
+    suffix = "".join(
+        f"[{step}]" if isinstance(step, int) else f".{step}" for step in path[depth:]
+    )
+    return node, suffix

@@ -356,7 +356,8 @@ class _Formatter:
                     else line.comment
                 )
             out.append(("\t" * line.indent + text).rstrip(" \t"))
-        return "\n".join(out) + "\n" if out else ""
+        # ``alloy fmt`` ends what the printer wrote with a newline, even nothing.
+        return "\n".join(out) + "\n"
 
 
 def _key_len(line: _Line, _k: int) -> int:
@@ -396,8 +397,12 @@ def _column_widths(
 
 
 def format_source(text: str, path: str = "<config>") -> str:
-    """Format a config as ``alloy fmt`` does; ``ConfigError`` if it does not parse."""
-    _, diags = parse_file(text, path)
+    """Format a config as ``alloy fmt`` does; ``ConfigError`` if it does not parse.
+
+    As ``alloy fmt``, this only parses and prints: a file with two unlabelled blocks
+    of one name, or a component without a label, is formatted all the same.
+    """
+    _, diags = parse_file(text, path, components=False)
     if diags:
         raise ConfigError(diags)
     toks, _ = tokenize(text, path)

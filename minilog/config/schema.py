@@ -13,15 +13,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from minilog._go import format_float, parse_duration
 from minilog._go import parse_base2_bytes as parse_bytes
+from minilog._go import parse_duration
 from minilog.config import ast
 from minilog.config._eval import Scope, evaluate
-from minilog.config.stdlib import Namespace, Secret, type_name
+from minilog.config.stdlib import (
+    Namespace,
+    Secret,
+    alloy_type,
+    number_text,
+    type_name,
+)
 from minilog.errors import ConfigError, Diagnostic, MinilogError
 
 __all__ = [
@@ -225,53 +232,89 @@ def args_from(cls: type[_T], values: Mapping[str, Any]) -> _T:
 
 
 class _Mismatch(MinilogError):
-    pass
+    """A value does not fit its type; ``path`` (array indices, object keys) says
+    where inside the attribute's value, ``message`` what Alloy says of it."""
+
+    def __init__(self, message: str, path: tuple[int | str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _to_number(value: Any, want: str) -> int | float:
+#: The Alloy type each minilog type is to a type error ("should be array").
+_ALLOY_NAMES: Final = {
+    "string": "string",
+    "number": "number",
+    "int": "number",
+    "uint": "number",
+    "bool": "bool",
+    "duration": "string",
+    "bytes": "string",
+    "secret": "capsule",
+    "capsule": "capsule",
+}
+_UINT_TEXT: Final = re.compile(r"[0-9]+")
+_INT_TEXT: Final = re.compile(r"-[0-9]+")
+_FLOAT_TEXT: Final = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def _should(typ: str, value: Any) -> _Mismatch:
+    if typ.startswith("list("):
+        expected = "array"
+    elif typ.startswith("map("):
+        expected = "object"
+    else:
+        expected = _ALLOY_NAMES.get(typ, typ)
+    return _Mismatch(f"should be {expected}, got {alloy_type(value)}")
+
+
+def _to_number(value: Any, typ: str) -> int | float:
     if _is_number(value):
         return value  # type: ignore[no-any-return]
     if isinstance(value, str) and not isinstance(value, Secret):
-        # Alloy converts numeric strings assigned to number attributes.
-        try:
-            return int(value)
-        except ValueError:
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch(f'expected {want}, got string "{value}"') from None
-    raise _Mismatch(f"expected {want}, got {type_name(value)}")
+        # Alloy converts a string assigned to a number: "-..." as an int, one with
+        # ".eE" as a float, anything else as an unsigned int (Go's strconv, no
+        # spaces, signs or underscores beyond that).
+        text = str.__str__(value)
+        if text.startswith("-") and _INT_TEXT.fullmatch(text):
+            return int(text)
+        if any(c in text for c in ".eE") and _FLOAT_TEXT.fullmatch(text):
+            return float(text)
+        if _UINT_TEXT.fullmatch(text):
+            return int(text)
+    raise _should(typ, value)
 
 
 def convert(value: Any, typ: str) -> Any:
-    """Convert an evaluated value to ``typ``; ``_Mismatch`` says what was wrong."""
+    """Convert an evaluated value to ``typ``; ``_Mismatch`` says what was wrong,
+    and where inside the value."""
     if value is None or typ == "any":
         return value
     if typ.startswith("list(") and typ.endswith(")"):
         inner = typ[5:-1]
         if not isinstance(value, list | tuple):
-            raise _Mismatch(f"expected {typ}, got {type_name(value)}")
+            raise _should(typ, value)
         out: list[Any] = []
         for i, item in enumerate(value):
             try:
                 out.append(convert(item, inner))
             except _Mismatch as exc:
-                raise _Mismatch(f"element {i}: {exc}") from None
+                raise _Mismatch(exc.message, (i, *exc.path)) from None
         return out
     if typ.startswith("map(") and typ.endswith(")"):
         inner = typ[4:-1]
         if not isinstance(value, Mapping) or isinstance(value, Namespace):
-            raise _Mismatch(f"expected {typ}, got {type_name(value)}")
+            raise _should(typ, value)
         result: dict[str, Any] = {}
         for key, item in value.items():
             try:
                 result[key] = convert(item, inner)
             except _Mismatch as exc:
-                raise _Mismatch(f'key "{key}": {exc}') from None
+                raise _Mismatch(exc.message, (key, *exc.path)) from None
         return result
     return _convert_scalar(value, typ)
 
@@ -279,34 +322,35 @@ def convert(value: Any, typ: str) -> Any:
 def _convert_scalar(value: Any, typ: str) -> Any:
     if typ == "string":
         if isinstance(value, Secret):
-            raise _Mismatch("expected string, got secret (use convert.nonsensitive)")
+            # Alloy's own words: a secret never turns back into a string.
+            raise _Mismatch("secrets may not be converted into strings")
         if isinstance(value, str):
             return value
         if _is_number(value):
-            return format_float(value) if isinstance(value, float) else str(value)
-        raise _Mismatch(f"expected string, got {type_name(value)}")
+            return number_text(value)
+        raise _should(typ, value)
     if typ == "secret":
         if isinstance(value, str):
             return Secret(value)
-        raise _Mismatch(f"expected secret, got {type_name(value)}")
+        raise _should(typ, value)
     if typ == "bool":
         if isinstance(value, bool):
             return value
-        raise _Mismatch(f"expected bool, got {type_name(value)}")
+        raise _should(typ, value)
     if typ == "number":
-        return _to_number(value, "number")
+        return _to_number(value, typ)
     if typ in ("int", "uint"):
         num = _to_number(value, typ)
         if isinstance(num, float):
             if not num.is_integer():
-                raise _Mismatch(f"expected {typ}, got fractional number {num}")
+                raise _Mismatch(f"should be an integer, got fractional number {num}")
             num = int(num)
         if typ == "uint" and num < 0:
-            raise _Mismatch(f"expected uint, got negative number {num}")
+            raise _Mismatch(f"should be an unsigned integer, got negative number {num}")
         return num
     if typ == "duration":
-        if not isinstance(value, str):
-            raise _Mismatch(f"expected duration string, got {type_name(value)}")
+        if isinstance(value, Secret) or not isinstance(value, str):
+            raise _should(typ, value)
         try:
             return parse_duration(value)
         except ValueError as exc:
@@ -314,17 +358,17 @@ def _convert_scalar(value: Any, typ: str) -> Any:
     if typ == "bytes":
         if _is_number(value):
             if value < 0 or value != int(value):
-                raise _Mismatch(f"expected a byte size, got {value}")
+                raise _Mismatch(f"should be a byte size, got {value}")
             return int(value)
-        if not isinstance(value, str):
-            raise _Mismatch(f"expected a byte size, got {type_name(value)}")
+        if isinstance(value, Secret) or not isinstance(value, str):
+            raise _should(typ, value)
         try:
             return parse_bytes(value)
         except ValueError as exc:
             raise _Mismatch(str(exc)) from None
     # capsule: any opaque Python object, but not a plain Alloy value.
     if type_name(value) != "capsule":
-        raise _Mismatch(f"expected capsule, got {type_name(value)}")
+        raise _should(typ, value)
     return value
 
 
@@ -490,4 +534,9 @@ def _decode_attr(
     try:
         result[name] = convert(value, spec.type)
     except _Mismatch as exc:
-        diags.append(_diag(ast.start_pos(stmt.value), f'attribute "{name}": {exc}'))
+        # As Alloy: at the offending element when the value spells it out (a list
+        # or object literal), else at the value, after its text and the path to it.
+        node, suffix = ast.locate(stmt.value, exc.path)
+        diags.append(
+            _diag(ast.start_pos(node), f"{ast.render(node)}{suffix} {exc.message}")
+        )

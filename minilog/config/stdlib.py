@@ -2,8 +2,13 @@
 
 Owns the functions and constants a config can call (``sys.env``, ``string.format``,
 ``encoding.from_json``, ...) under both their namespaced and their deprecated flat
-names. Functions raise ``ValueError``/``TypeError``; the evaluator turns those into
-positioned errors.
+names, with Alloy v1.18's semantics. Alloy calls a Go function by decoding each
+argument into the parameter's Go type, so a number passed where a string is wanted
+becomes its text (``string.join([0, 1], ",")`` is ``"0,1"``) and a secret never
+becomes a string; the helpers here do the same. Problems are raised as
+:class:`ArgError` (about one argument, which the evaluator points at) or
+:class:`FuncError` (the function's own error, shown after its name), as Alloy reports
+them.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import platform
 import posixpath
@@ -20,17 +26,24 @@ import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from importlib import metadata
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from minilog._go import format_float, go_quote
+from minilog._go import format_float, format_float_f, go_quote
 
 __all__ = [
+    "EXPERIMENTAL",
     "STDLIB_NAMES",
+    "ArgError",
+    "FuncError",
     "Namespace",
     "Secret",
+    "alloy_type",
     "build_stdlib",
     "go_format",
+    "is_raw",
+    "number_text",
     "type_name",
+    "values_equal",
 ]
 
 
@@ -57,6 +70,35 @@ class Namespace(dict[str, Any]):
         super().__init__(items or {})
         self.kind = kind
 
+
+class ArgError(TypeError):
+    """Argument ``index`` (at ``path`` inside it: array indices, object keys) is
+    wrong; ``message`` follows the argument's text, as in Alloy
+    (``[0, true][1] should be string, got bool``)."""
+
+    def __init__(
+        self, index: int, message: str, path: tuple[int | str, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.index = index
+        self.message = message
+        self.path = path
+
+
+class FuncError(ValueError):
+    """The function itself failed; Alloy shows the message after the function's name
+    (``encoding.to_json jsonEncode only supports map``). ``bare`` messages are shown
+    alone (Alloy's own argument-count checks of its raw functions)."""
+
+    def __init__(self, message: str, *, bare: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.bare = bare
+
+
+#: Stdlib functions Alloy marks experimental: a config that calls one needs
+#: ``--stability.level=experimental``.
+EXPERIMENTAL: Final = frozenset({"array.combine_maps", "array.group_by"})
 
 #: The top-level names the stdlib defines (``build_stdlib().keys()``), so callers
 #: can filter them out of ``references``.
@@ -90,9 +132,30 @@ STDLIB_NAMES: Final = frozenset(
     }
 )
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _raw(fn: _F) -> _F:
+    """Marks a function that checks its own argument count (Alloy's raw functions)."""
+    fn.alloy_raw = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_raw(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` checks its own argument count (else the evaluator does)."""
+    return bool(getattr(fn, "alloy_raw", False))
+
 
 def type_name(value: Any) -> str:
-    """Alloy's name for the type of a Python value."""
+    """minilog's name for the type of a Python value (``secret`` for a ``Secret``)."""
+    if isinstance(value, Secret):
+        return "secret"
+    return alloy_type(value)
+
+
+def alloy_type(value: Any) -> str:
+    """Alloy's name for the type of a value, as its type errors say it (a secret is
+    a capsule there)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -100,7 +163,7 @@ def type_name(value: Any) -> str:
     if isinstance(value, int | float):
         return "number"
     if isinstance(value, Secret):
-        return "secret"
+        return "capsule"
     if isinstance(value, str):
         return "string"
     if isinstance(value, list | tuple):
@@ -112,111 +175,303 @@ def type_name(value: Any) -> str:
     return "capsule"
 
 
-def _want(name: str, value: Any, *types: str) -> None:
-    kind = type_name(value)
-    if kind not in types:
-        if kind == "secret" and "string" in types:
-            # As in Alloy: a secret never turns back into a string implicitly.
-            raise TypeError(f"{name}: secrets may not be converted into strings")
-        raise TypeError(f"{name} must be {' or '.join(types)}, got {kind}")
+def number_text(value: int | float) -> str:
+    """A number as Alloy turns it into a string (Go's ``FormatFloat(f, 'f', -1)``)."""
+    if isinstance(value, float):
+        return format_float_f(value)
+    return str(value)
 
 
-def _env(name: str) -> str:
-    _want("name", name, "string")
-    return os.environ.get(name, "")
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _mismatch(expected: str, value: Any) -> str:
+    return f"should be {expected}, got {alloy_type(value)}"
+
+
+# Alloy decodes each argument into the Go parameter's type; these are those decodings.
+
+
+def _as_string(value: Any, index: int, path: tuple[int | str, ...] = ()) -> str:
+    if isinstance(value, Secret):
+        raise ArgError(index, "secrets may not be converted into strings", path)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if _is_number(value):
+        return number_text(value)
+    raise ArgError(index, _mismatch("string", value), path)
+
+
+def _as_strings(value: Any, index: int) -> list[str]:
+    if not isinstance(value, list | tuple):
+        raise ArgError(index, _mismatch("array", value))
+    return [_as_string(item, index, (i,)) for i, item in enumerate(value)]
+
+
+def _as_array(value: Any, index: int) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise ArgError(index, _mismatch("array", value))
+    return value
+
+
+def _as_bool(value: Any, index: int) -> bool:
+    if not isinstance(value, bool):
+        raise ArgError(index, _mismatch("bool", value))
+    return value
+
+
+def _env(name: Any) -> str:
+    return os.environ.get(_as_string(name, 0), "")
+
+
+@_raw
 def _concat(*lists: Any) -> list[Any]:
     out: list[Any] = []
     for i, item in enumerate(lists):
-        if not isinstance(item, list | tuple):
-            raise TypeError(f"argument {i + 1} must be array, got {type_name(item)}")
-        out.extend(item)
+        out.extend(_as_array(item, i))
     return out
 
 
+@_raw
 def _coalesce(*values: Any) -> Any:
     for value in values:
         if value is None or value is False:
             continue
         if isinstance(value, str | list | tuple | dict) and not value:
             continue
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and value == 0
-        ):
+        if _is_number(value) and value == 0:
             continue
         return value
     # Alloy returns the last argument when every one is a zero value.
     return values[-1] if values else None
 
 
-def _from_json(text: str) -> Any:
-    _want("argument", text, "string")
+# ---------------------------------------------------------------- JSON
+
+
+def _go_char(c: str) -> str:
+    """How Go's encoding/json quotes a character in its errors (``quoteChar``)."""
+    if c == "'":
+        return "'\\''"
+    if c == '"':
+        return "'\"'"
+    return "'" + go_quote(c)[1:-1] + "'"
+
+
+def _json_number(text: str) -> int | float:
+    # Go decodes every JSON number into a float64: integers beyond 2^53 lose
+    # precision exactly as there; smaller ones stay ints so they print as such.
+    value = int(text)
+    return value if abs(value) <= 2**53 else float(value)
+
+
+def _json_constant(name: str) -> Any:
+    raise ValueError(
+        f"invalid character {_go_char(name[0])} looking for beginning of value"
+    )
+
+
+def _from_json(text: Any) -> Any:
+    source = _as_string(text, 0)
     try:
-        return json.loads(text)
+        return json.loads(source, parse_int=_json_number, parse_constant=_json_constant)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc}") from exc
+        raise FuncError(_go_json_error(exc)) from None
+    except ValueError as exc:
+        raise FuncError(str(exc)) from None
 
 
-def _contains_secret(value: Any) -> bool:
+def _go_json_error(exc: json.JSONDecodeError) -> str:
+    """encoding/json's wording of the usual syntax errors."""
+    doc, pos = exc.doc, exc.pos
+    if pos >= len(doc) or exc.msg.startswith("Unterminated string"):
+        return "unexpected end of JSON input"
+    char = _go_char(doc[pos])
+    if exc.msg == "Extra data":
+        return f"invalid character {char} after top-level value"
+    if exc.msg.startswith("Expecting property name"):
+        return f"invalid character {char} looking for beginning of object key string"
+    if exc.msg == "Expecting ':' delimiter":
+        return f"invalid character {char} after object key"
+    if exc.msg == "Expecting ',' delimiter":
+        opener = _innermost_open(doc, pos)
+        where = "object key:value pair" if opener == "{" else "array element"
+        return f"invalid character {char} after {where}"
+    if exc.msg.startswith("Invalid control character"):
+        return f"invalid character {char} in string literal"
+    if exc.msg.startswith("Invalid \\escape"):
+        return f"invalid character {char} in string escape code"
+    return f"invalid character {char} looking for beginning of value"
+
+
+def _innermost_open(doc: str, pos: int) -> str:
+    stack: list[str] = []
+    in_string = escaped = False
+    for c in doc[:pos]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            stack.append(c)
+        elif c in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def _secret_path(value: Any) -> tuple[int | str, ...] | None:
+    """Where the first secret inside ``value`` is, or ``None``."""
     if isinstance(value, Secret):
-        return True
+        return ()
+    items: Any = ()
     if isinstance(value, list | tuple):
-        return any(_contains_secret(v) for v in value)
+        items = enumerate(value)
+    elif isinstance(value, Mapping):
+        items = value.items()
+    for key, item in items:
+        inner = _secret_path(item)
+        if inner is not None:
+            return (key, *inner)
+    return None
+
+
+_JSON_ESCAPES: Final = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_JSON_SPECIAL: Final = re.compile('["\\\\\x00-\x1f<>&\u2028\u2029\ud800-\udfff]')
+
+
+def _json_string(text: str) -> str:
+    def escape(m: re.Match[str]) -> str:
+        c = m.group(0)
+        if c in _JSON_ESCAPES:
+            return _JSON_ESCAPES[c]
+        if "\ud800" <= c <= "\udfff":
+            return "\\ufffd"  # Go writes invalid UTF-8 as an escaped U+FFFD
+        return f"\\u{ord(c):04x}"
+
+    return '"' + _JSON_SPECIAL.sub(escape, text) + '"'
+
+
+def _json_float(value: float) -> str:
+    """Go's encoding/json float64 text: shortest, exponent only past 1e21 or below
+    1e-6, written ``1e-07`` -> ``1e-7``."""
+    if math.isnan(value) or math.isinf(value):
+        raise FuncError(f"json: unsupported value: {format_float(value)}")
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        text = repr(value)
+        mantissa, _, exponent = text.partition("e")
+        if not exponent:
+            mantissa, exponent = f"{value:e}".split("e")
+        sign = exponent[0] if exponent[0] in "+-" else "+"
+        digits = exponent.lstrip("+-").lstrip("0")
+        # strconv writes at least two exponent digits; encoding/json then turns
+        # "e-07" into "e-7" (negative exponents only).
+        digits = digits if sign == "-" else digits.rjust(2, "0")
+        return f"{mantissa.removesuffix('.0')}e{sign}{digits}"
+    return format_float_f(value)
+
+
+def _json_encode(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _json_float(value)
+    if isinstance(value, str):
+        return _json_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_json_encode(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return any(_contains_secret(v) for v in value.values())
-    return False
+        # Go's encoding/json writes map keys sorted.
+        return (
+            "{"
+            + ",".join(
+                f"{_json_string(str(k))}:{_json_encode(value[k])}"
+                for k in sorted(value)
+            )
+            + "}"
+        )
+    raise FuncError(f"json: unsupported type: {alloy_type(value)}")
 
 
 def _to_json(value: Any) -> str:
-    if _contains_secret(value):
-        raise TypeError("secrets may not be converted into strings")
-
-    def default(obj: Any) -> Any:
-        raise TypeError(f"cannot encode {type_name(obj)} as JSON")
-
-    # Go's encoding/json sorts object keys and escapes <, > and & like this.
-    text = json.dumps(
-        value,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=default,
-    )
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    if not isinstance(value, Mapping) or isinstance(value, Namespace):
+        raise FuncError("jsonEncode only supports map")
+    where = _secret_path(value)
+    if where is not None:
+        # Unlike Alloy, which would write the secret's text into the result.
+        raise ArgError(0, "secrets may not be converted into strings", where)
+    return _json_encode(value)
 
 
-def _from_yaml(text: str) -> Any:
-    _want("argument", text, "string")
+def _from_yaml(text: Any) -> Any:
+    # Imported on first use: PyYAML costs an agent that never decodes YAML ~15 ms.
+    from minilog.config._yaml import YAMLDecodeError, decode_yaml
+
     try:
-        import yaml  # type: ignore[import-untyped,unused-ignore]  # optional dependency
-    except ImportError as exc:
-        raise ValueError(
-            "encoding.from_yaml needs PyYAML, which is not installed"
-        ) from exc
+        return decode_yaml(_as_string(text, 0))
+    except YAMLDecodeError as exc:
+        raise FuncError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- base64, URLs
+
+_B64: Final = re.compile(r"[A-Za-z0-9+/]*")
+_B64_URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _b64decode(text: Any, *, url: bool) -> str:
+    source = _as_string(text, 0)
+    # Go's decoder skips newlines; anything else outside the alphabet is an error
+    # at its byte offset, and so is a missing or misplaced "=".
+    stripped = source.replace("\r", "").replace("\n", "")
+    body = stripped.rstrip("=")
+    alphabet = _B64_URL if url else _B64
+    bad = alphabet.match(body)
+    assert bad is not None
+    if bad.end() < len(body) or len(stripped) % 4 or len(stripped) - len(body) > 2:
+        offset = len(source.encode()[: _byte_offset(source, bad.end(), body)])
+        raise FuncError(f"illegal base64 data at input byte {offset}")
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"invalid YAML: {exc}") from exc
+        raw = base64.b64decode(stripped, altchars=b"-_" if url else None, validate=True)
+    except (binascii.Error, ValueError):
+        raise FuncError(
+            f"illegal base64 data at input byte {len(source.encode())}"
+        ) from None
+    return raw.decode("utf-8", errors="replace")
 
 
-def _b64decode(text: str, *, url: bool) -> str:
-    _want("argument", text, "string")
-    try:
-        if url and ("+" in text or "/" in text):
-            raise ValueError("illegal base64 data: '+' or '/' in URL encoding")
-        # validate=True: like Go, reject characters outside the alphabet.
-        raw = base64.b64decode(text, altchars=b"-_" if url else None, validate=True)
-        return raw.decode("utf-8", errors="replace")
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"illegal base64 data: {exc}") from exc
+def _byte_offset(source: str, end: int, body: str) -> int:
+    # Where Go stops: the first bad character, or the end of the last whole quantum.
+    if end < len(body):
+        return source.find(body[end]) if body[end] in source else end
+    return len(body) - len(body) % 4
 
 
-def _b64encode(text: str, *, url: bool) -> str:
-    _want("argument", text, "string")
-    raw = text.encode()
+def _b64encode(text: Any, *, url: bool) -> str:
+    raw = _as_string(text, 0).encode()
     return (base64.urlsafe_b64encode(raw) if url else base64.b64encode(raw)).decode(
         "ascii"
     )
@@ -225,77 +480,91 @@ def _b64encode(text: str, *, url: bool) -> str:
 _BAD_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
-def _url_encode(text: str) -> str:
-    _want("argument", text, "string")
+def _url_encode(text: Any) -> str:
     # Go's url.QueryEscape: space becomes '+'; only A-Z a-z 0-9 - _ . ~ stay as is.
-    return urllib.parse.quote_plus(text, safe="")
+    return urllib.parse.quote_plus(_as_string(text, 0), safe="")
 
 
-def _url_decode(text: str) -> str:
-    _want("argument", text, "string")
-    bad = _BAD_PERCENT.search(text)
+def _url_decode(text: Any) -> str:
+    source = _as_string(text, 0)
+    bad = _BAD_PERCENT.search(source)
     if bad is not None:
-        raise ValueError(f'invalid URL escape "{text[bad.start() : bad.start() + 3]}"')
-    return urllib.parse.unquote_plus(text, errors="strict")
+        start = bad.start()
+        raise FuncError(f'invalid URL escape "{source[start : start + 3]}"')
+    return urllib.parse.unquote_plus(source, errors="replace")
 
 
-def _join(items: Any, sep: str) -> str:
-    _want("first argument", items, "array")
-    _want("separator", sep, "string")
-    for item in items:
-        _want("array element", item, "string")
-    return str(sep).join(items)
+# ---------------------------------------------------------------- strings
 
 
-def _replace(text: str, old: str, new: str) -> str:
-    for v in (text, old, new):
-        _want("argument", v, "string")
-    return text.replace(old, new)
+def _join(items: Any, sep: Any) -> str:
+    parts = _as_strings(items, 0)
+    return _as_string(sep, 1).join(parts)
 
 
-def _split(text: str, sep: str) -> list[str]:
-    _want("argument", text, "string")
-    _want("separator", sep, "string")
+def _replace(text: Any, old: Any, new: Any) -> str:
+    return _as_string(text, 0).replace(_as_string(old, 1), _as_string(new, 2))
+
+
+def _split(text: Any, sep: Any) -> list[str]:
+    source, separator = _as_string(text, 0), _as_string(sep, 1)
     # Go's strings.Split with an empty separator splits into characters.
-    return list(text) if sep == "" else text.split(sep)
+    return list(source) if separator == "" else source.split(separator)
 
 
-def _str_fn(fn: Callable[[str], str]) -> Callable[[str], str]:
-    def wrapped(text: str) -> str:
-        _want("argument", text, "string")
-        return fn(text)
+def _simple_case(text: str, upper: bool) -> str:
+    # Go maps each character on its own (no "ß" -> "SS"): a mapping that would
+    # change the length keeps the character.
+    out = []
+    for c in text:
+        mapped = c.upper() if upper else c.lower()
+        out.append(mapped if len(mapped) == 1 else c)
+    return "".join(out)
 
-    return wrapped
+
+def _to_lower(text: Any) -> str:
+    return _simple_case(_as_string(text, 0), upper=False)
 
 
-def _trim(text: str, cutset: str) -> str:
-    _want("argument", text, "string")
-    _want("cutset", cutset, "string")
+def _to_upper(text: Any) -> str:
+    return _simple_case(_as_string(text, 0), upper=True)
+
+
+#: Go's unicode.IsSpace (Python's isspace also counts U+001C..U+001F).
+_GO_SPACE: Final = (
+    "\t\n\v\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def _trim_space(text: Any) -> str:
+    return _as_string(text, 0).strip(_GO_SPACE)
+
+
+def _trim(text: Any, cutset: Any) -> str:
+    source, chars = _as_string(text, 0), _as_string(cutset, 1)
     # str.strip("") strips whitespace; Go's Trim with an empty cutset strips nothing.
-    return text.strip(cutset) if cutset else text
+    return source.strip(chars) if chars else source
 
 
-def _trim_prefix(text: str, prefix: str) -> str:
-    _want("argument", text, "string")
-    _want("prefix", prefix, "string")
-    return text.removeprefix(prefix)
+def _trim_prefix(text: Any, prefix: Any) -> str:
+    return _as_string(text, 0).removeprefix(_as_string(prefix, 1))
 
 
-def _trim_suffix(text: str, suffix: str) -> str:
-    _want("argument", text, "string")
-    _want("suffix", suffix, "string")
-    return text.removesuffix(suffix)
+def _trim_suffix(text: Any, suffix: Any) -> str:
+    return _as_string(text, 0).removesuffix(_as_string(suffix, 1))
 
 
-def _nonsensitive(value: str) -> str:
-    _want("argument", value, "secret", "string")
-    return str.__str__(value)
+def _nonsensitive(value: Any) -> str:
+    if isinstance(value, str):
+        return str.__str__(value)
+    raise ArgError(0, _mismatch("capsule", value))
 
 
-def _path_join(*parts: str) -> str:
-    for part in parts:
-        _want("argument", part, "string")
-    joined = "/".join(p for p in parts if p)
+@_raw
+def _path_join(*parts: Any) -> str:
+    texts = [_as_string(part, i) for i, part in enumerate(parts)]
+    joined = "/".join(p for p in texts if p)
     if not joined:
         return ""
     # Go's filepath.Clean: unlike normpath it folds a leading "//" to "/".
@@ -303,15 +572,18 @@ def _path_join(*parts: str) -> str:
     return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
 
 
-_VERB: Final = re.compile(r"%([-+# 0]*)(\d*)(?:\.(\d*))?(.|$)", re.DOTALL)
+# Flags, an optional [n] argument index, width, precision, another [n], the verb.
+_VERB: Final = re.compile(
+    r"%([-+# 0]*)(?:\[(\d+)\])?(\d*)(?:\.(\d*))?(?:\[(\d+)\])?(.|$)", re.DOTALL
+)
 
 
 def _go_type(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        # Alloy hands numbers to fmt.Sprintf as int64 (uint64 beyond its range).
-        return "int64" if value <= 2**63 - 1 else "uint64"
+        # Alloy hands numbers to fmt.Sprintf as int (uint64 beyond its range).
+        return "int" if value <= 2**63 - 1 else "uint64"
     if isinstance(value, float):
         return "float64"
     if isinstance(value, str):
@@ -358,6 +630,15 @@ def _pad(text: str, flags: str, width: str, *, numeric: bool) -> str:
     return text.rjust(w)
 
 
+def _format_int(value: int, verb: str, flags: str) -> str:
+    spec = {"d": "d", "b": "b", "o": "o", "O": "o", "x": "x", "X": "X"}[verb]
+    digits = format(abs(value), spec)
+    if verb == "O" or ("#" in flags and verb != "d"):
+        digits = {"b": "0b", "o": "0", "O": "0o", "x": "0x", "X": "0X"}[verb] + digits
+    sign = "-" if value < 0 else "+" if "+" in flags else " " if " " in flags else ""
+    return sign + digits
+
+
 def _format_one(verb: str, flags: str, width: str, prec: str | None, value: Any) -> str:
     numeric = False
     if verb == "v":
@@ -372,11 +653,17 @@ def _format_one(verb: str, flags: str, width: str, prec: str | None, value: Any)
         if not isinstance(value, str):
             return _bad_verb(verb, value)
         text = go_quote(value)
-    elif verb == "d":
-        if isinstance(value, bool) or not isinstance(value, int):
+    elif verb in "dboxXOc":
+        if isinstance(value, str) and verb in "xX":
+            text = value.encode().hex()
+            text = text.upper() if verb == "X" else text
+        elif isinstance(value, bool) or not isinstance(value, int):
             return _bad_verb(verb, value)
-        text = f"{value:+d}" if "+" in flags else str(value)
-        numeric = True
+        elif verb == "c":
+            text = chr(value) if 0 <= value <= 0x10FFFF else "\ufffd"
+        else:
+            text = _format_int(value, verb, flags)
+            numeric = True
     elif verb in "feEgG":
         if isinstance(value, bool) or not isinstance(value, float):
             return _bad_verb(verb, value)
@@ -396,14 +683,14 @@ def _format_one(verb: str, flags: str, width: str, prec: str | None, value: Any)
     return _pad(text, flags, width, numeric=numeric)
 
 
-def go_format(fmt: str, *args: Any) -> str:
-    """Go's ``fmt.Sprintf`` for the verbs configs use: %s %d %v %q %f %e %g %t %%.
+def go_format(fmt: Any, *args: Any) -> str:
+    """Go's ``fmt.Sprintf`` for the verbs Alloy documents (%% %t %b %d %o %x %X %e
+    %E %f %g %G %s %q, plus %v and %c) and ``[n]`` argument indexes.
 
     Secrets format as their text, as in Alloy, but then the result is a ``Secret`` too,
     so formatting cannot leak one.
     """
-    _want("format", fmt, "string")
-    text = _sprintf(fmt, args)
+    text = _sprintf(_as_string(fmt, 0), args)
     return Secret(text) if any(isinstance(a, Secret) for a in args) else text
 
 
@@ -411,23 +698,32 @@ def _sprintf(fmt: str, args: tuple[Any, ...]) -> str:
     out: list[str] = []
     pos = 0
     argi = 0
+    reordered = False
     for m in _VERB.finditer(fmt):
         out.append(fmt[pos : m.start()])
         pos = m.end()
-        flags, width, prec, verb = m.group(1), m.group(2), m.group(3), m.group(4)
+        flags, index1, width, prec, index2, verb = m.groups()
         if verb == "%":
             out.append("%")
             continue
         if verb == "":
             out.append("%!(NOVERB)")
             continue
+        index = index2 or index1
+        if index is not None:
+            reordered = True
+            n = int(index)
+            if not 1 <= n <= len(args):
+                out.append(f"%!{verb}(BADINDEX)")
+                continue
+            argi = n - 1
         if argi >= len(args):
             out.append(f"%!{verb}(MISSING)")
             continue
         out.append(_format_one(verb, flags, width, prec, args[argi]))
         argi += 1
     out.append(fmt[pos:])
-    if argi < len(args):
+    if not reordered and argi < len(args):
         extra = ", ".join(f"{_go_type(a)}={_go_value(a)}" for a in args[argi:])
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
@@ -448,8 +744,8 @@ def _json_path(document: str, path: str) -> list[Any]:
     ``*``, ``..`` (recursive descent), unions ``[0,2]`` and simple filters
     ``[?(@.a.b == "x")]`` / ``[?(@.a)]``.
     """
-    _want("first argument", document, "string")
-    _want("path", path, "string")
+    document = _as_string(document, 0)
+    path = _as_string(path, 1)
     nodes = [_from_json(document)]
     i = 1 if path.startswith(("$", "@")) else 0
     while i < len(path):
@@ -585,28 +881,102 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _combine_maps(left: Any, right: Any, conditions: Any) -> list[dict[str, Any]]:
-    """``array.combine_maps``: join two arrays of objects on equal values of keys."""
-    for name, arr in (("first", left), ("second", right)):
-        _want(f"{name} argument", arr, "array")
-        for item in arr:
-            _want(f"{name} argument element", item, "object")
-    _want("third argument", conditions, "array")
+def _as_objects(value: Any, index: int) -> list[Mapping[str, Any]]:
+    items = _as_array(value, index)
+    for item in items:
+        if not isinstance(item, Mapping):
+            # Alloy's ArgError here names the element but the argument's index.
+            raise ArgError(index, _mismatch("object", item), ())
+    return list(items)
+
+
+@_raw
+def _combine_maps(*args: Any) -> list[dict[str, Any]]:
+    """``array.combine_maps(left, right, keys[, passthrough])``: each pair of a left
+    and a right object whose ``keys`` all hold equal values, merged (right wins).
+
+    With ``passthrough``, Alloy appends the left object once for every right object
+    it does not match (so once per non-matching right object, and never when
+    ``right`` is empty): that is its behaviour, kept as is.
+    """
+    if len(args) not in (3, 4):
+        raise FuncError(
+            f"combine_maps: expected 3 or 4 arguments, got {len(args)}", bare=True
+        )
+    left = _as_objects(args[0], 0)
+    right = _as_objects(args[1], 1)
+    conditions = _as_array(args[2], 2)
     if not conditions:
-        raise ValueError("merge conditions must not be empty")
-    return [
-        {**a, **b}
-        for a in left
-        for b in right
-        if all(k in a and k in b and a[k] == b[k] for k in conditions)
-    ]
+        raise ArgError(2, "combine_maps: merge conditions must not be empty")
+    keys = [_as_string(c, 2, (i,)) for i, c in enumerate(conditions)]
+    passthrough = _as_bool(args[3], 3) if len(args) == 4 else False
+    out: list[dict[str, Any]] = []
+    for a in left:
+        for b in right:
+            if all(k in a and k in b and values_equal(a[k], b[k]) for k in keys):
+                out.append({**a, **b})
+            elif passthrough:
+                out.append(dict(a))
+    return out
+
+
+@_raw
+def _group_by(*args: Any) -> list[dict[str, Any]]:
+    """``array.group_by(objects, key, drop_missing)``: one ``{key = value, items =
+    [...]}`` per distinct string value of ``key``, in order of first appearance
+    (Alloy's order is Go's map order, which is random). Objects without the key go to
+    the ``""`` group, or are dropped with ``drop_missing``."""
+    if len(args) != 3:
+        raise FuncError(f"group_by: expected 3 arguments, got {len(args)}", bare=True)
+    items = _as_array(args[0], 0)
+    if not isinstance(args[1], str) or isinstance(args[1], Secret):
+        raise ArgError(1, _mismatch("string", args[1]))
+    key = str.__str__(args[1])
+    drop_missing = _as_bool(args[2], 2)
+    groups: dict[str, list[Any]] = {}
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ArgError(0, _mismatch("object", item))
+        if key not in item:
+            if not drop_missing:
+                groups.setdefault("", []).append(item)
+            continue
+        value = item[key]
+        if not isinstance(value, str) or isinstance(value, Secret):
+            raise ArgError(0, _mismatch("string", value))
+        groups.setdefault(str.__str__(value), []).append(item)
+    return [{key: value, "items": members} for value, members in groups.items()]
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Alloy's value equality (``==``): numbers by value, no bool/number mixing,
+    arrays and objects deeply, functions never equal."""
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, str) and isinstance(b, str):
+        return str.__eq__(a, b)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(
+            values_equal(x, y) for x, y in zip(a, b, strict=True)
+        )
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
+    if a is None or b is None:
+        return a is b
+    kind = alloy_type(a)
+    if kind != alloy_type(b) or kind == "function":
+        # Alloy never considers two functions equal.
+        return False
+    return a is b or bool(a == b)
 
 
 def _version() -> str:
     try:
         return "v" + metadata.version("minilog")
     except metadata.PackageNotFoundError:
-        return "devel"
+        return "v0.0.0"  # Alloy's text for a build without a version
 
 
 _GOARCH: Final = {
@@ -619,37 +989,37 @@ _GOARCH: Final = {
 }
 
 
+def _from_base64(text: Any) -> str:
+    return _b64decode(text, url=False)
+
+
+def _from_url_base64(text: Any) -> str:
+    return _b64decode(text, url=True)
+
+
+def _to_base64(text: Any) -> str:
+    return _b64encode(text, url=False)
+
+
+def _to_url_base64(text: Any) -> str:
+    return _b64encode(text, url=True)
+
+
 def build_stdlib() -> Namespace:
     """A fresh root namespace with every stdlib name, old spellings included."""
-    to_lower = _str_fn(str.lower)
-    to_upper = _str_fn(str.upper)
-    trim_space = _str_fn(str.strip)
     machine = platform.machine().lower()
     string_ns = {
         "format": go_format,
         "join": _join,
         "replace": _replace,
         "split": _split,
-        "to_lower": to_lower,
-        "to_upper": to_upper,
+        "to_lower": _to_lower,
+        "to_upper": _to_upper,
         "trim": _trim,
         "trim_prefix": _trim_prefix,
         "trim_suffix": _trim_suffix,
-        "trim_space": trim_space,
+        "trim_space": _trim_space,
     }
-
-    def from_base64(text: str) -> str:
-        return _b64decode(text, url=False)
-
-    def from_url_base64(text: str) -> str:
-        return _b64decode(text, url=True)
-
-    def to_base64(text: str) -> str:
-        return _b64encode(text, url=False)
-
-    def to_url_base64(text: str) -> str:
-        return _b64encode(text, url=True)
-
     root: dict[str, Any] = {
         "sys": Namespace("stdlib", {"env": _env}),
         "constants": Namespace(
@@ -662,7 +1032,12 @@ def build_stdlib() -> Namespace:
             },
         ),
         "array": Namespace(
-            "stdlib", {"concat": _concat, "combine_maps": _combine_maps}
+            "stdlib",
+            {
+                "concat": _concat,
+                "combine_maps": _combine_maps,
+                "group_by": _group_by,
+            },
         ),
         "convert": Namespace("stdlib", {"nonsensitive": _nonsensitive}),
         "encoding": Namespace(
@@ -671,10 +1046,10 @@ def build_stdlib() -> Namespace:
                 "from_json": _from_json,
                 "to_json": _to_json,
                 "from_yaml": _from_yaml,
-                "from_base64": from_base64,
-                "from_URLbase64": from_url_base64,
-                "to_base64": to_base64,
-                "to_URLbase64": to_url_base64,
+                "from_base64": _from_base64,
+                "from_URLbase64": _from_url_base64,
+                "to_base64": _to_base64,
+                "to_URLbase64": _to_url_base64,
                 "url_encode": _url_encode,
                 "url_decode": _url_decode,
             },
@@ -688,20 +1063,8 @@ def build_stdlib() -> Namespace:
         "concat": _concat,
         "json_decode": _from_json,
         "yaml_decode": _from_yaml,
-        "base64_decode": from_base64,
+        "base64_decode": _from_base64,
         "nonsensitive": _nonsensitive,
-        "trim_space": trim_space,
+        **string_ns,
     }
-    for name in (
-        "format",
-        "join",
-        "replace",
-        "split",
-        "to_lower",
-        "to_upper",
-        "trim",
-        "trim_prefix",
-        "trim_suffix",
-    ):
-        root[name] = string_ns[name]
     return Namespace("stdlib", root)

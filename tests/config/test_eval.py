@@ -183,15 +183,18 @@ def test_capsules_pass_through_untouched() -> None:
 def test_calls_and_their_errors() -> None:
     scope = Scope({"twice": lambda v: v * 2})
     assert ev("twice(21)", scope) == 42
-    assert err("twice(1, 2)", scope) == "1:10: twice: expected 1 arguments, got 2"
-    assert err("string.join(1)") == "1:16: string.join: expected 2 arguments, got 1"
-    assert err('string.join(1, ",")') == (
-        "1:16: string.join: first argument must be array, got number"
+    # Alloy's wording and places: a call's own errors after the function's text, at
+    # its start; an argument's at the argument (the element inside it, if literal).
+    assert err("twice(1, 2)", scope) == "1:5: twice expected 1 args, got 2"
+    assert err("string.join(1)") == "1:5: string.join expected 2 args, got 1"
+    assert err('string.join(1, ",")') == "1:17: 1 should be array, got number"
+    assert err('string.join(["a", true], ",")') == (
+        "1:23: true should be string, got bool"
     )
-    assert err('encoding.from_json("{")').startswith(
-        "1:23: encoding.from_json: invalid JSON"
+    assert err('encoding.from_json("{")') == (
+        "1:5: encoding.from_json unexpected end of JSON input"
     )
-    assert err('"s"(1)') == "1:8: function is not a function (it is a string)"
+    assert err('"s"(1)') == '1:5: "s" should be function, got string'
 
 
 def test_stdlib_strings() -> None:
@@ -216,8 +219,9 @@ def test_stdlib_format_follows_go_verbs() -> None:
     assert ev('format("%5d|%-3s|%.2f", 7, "a", 3.14159)') == "    7|a  |3.14"
     assert go_format("%d") == "%!d(MISSING)"
     assert go_format("%d", "x") == "%!d(string=x)"
-    assert go_format("%s", 5) == "%!s(int64=5)"
-    assert go_format("x", 1) == "x%!(EXTRA int64=1)"
+    # Alloy hands a number to Sprintf as a Go int.
+    assert go_format("%s", 5) == "%!s(int=5)"
+    assert go_format("x", 1) == "x%!(EXTRA int=1)"
     assert go_format("%v %v %v", [1, "a"], {"b": 2, "a": None}, 1e6) == (
         "[1 a] map[a:<nil> b:2] 1e+06"
     )
@@ -240,10 +244,10 @@ def test_stdlib_encoding() -> None:
     assert ev('encoding.url_encode("a b&c/d~")') == "a+b%26c%2Fd~"
     assert ev('encoding.url_decode("a+b%26c")') == "a b&c"
     assert err('encoding.url_decode("%zz")') == (
-        '1:24: encoding.url_decode: invalid URL escape "%zz"'
+        '1:5: encoding.url_decode invalid URL escape "%zz"'
     )
-    assert err('encoding.from_base64("***")').startswith(
-        "1:25: encoding.from_base64: illegal"
+    assert err('encoding.from_base64("***")') == (
+        "1:5: encoding.from_base64 illegal base64 data at input byte 0"
     )
 
 
@@ -305,10 +309,13 @@ def test_secrets_stay_hidden_and_unwrap_with_nonsensitive() -> None:
     formatted = ev('string.format("Bearer %s", token)', scope)
     assert formatted == "Bearer hunter2" and isinstance(formatted, Secret)
     assert err('string.join([token], ",")', scope) == (
-        "1:16: string.join: array element: secrets may not be converted into strings"
+        "1:18: token secrets may not be converted into strings"
     )
     assert "secrets may not be converted" in err("string.to_upper(token)", scope)
-    assert "secrets may not be converted" in err("encoding.to_json([token])", scope)
+    # Alloy would write the secret's text; minilog refuses, at the secret.
+    assert err("encoding.to_json({a = [token]})", scope) == (
+        "1:28: token secrets may not be converted into strings"
+    )
 
 
 def test_stdlib_names_constant_matches_the_stdlib() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -140,7 +141,8 @@ def test_blank_lines_collapse_to_one_and_leading_trailing_ones_go() -> None:
 
 
 def test_empty_input_formats_to_empty() -> None:
-    assert format_source("") == ""
+    # alloy fmt adds a newline to what the printer wrote, even to nothing.
+    assert format_source("") == "\n"
     assert format_source("// only\n") == "// only\n"
 
 
@@ -258,3 +260,78 @@ def test_mutated_configs_never_crash_and_format_to_valid_configs(seed: int) -> N
         if not diags:
             once = format_source(src)
             assert dump(parse(once)) == dump(file), src
+
+
+# ---------------------------------------------------------------- alloy fmt parity
+
+
+def test_fmt_only_parses_no_component_checks() -> None:
+    # alloy fmt formats what `alloy run` would refuse: two unlabelled blocks of one
+    # name, a dotted (component) block without a label, a duplicate component.
+    src = (
+        'logging {}\nlogging {}\nloki.write {\n}\nloki.echo "a" {}\nloki.echo "a" {}\n'
+    )
+    assert format_source(src) == (
+        "logging { }\n\nlogging { }\n\nloki.write { }\n\n"
+        'loki.echo "a" { }\n\nloki.echo "a" { }\n'
+    )
+    with pytest.raises(ConfigError):
+        parse(src)  # the same file is still refused as a config
+
+
+def test_fmt_removes_carriage_returns_from_comments() -> None:
+    # Alloy's scanner drops every \r from a comment's text (a \r between '*' and
+    # '/' of a block comment stays, or the comment would end there).
+    src = "// a\r b\r\nx = 1 /* c\r\n d *\r/ e */\r\n"
+    assert format_source(src) == "// a b\nx = 1 /* c\n d *\r/ e */\n"
+
+
+def test_fmt_keeps_carriage_returns_in_raw_strings() -> None:
+    # The printer writes a literal as written; only its value loses the \r.
+    src = "x = `a\r\nb`\r\n"
+    assert format_source(src) == "x = `a\r\nb`\n"
+    (stmt,) = parse(src).body
+    assert dump(stmt)["value"] == {"string": "a\nb"}
+
+
+def test_fmt_cli_reads_bytes_stdin_and_tests(
+    tmp_path: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import io
+    import sys
+
+    from minilog.cli import main
+
+    path = tmp_path / "c.alloy"  # type: ignore[operator]
+    path.write_bytes(b'// a\rb\r\nlogging {\r\n  level = "info"\r\n}\r\nlogging {}\r\n')
+    assert main(["fmt", "-t", str(path)]) == 1
+    assert "is not formatted correctly" in capsys.readouterr().err
+    assert main(["fmt", str(path)]) == 0
+    formatted = capsys.readouterr().out
+    assert formatted == '// ab\nlogging {\n\tlevel = "info"\n}\n\nlogging { }\n'
+    assert main(["fmt", "-w", str(path)]) == 0
+    assert path.read_bytes() == formatted.encode()
+    assert main(["fmt", "--test", str(path)]) == 0
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"x=1\n")))
+    assert main(["format", "-"]) == 0
+    assert capsys.readouterr().out == "x = 1\n"
+    assert main(["fmt", "-w", "-t", str(path)]) == 1
+    assert main(["fmt", str(tmp_path)]) == 1
+    assert "cannot format a directory" in capsys.readouterr().err
+
+
+FMT_CASES = sorted((Path(__file__).parent / "data" / "fmt").glob("*.in.alloy"))
+
+
+@pytest.mark.parametrize("path", FMT_CASES, ids=lambda p: p.name.split(".")[0])
+def test_fmt_corpus(path: Path) -> None:
+    """Each ``X.in.alloy`` formats to ``X.out.alloy``, which is its own format."""
+    src = path.read_bytes().decode()
+    want = path.with_name(path.name.replace(".in.", ".out.")).read_bytes().decode()
+    assert format_source(src) == want
+    assert format_source(want) == want
+    assert dump(parse_file(want, components=False)[0]) == dump(
+        parse_file(src, components=False)[0]
+    )

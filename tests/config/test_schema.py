@@ -145,39 +145,47 @@ def test_type_conversions(typ: str, value: str, expected: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("typ", "value", "message"),
+    ("typ", "value", "where", "message"),
     [
-        ("string", "true", 'attribute "v": expected string, got bool'),
+        # Alloy's wording: the value's text, then what it should be.
+        ("string", "true", "2:6", "true should be string, got bool"),
+        ("string", "s", "2:6", "s secrets may not be converted into strings"),
+        ("number", '"abc"', "2:6", '"abc" should be number, got string'),
+        ("number", '" 1"', "2:6", '" 1" should be number, got string'),
+        ("int", "1.5", "2:6", "1.5 should be an integer, got fractional number 1.5"),
         (
-            "string",
-            "s",
-            'attribute "v": expected string, got secret (use convert.nonsensitive)',
+            "uint",
+            "-1",
+            "2:6",
+            "-1 should be an unsigned integer, got negative number -1",
         ),
-        ("number", '"abc"', 'attribute "v": expected number, got string "abc"'),
-        ("int", "1.5", 'attribute "v": expected int, got fractional number 1.5'),
-        ("uint", "-1", 'attribute "v": expected uint, got negative number -1'),
-        ("bool", '"true"', 'attribute "v": expected bool, got string'),
-        ("duration", "5", 'attribute "v": expected duration string, got number'),
-        ("duration", '"1d"', 'attribute "v": unknown unit "d" in duration "1d"'),
-        ("bytes", '"1XB"', 'attribute "v": unknown unit "XB" in byte size "1XB"'),
+        ("bool", '"true"', "2:6", '"true" should be bool, got string'),
+        ("duration", "5", "2:6", "5 should be string, got number"),
+        ("duration", '"1d"', "2:6", '"1d" unknown unit "d" in duration "1d"'),
+        ("bytes", '"1XB"', "2:6", '"1XB" unknown unit "XB" in byte size "1XB"'),
+        # Inside a literal list or object, at the element itself.
+        ("list(string)", '["a", [1]]', "2:12", "[1] should be string, got array"),
+        ("list(string)", '["a",\n\t\ttrue]', "3:3", "true should be string, got bool"),
+        ("map(string)", "[1]", "2:6", "[1] should be object, got array"),
+        ("map(string)", "{ k = {} }", "2:12", "{} should be string, got object"),
         (
-            "list(string)",
-            '["a", [1]]',
-            'attribute "v": element 1: expected string, got array',
+            "list(map(string))",
+            "[{a = 1}, {b = [2]}]",
+            "2:21",
+            "[2] should be string, got array",
         ),
-        ("map(string)", "[1]", 'attribute "v": expected map(string), got array'),
-        (
-            "map(string)",
-            "{ k = {} }",
-            'attribute "v": key "k": expected string, got object',
-        ),
-        ("capsule", '"x"', 'attribute "v": expected capsule, got string'),
+        # Through a reference, at the reference, with the path inside it.
+        ("list(map(string))", "objs", "2:6", "objs[1].b should be string, got array"),
+        ("capsule", '"x"', "2:6", '"x" should be capsule, got string'),
+        ("secret", "1", "2:6", "1 should be capsule, got number"),
     ],
 )
-def test_type_errors_say_what_was_expected(typ: str, value: str, message: str) -> None:
-    scope = Scope({"s": Secret("x")})
+def test_type_errors_say_what_was_expected(
+    typ: str, value: str, where: str, message: str
+) -> None:
+    scope = Scope({"s": Secret("x"), "objs": [{"a": "1"}, {"b": [2]}]})
     src = f"b {{\n\tv = {value}\n}}\n"
-    assert errors(src, Schema([Attr("v", typ)]), scope) == [f"2:6: {message}"]
+    assert errors(src, Schema([Attr("v", typ)]), scope) == [f"{where}: {message}"]
 
 
 def test_all_problems_are_collected_and_positioned() -> None:
@@ -197,14 +205,14 @@ def test_all_problems_are_collected_and_positioned() -> None:
     assert errors(src) == [
         '2:2: unrecognized attribute name "bogus"; supported attributes: '
         "external_labels, forward_to, targets, enabled, ratio, anything",
-        '3:12: attribute "enabled": expected bool, got number',
+        "3:12: 1 should be bool, got number",
         '4:2: attribute "enabled" may only be provided once (first at 3:2)',
         '5:2: "endpoint" must be a block, but is used as an attribute',
         '6:2: "forward_to" must be an attribute, but is used as a block',
         '10:2: block "rule" may only be specified once (first at 8:2)',
         '12:2: block "endpoint" does not support specifying labels',
         '12:2: missing required attribute "url"',
-        '13:16: attribute "batch_wait": invalid duration "soon"',
+        '13:16: "soon" invalid duration "soon"',
         '15:10: component "nothing.here" does not exist or is out of scope',
     ]
 
