@@ -34,9 +34,7 @@ def go_json_string(data: bytes) -> bytes:
             out += b"\\n"
         elif ch == "\r":
             out += b"\\r"
-        elif code < 0x20 or ch in "<>&":
-            out += f"\\u{code:04x}".encode()
-        elif ch in "\u2028\u2029":
+        elif code < 0x20 or ch in "<>&\u2028\u2029":
             out += f"\\u{code:04x}".encode()
         else:
             out += ch.encode()
@@ -108,10 +106,10 @@ def sample_records(rng: random.Random) -> list[Record]:
         if kind == 0:
             # A message Docker cut: 16 KiB pieces without newline, the last with one.
             pieces = rng.randrange(1, 4)
-            for _ in range(pieces):
-                records.append(
-                    (stream, ts, bytes([97 + rng.randrange(26)]) * PARTIAL_SIZE)
-                )
+            records.extend(
+                (stream, ts, bytes([97 + rng.randrange(26)]) * PARTIAL_SIZE)
+                for _ in range(pieces)
+            )
             records.append((stream, ts, b"end of long\n"))
         elif kind == 1:
             records.append(
