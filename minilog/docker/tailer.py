@@ -433,8 +433,7 @@ class ContainerTailer:
             raise DockerError(
                 f'logs_from = "file": the log of container {self._short} is not a '
                 f"readable json-file (driver {log_config.get('Type')!r}, "
-                f"LogPath {log_path!r})",
-                status=501,
+                f"LogPath {log_path!r})"
             )
         return ""
 
@@ -452,7 +451,7 @@ class ContainerTailer:
         )
         files, gap = await asyncio.to_thread(open_from, log_path, pos)
         if not files:
-            raise DockerError(f"cannot open {log_path}", status=0)
+            raise DockerError(f"cannot open {log_path}")
         if gap is not None:
             self._report_gap(gap)
         if pos > 0:

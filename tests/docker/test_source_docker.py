@@ -333,8 +333,12 @@ async def test_fifty_containers_leak_no_tasks_or_fds(
                 await _remove_batch(batch)
                 await eventually(lambda: not source.targets_info())
                 source.update_targets([])
-                # only run() and its stale-position collector are left
-                await eventually(lambda: len(asyncio.all_tasks()) <= baseline_tasks + 2)
+                # only run() and its stale-position collector are left, and on the
+                # file path the inotify reader the tailers share
+                extra = 2 if logs_from == "api" else 3
+                await eventually(
+                    lambda: len(asyncio.all_tasks()) <= baseline_tasks + extra  # noqa: B023
+                )
         assert len(asyncio.all_tasks()) == baseline_tasks
         assert sorted(rec.lines()) == sorted(
             f"r{r}-{i}" for r in range(5) for i in range(10)
