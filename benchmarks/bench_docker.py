@@ -215,7 +215,12 @@ def free_port() -> int:
 
 
 def alloy_config(
-    label: str, push_url: str, *, batch_wait: str | None, queue_capacity: int
+    label: str,
+    push_url: str,
+    *,
+    batch_wait: str | None,
+    queue_capacity: int,
+    logs_from: str = "auto",
 ) -> str:
     """The agent's config: Docker discovery of ``label`` -> docker source -> Loki."""
     endpoint = [f'    url = "{push_url}"']
@@ -254,6 +259,7 @@ loki.source.docker "bench" {{
   host       = "{DOCKER_HOST}"
   targets    = discovery.relabel.bench.output
   forward_to = [loki.write.bench.receiver]
+  logs_from  = "{logs_from}"
 }}
 
 loki.write "bench" {{
@@ -439,6 +445,7 @@ class Bench:
             self.push_url,
             batch_wait=batch_wait,
             queue_capacity=self.args.queue_capacity,
+            logs_from=self.args.logs_from,
         )
 
     @contextlib.contextmanager
@@ -674,6 +681,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-restart", action="store_true", help="skip the restart check (c)"
+    )
+    parser.add_argument(
+        "--logs-from",
+        choices=("auto", "api", "file"),
+        default="auto",
+        help="loki.source.docker's logs_from: the json-file on disk (auto, file) "
+        "or the Engine API (api)",
     )
     args = parser.parse_args(argv[1:])
     if not os.path.exists("/var/run/docker.sock") and "DOCKER_HOST" not in os.environ:

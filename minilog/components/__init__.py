@@ -30,6 +30,8 @@ for _name, _module in (
     ("loki.process", "loki_process"),
     ("loki.relabel", "loki_relabel"),
     ("loki.source.api", "loki_source_api"),
+    ("loki.source.file", "loki_source_file"),
+    ("local.file_match", "local_file_match"),
 ):
     COMPONENT_TYPES.register_lazy(_name, f"minilog.components.{_module}")
 

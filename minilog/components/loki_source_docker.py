@@ -24,6 +24,7 @@ from minilog.components.arguments import (
     check_docker_host,
     check_relabel_rules,
     legacy_rules,
+    positioned,
 )
 from minilog.components.base import Component, ComponentOptions, register
 from minilog.config.ast import Block
@@ -33,7 +34,7 @@ from minilog.docker.discovery import SLOW_AFTER_S
 from minilog.docker.metrics import SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.docker.source import DockerSource
-from minilog.docker.tailer import TargetInfo
+from minilog.docker.tailer import LOGS_FROM, TargetInfo
 from minilog.errors import ClosedError, DockerError, LabelError
 from minilog.labels import parse_labels
 from minilog.model import LogsReceiver
@@ -58,6 +59,8 @@ class LokiSourceDockerArgs:
     labels: Mapping[str, str] = attr("map(string)", {})
     relabel_rules: RelabelRules | None = attr("capsule")
     refresh_interval: float = attr("duration", 60.0)
+    #: minilog's own: where containers' logs are read ("auto", "api", "file").
+    logs_from: str = attr("string", "auto")
 
     @functools.cached_property
     def stream_rules(self) -> RelabelRules | None:
@@ -68,11 +71,18 @@ class LokiSourceDockerArgs:
         """Whether going from ``old`` needs a new source (Alloy's ``requiresReset``;
         Alloy does not reset on ``labels``, but minilog's tailers compute labels once
         per stream at start)."""
-        return (self.host, self.labels, self.relabel_rules, self.refresh_interval) != (
+        return (
+            self.host,
+            self.labels,
+            self.relabel_rules,
+            self.refresh_interval,
+            self.logs_from,
+        ) != (
             old.host,
             old.labels,
             old.relabel_rules,
             old.refresh_interval,
+            old.logs_from,
         )
 
 
@@ -88,6 +98,12 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
     def check_args(cls, args: LokiSourceDockerArgs, block: Block) -> None:
         check_docker_host(args.host, args.refresh_interval, block, source=True)
         check_relabel_rules(args.relabel_rules, block)
+        if args.logs_from not in LOGS_FROM:
+            raise positioned(
+                block,
+                f"logs_from must be one of {', '.join(map(repr, LOGS_FROM))}, "
+                f"not {args.logs_from!r}",
+            )
 
     def __init__(self, opts: ComponentOptions, args: LokiSourceDockerArgs) -> None:
         super().__init__(opts, args)
@@ -113,6 +129,7 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
             relabel_rules=args.stream_rules,
             positions=self._positions,
             metrics=self._metrics,
+            logs_from=args.logs_from,
         )
         source.update_targets(args.targets)
         return source

@@ -12,8 +12,11 @@ from __future__ import annotations
 import calendar
 import re
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Final
+
+import orjson
 
 from minilog.model import LogEntry
 
@@ -22,8 +25,11 @@ __all__ = [
     "PARTIAL_SIZE",
     "Decoded",
     "FrameDecoder",
+    "JsonLogDecoder",
     "RawLineSplitter",
+    "format_timestamp",
     "frame_timestamp",
+    "json_record_timestamp",
     "parse_timestamp",
     "split_frames",
 ]
@@ -448,4 +454,277 @@ class RawLineSplitter(_LineDecoder):
             self._pending.clear()
             self._pending_size = 0
             self._decode([line], res.stdout, res)
+        return res
+
+
+_JSON_HEAD: Final = b'{"log":"'
+_JSON_STREAM: Final = b'","stream":"'
+_JSON_TIME: Final = b'"time":"'
+_ESCAPED_NL: Final = b"\\n"
+# What the API puts before a message's content: the fixed-width timestamp and a space
+# (RFC3339NanoFixed). A piece is a partial one by the same size rule on both paths.
+_API_PREFIX: Final = 31
+#: What a fraction of n digits is worth in ns.
+_FRACTION_SCALE: Final[tuple[int, ...]] = tuple(10 ** (9 - n) for n in range(10))
+
+
+def format_timestamp(ts_ns: int) -> bytes:
+    """Unix ns as Docker's fixed-width RFC 3339 (``2006-01-02T15:04:05.000000000Z``)."""
+    seconds, frac = divmod(ts_ns, 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{frac:09d}Z".encode()
+
+
+def _escapes_last(raw: bytes) -> bool:
+    """Whether ``raw`` ends with an escaped newline rather than an escaped backslash
+    and the letter n: the run of backslashes before the ``n`` is odd."""
+    if raw[-3:-2] != b"\\":
+        return True
+    run = len(raw) - 1 - len(raw[:-1].rstrip(b"\\"))
+    return run % 2 == 1
+
+
+def json_record_timestamp(record: bytes) -> int | None:
+    """The ``time`` of one json-file record (a line of the file), or ``None``."""
+    i = record.rfind(_JSON_TIME)
+    if i < 0:
+        return None
+    end = record.find(b'"', i + 8)
+    try:
+        return parse_timestamp(record[i + 8 : end])
+    except ValueError:
+        return None
+
+
+class JsonLogDecoder(_LineDecoder):
+    """Incremental decoder of Docker's json-file log (``LogPath``), giving what
+    ``FrameDecoder`` (or ``RawLineSplitter`` for a TTY) gives for the same records
+    read through the API: the same entries, the same positions.
+
+    Each line of the file is one record ``{"log":"...","stream":"...","time":"..."}``
+    (``attrs`` may come before ``time``; an empty ``log`` is left out). A record whose
+    ``log`` lacks its trailing newline is a piece of a longer message (Docker cuts at
+    16 KiB) or a container's last words; as through the API, a piece that would make a
+    frame of 16 KiB or more starts a rejoin and the pieces after it are appended until
+    one ends with a newline, while a shorter one is a line of its own. The records of
+    a TTY container are one raw stream, split at newlines as ``RawLineSplitter`` does.
+    Bytes after the last newline of the file are held until the rest is written.
+    Unparsable records are counted in ``parsing_errors`` and skipped.
+    """
+
+    __slots__ = ("_held", "_partials", "_raw", "_tcache")
+
+    def __init__(
+        self,
+        *,
+        position_ns: int = 0,
+        count_at_position: int = 0,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+        tty: bool = False,
+    ) -> None:
+        super().__init__(
+            position_ns=position_ns,
+            count_at_position=count_at_position,
+            max_line_size=max_line_size,
+        )
+        self._raw = (
+            RawLineSplitter(
+                position_ns=position_ns,
+                count_at_position=count_at_position,
+                max_line_size=max_line_size,
+            )
+            if tty
+            else None
+        )
+
+    def _start(self) -> None:
+        self._held = b""
+        # Per-stream rejoin: (first piece's timestamp, pieces, total size).
+        self._partials: list[tuple[int, list[bytes], int] | None] = [None, None, None]
+        self._tcache: dict[bytes, int] = {}
+
+    @property
+    def position_ns(self) -> int:
+        return self._raw.position_ns if self._raw is not None else self._pos
+
+    @property
+    def count_at_position(self) -> int:
+        return self._raw.count_at_position if self._raw is not None else self._cnt
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back: an unfinished record and unfinished partial messages."""
+        return len(self._held) + sum(p[2] for p in self._partials if p is not None)
+
+    def _time(self, text: bytes) -> int:
+        # RFC3339Nano as Go writes it: the fraction without its trailing zeros.
+        cache = self._tcache
+        base = cache.get(text[:19])
+        if base is not None and 21 < len(text) <= 30 and text[19] == _DOT:
+            frac = text[20:-1]
+            if frac.isdigit() and text[-1] == _Z:
+                return base + int(frac) * _FRACTION_SCALE[len(frac)]
+        ts = _parse_slow(text)
+        if len(cache) >= _SECOND_CACHE_MAX:
+            cache.clear()
+        cache[text[:19]] = ts - ts % 1_000_000_000
+        return ts
+
+    def _record(self, record: bytes) -> tuple[int, int, bytes, bool] | None:
+        """``(stream, ts, content without its newline, ends with a newline)``."""
+        if record.startswith(_JSON_HEAD):
+            i = record.find(_JSON_STREAM, 8)
+            if i > 0:
+                raw = record[8:i]
+                stream = 2 if record[i + 15 : i + 18] == b"err" else 1
+                t = record.rfind(_JSON_TIME)
+                end = record.find(b'"', t + 8)
+                if t > i and end > 0:
+                    try:
+                        ts = self._time(record[t + 8 : end])
+                    except ValueError:
+                        return None
+                    newline = raw.endswith(_ESCAPED_NL) and _escapes_last(raw)
+                    if newline:
+                        raw = raw[:-2]
+                    if b"\\" not in raw:
+                        return stream, ts, raw, newline
+                    try:
+                        text = orjson.loads(b'"' + raw + b'"')
+                    except orjson.JSONDecodeError:
+                        return None
+                    return stream, ts, text.encode("utf-8", "surrogatepass"), newline
+        try:
+            obj = orjson.loads(record)
+            log = obj.get("log", "")
+            ts = parse_timestamp(obj["time"].encode())
+        except (orjson.JSONDecodeError, AttributeError, KeyError, ValueError):
+            return None
+        if not isinstance(log, str):
+            return None
+        stream = 2 if obj.get("stream") == "stderr" else 1
+        content = log.encode("utf-8", "surrogatepass")
+        newline = content.endswith(b"\n")
+        return stream, ts, content[:-1] if newline else content, newline
+
+    def feed(self, data: bytes) -> Decoded:
+        """Decode ``data``, continuing what the previous call left unfinished."""
+        buf = self._held + data if self._held else data
+        records = buf.split(b"\n")
+        self._held = records.pop()
+        if self._raw is not None:
+            return self._feed_raw(records)
+        res = self._result()
+        lines: tuple[list[tuple[int, bytes]], ...] = ([], [], [])
+        partials = self._partials
+        for record in records:
+            parsed = self._record(record)
+            if parsed is None:
+                if record.strip():
+                    res.parsing_errors += 1
+                continue
+            stream, ts, content, newline = parsed
+            pending = partials[stream]
+            if pending is None:
+                if newline or len(content) + _API_PREFIX < PARTIAL_SIZE:
+                    lines[stream].append((ts, content))
+                else:
+                    partials[stream] = (ts, [content], len(content) + _API_PREFIX)
+                continue
+            first_ts, parts, total = pending
+            room = self._max + _CAP_SLACK - total
+            if room > 0:
+                parts.append(content[:room])
+                total += min(room, len(content))
+            if newline:
+                lines[stream].append((first_ts, b"".join(parts)))
+                partials[stream] = None
+            else:
+                partials[stream] = (first_ts, parts, total)
+        for stream, out in ((1, res.stdout), (2, res.stderr)):
+            if lines[stream]:
+                self._decode_parsed(lines[stream], out, res)
+        if partials[1] is not None or partials[2] is not None:
+            for pending in (partials[1], partials[2]):
+                if pending is not None and res.position_ns >= pending[0]:
+                    res.position_ns, res.count_at_position = pending[0] - 1, 0
+        return res
+
+    def _feed_raw(self, records: list[bytes]) -> Decoded:
+        assert self._raw is not None
+        parts = []
+        errors = 0
+        for record in records:
+            parsed = self._record(record)
+            if parsed is None:
+                errors += record.strip() != b""
+                continue
+            _, ts, content, newline = parsed
+            parts.append(
+                format_timestamp(ts) + b" " + content + (b"\n" if newline else b"")
+            )
+        res = self._raw.feed(b"".join(parts))
+        res.parsing_errors += errors
+        return res
+
+    def _decode_parsed(
+        self, lines: list[tuple[int, bytes]], out: list[LogEntry], res: Decoded
+    ) -> None:
+        """``_LineDecoder._decode`` for lines whose timestamp is parsed already."""
+        pos, cnt, skip, floor, max_size = (
+            self._pos,
+            self._cnt,
+            self._skip,
+            self._floor,
+            self._max,
+        )
+        append = out.append
+        new = _new_entry
+        for ts, content in lines:
+            if ts <= floor:
+                if ts < floor:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+            if ts > pos:
+                pos = ts
+                cnt = 1
+            elif ts == pos:
+                cnt += 1
+            end = len(content)
+            if end and content[end - 1] == _CR:
+                end -= 1
+            if end > max_size:
+                res.truncated += 1
+                text = content[:max_size].decode("utf-8", "ignore")
+            elif end:
+                try:
+                    text = (content[:end] if end != len(content) else content).decode()
+                except UnicodeDecodeError:
+                    res.invalid_utf8 += 1
+                    text = content[:end].decode("utf-8", "replace")
+            else:
+                continue
+            append(new(LogEntry, (ts, text, ())))
+        self._pos, self._cnt, self._skip = pos, cnt, skip
+        res.position_ns, res.count_at_position = pos, cnt
+
+    def finish(self) -> Decoded:
+        """End of the log: emit unfinished partial messages (as through the API)."""
+        if self._raw is not None:
+            res = self._raw.finish()
+            if self._held.strip():
+                res.parsing_errors += 1
+            self._held = b""
+            return res
+        res = self._result()
+        if self._held.strip():
+            res.parsing_errors += 1
+        self._held = b""
+        for stream, out in ((1, res.stdout), (2, res.stderr)):
+            pending = self._partials[stream]
+            if pending is not None:
+                self._partials[stream] = None
+                self._decode_parsed([(pending[0], b"".join(pending[1]))], out, res)
         return res

@@ -103,8 +103,23 @@ class SourceMetrics:
         self.resumes = Counter(
             "minilog_source_docker_resumes_total",
             "Streams resumed from a position, by how: window (since + tail, cheap), "
-            "since (dockerd scans the whole log), window_missed (fell back to since).",
+            "since (dockerd scans the whole log), window_missed (fell back to since), "
+            "file (the json-file read from disk).",
             ["mode"],
+            registry=registry,
+        )
+        self.file_gaps = Counter(
+            "minilog_source_docker_file_gaps_total",
+            "Times the json-file path found that Docker had rotated away (deleted) "
+            "log records newer than a container's saved position before they were "
+            "read: lines may be lost (how many, no file tells). Logged once per "
+            "container with the time span.",
+            registry=registry,
+        )
+        self.file_gap_seconds = Counter(
+            "minilog_source_docker_file_gap_seconds_total",
+            "Sum of the time spans of those gaps: from the saved position to the "
+            "oldest record Docker kept.",
             registry=registry,
         )
         self.crashes = Counter(

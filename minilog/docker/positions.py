@@ -1,4 +1,5 @@
-"""The positions file of ``loki.source.docker``: how far each container's log was read.
+"""Positions files: how far each container's log (``loki.source.docker``) or each file
+(``loki.source.file``, whose entries ``files.positions`` defines) was read.
 
 Owns the file format, loading, crash-safe saving (temp file in the same directory,
 fsync, rename, fsync of the directory) with one backup kept, and the recovery from a
@@ -23,13 +24,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import orjson
 
 from minilog.errors import MinilogError
 
-__all__ = ["BACKUP_SUFFIX", "CORRUPT_INFIX", "Position", "Positions"]
+__all__ = [
+    "BACKUP_SUFFIX",
+    "CORRUPT_INFIX",
+    "Position",
+    "PositionStore",
+    "Positions",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -54,11 +61,31 @@ class Position:
     labels: str = ""
 
 
+#: The entry type of a positions file.
+EntryT = TypeVar("EntryT")
+
+
 class _DamagedError(MinilogError):
     """The file exists but does not hold positions minilog wrote (the reason)."""
 
 
-def _parse(data: bytes) -> dict[str, Position]:
+def _docker_entry(value: Any) -> Position | None:
+    """A Docker entry from its JSON form; None when it is not one minilog wrote."""
+    if (
+        not isinstance(value, dict)
+        or type(value.get("ts_ns")) is not int
+        or type(value.get("count_at_ts", 0)) is not int
+        or value["ts_ns"] < 0
+        or value.get("count_at_ts", 0) < 0
+        or not isinstance(value.get("labels", ""), str)
+    ):
+        return None
+    return Position(
+        value["ts_ns"], value.get("count_at_ts", 0), value.get("labels", "")
+    )
+
+
+def _parse(data: bytes, load: Callable[[Any], EntryT | None]) -> dict[str, EntryT]:
     if not data.strip():
         # minilog always writes at least "{}": an empty file was cut short.
         raise _DamagedError("the file is empty")
@@ -70,23 +97,16 @@ def _parse(data: bytes) -> dict[str, Position]:
         raise _DamagedError("the top level is not an object")
     entries = {}
     for key, value in raw.items():
-        if (
-            not key
-            or not isinstance(value, dict)
-            or type(value.get("ts_ns")) is not int
-            or type(value.get("count_at_ts", 0)) is not int
-            or value["ts_ns"] < 0
-            or value.get("count_at_ts", 0) < 0
-            or not isinstance(value.get("labels", ""), str)
-        ):
+        entry = load(value) if key else None
+        if entry is None:
             raise _DamagedError(f"bad entry for {key!r}")
-        entries[key] = Position(
-            value["ts_ns"], value.get("count_at_ts", 0), value.get("labels", "")
-        )
+        entries[key] = entry
     return entries
 
 
-def _read(path: Path, read: Callable[[Path], bytes]) -> dict[str, Position] | None:
+def _read(
+    path: Path, read: Callable[[Path], bytes], load: Callable[[Any], EntryT | None]
+) -> dict[str, EntryT] | None:
     """The positions in ``path``; None when there is no such file.
 
     Raises:
@@ -100,40 +120,20 @@ def _read(path: Path, read: Callable[[Path], bytes]) -> dict[str, Position] | No
         raise _DamagedError("it is a directory") from exc
     except OSError as exc:
         raise _DamagedError(f"cannot read it: {exc}") from exc
-    return _parse(data)
+    return _parse(data, load)
 
 
-class Positions:
-    """Nanosecond positions keyed by container ID, kept in memory and saved atomically.
-
-    The file is JSON, one object keyed by full container ID::
-
-        {"<container id>": {"ts_ns": 1795753222054898543,
-                            "count_at_ts": 1,
-                            "labels": "{...}"}}
-
-    ``ts_ns`` is the Docker timestamp (Unix ns) of the newest delivered line and
-    ``count_at_ts`` how many delivered lines carry exactly that timestamp, so a resume
-    skips them and nothing else. Unlike Alloy's ``positions.yml`` the key is the
-    container ID only, so label drift between runs never loses a position. The directory
-    is created with mode 0750 and the file written with mode 0600, as Alloy does.
-
-    Each save first keeps the file it replaces as ``<name>.bak`` (a hard link: no copy),
-    so a good copy one save older survives damage to the file itself. A damaged file is
-    recovered from as the module doc says, and the recovered state is saved at once.
-    A missing file (with or without a backup) means no positions: deleting the file
-    resets the source, as in Alloy.
-
-    Args:
-        path: the positions file.
-        on_save: called after every save attempt with ``None`` (saved) or the
-            ``OSError`` that stopped it; the component's health follows it.
-        read: how a file is read (``Path.read_bytes``; tests inject failures).
-
-    Attributes:
-        recovery: what loading did about a damaged file ("" when nothing was wrong).
-        save_error: the error of the last save attempt, None once one succeeds.
+class PositionStore(Generic[EntryT]):
+    """Entries keyed by a string, kept in memory and saved atomically: the file
+    handling every positions file shares (see ``Positions`` for Docker's, and
+    ``files.positions`` for files'). Subclasses say how an entry is read and written
+    (``_load_entry``, ``_dump_entry``) and what it is called in messages (``_thing``).
     """
+
+    #: What a key names, in log messages ("containers", "files").
+    _thing = "entries"
+    #: What happens to a key without a position, for the recovery message.
+    _missing = "an entry without a position starts afresh"
 
     def __init__(
         self,
@@ -148,7 +148,7 @@ class Positions:
         self.recovery = ""
         self.save_error: OSError | None = None
         self._on_save = on_save
-        self._entries: dict[str, Position] = {}
+        self._entries: dict[str, EntryT] = {}
         self._dirty = False
         # Monotonic time of the oldest change the file does not hold yet.
         self._unsaved_since: float | None = None
@@ -158,11 +158,18 @@ class Positions:
         self._file_good = False
         self._load()
 
+    def _load_entry(self, value: Any) -> EntryT | None:
+        """An entry from its JSON form; None when it is not one minilog wrote."""
+        raise NotImplementedError
+
+    def _dump_entry(self, entry: EntryT) -> dict[str, Any]:
+        raise NotImplementedError
+
     # -- loading --
 
     def _load(self) -> None:
         try:
-            entries = _read(self.path, self._read_file)
+            entries = _read(self.path, self._read_file, self._load_entry)
         except _DamagedError as exc:
             self._recover(str(exc))
             return
@@ -181,7 +188,7 @@ class Positions:
     def _recover(self, reason: str) -> None:
         moved = self._set_aside()
         try:
-            backup = _read(self.backup_path, self._read_file)
+            backup = _read(self.backup_path, self._read_file, self._load_entry)
         except _DamagedError as exc:
             backup, unusable = (
                 None,
@@ -193,13 +200,13 @@ class Positions:
             self._entries = backup
             source = (
                 f"resumed from its backup {self.backup_path} (one save older, "
-                f"{len(backup)} containers)"
+                f"{len(backup)} {self._thing})"
             )
         else:
             source = unusable
         self.recovery = (
             f"positions file {self.path} is damaged ({reason}); {moved}; {source}; "
-            "a container without a position is read from the start of its Docker log"
+            f"{self._missing}"
         )
         _log.warning("%s", self.recovery)
         # Save the recovered state now: the damaged file must not be read again, and
@@ -265,34 +272,25 @@ class Positions:
     def ids(self) -> list[str]:
         return list(self._entries)
 
-    def get(self, container_id: str) -> Position | None:
-        return self._entries.get(container_id)
+    def get(self, key: str) -> EntryT | None:
+        return self._entries.get(key)
 
-    def set(
-        self, container_id: str, ts_ns: int, count_at_ts: int = 0, labels: str = ""
-    ) -> None:
-        """Record a position in memory; ``save()``/``run_flusher()`` persist it."""
-        new = Position(ts_ns, count_at_ts, labels)
-        if self._entries.get(container_id) != new:
-            self._entries[container_id] = new
+    def put(self, key: str, entry: EntryT) -> None:
+        """Record an entry in memory; ``save()``/``run_flusher()`` persist it."""
+        if self._entries.get(key) != entry:
+            self._entries[key] = entry
             self._mark_dirty()
 
-    def remove(self, container_id: str) -> None:
-        if self._entries.pop(container_id, None) is not None:
+    def remove(self, key: str) -> None:
+        if self._entries.pop(key, None) is not None:
             self._mark_dirty()
 
     # -- saving --
 
     def _snapshot(self) -> bytes:
+        dump = self._dump_entry
         return orjson.dumps(
-            {
-                key: {
-                    "ts_ns": p.ts_ns,
-                    "count_at_ts": p.count_at_ts,
-                    "labels": p.labels,
-                }
-                for key, p in self._entries.items()
-            },
+            {key: dump(entry) for key, entry in self._entries.items()},
             option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE,
         )
 
@@ -380,6 +378,58 @@ class Positions:
                     self._changed.set()
             if pause:
                 await asyncio.sleep(pause)
+
+
+class Positions(PositionStore[Position]):
+    """Nanosecond positions keyed by container ID, kept in memory and saved atomically.
+
+    The file is JSON, one object keyed by full container ID::
+
+        {"<container id>": {"ts_ns": 1795753222054898543,
+                            "count_at_ts": 1,
+                            "labels": "{...}"}}
+
+    ``ts_ns`` is the Docker timestamp (Unix ns) of the newest delivered line and
+    ``count_at_ts`` how many delivered lines carry exactly that timestamp, so a resume
+    skips them and nothing else. Unlike Alloy's ``positions.yml`` the key is the
+    container ID only, so label drift between runs never loses a position. The directory
+    is created with mode 0750 and the file written with mode 0600, as Alloy does.
+
+    Each save first keeps the file it replaces as ``<name>.bak`` (a hard link: no copy),
+    so a good copy one save older survives damage to the file itself. A damaged file is
+    recovered from as the module doc says, and the recovered state is saved at once.
+    A missing file (with or without a backup) means no positions: deleting the file
+    resets the source, as in Alloy.
+
+    Args:
+        path: the positions file.
+        on_save: called after every save attempt with ``None`` (saved) or the
+            ``OSError`` that stopped it; the component's health follows it.
+        read: how a file is read (``Path.read_bytes``; tests inject failures).
+
+    Attributes:
+        recovery: what loading did about a damaged file ("" when nothing was wrong).
+        save_error: the error of the last save attempt, None once one succeeds.
+    """
+
+    _thing = "containers"
+    _missing = "a container without a position is read from the start of its Docker log"
+
+    def _load_entry(self, value: Any) -> Position | None:
+        return _docker_entry(value)
+
+    def _dump_entry(self, entry: Position) -> dict[str, Any]:
+        return {
+            "ts_ns": entry.ts_ns,
+            "count_at_ts": entry.count_at_ts,
+            "labels": entry.labels,
+        }
+
+    def set(
+        self, container_id: str, ts_ns: int, count_at_ts: int = 0, labels: str = ""
+    ) -> None:
+        """Record a position in memory; ``save()``/``run_flusher()`` persist it."""
+        self.put(container_id, Position(ts_ns, count_at_ts, labels))
 
 
 def _keep_backup(path: Path, backup: Path) -> None:

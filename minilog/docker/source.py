@@ -23,6 +23,7 @@ from minilog.docker.frames import DEFAULT_MAX_LINE_SIZE
 from minilog.docker.metrics import SourceMetrics, TargetRow
 from minilog.docker.positions import Positions
 from minilog.docker.tailer import (
+    LOGS_FROM,
     ContainerTailer,
     DockerLogsAPI,
     TailerContext,
@@ -30,6 +31,7 @@ from minilog.docker.tailer import (
 )
 from minilog.docker.targets import dedupe_targets
 from minilog.errors import DockerError, MinilogError
+from minilog.files.watch import DirectoryWatcher
 from minilog.labels import DOCKER_CONTAINER_NAME
 from minilog.model import LogsReceiver
 from minilog.relabel import RelabelRulesLike
@@ -65,6 +67,10 @@ class DockerSource:
             probe shows that is exact (see ``ContainerTailer._resume_window``); 0: off.
         flush_interval_s: the least time between two writes of the positions file.
         clock: wall clock in Unix seconds, for the lag metric.
+        logs_from: where a container's log is read (``tailer.LOGS_FROM``): "auto"
+            reads the json-file on disk when the container's logging driver is
+            json-file and its ``LogPath`` is readable, else the API; "api" and
+            "file" force one path (a minilog extension).
 
     Call ``update_targets`` whenever discovery changes, ``poke(id)`` when it sees a
     container start, ``run()`` in a task and ``aclose()`` to stop. Unlike Alloy, a
@@ -88,6 +94,7 @@ class DockerSource:
         tail_window: int = 1000,
         flush_interval_s: float = 0.0,
         clock: Callable[[], float] = time.time,
+        logs_from: str = "auto",
     ) -> None:
         if metrics is None:
             metrics = SourceMetrics(
@@ -95,7 +102,10 @@ class DockerSource:
             )
         self._metrics = metrics
         metrics.sources.add(self)
+        if logs_from not in LOGS_FROM:
+            raise ValueError(f"logs_from must be one of {', '.join(LOGS_FROM)}")
         self._settled = asyncio.Event()
+        self._watcher = DirectoryWatcher() if logs_from != "api" else None
         self._ctx = TailerContext(
             client=client,
             forward_to=list(forward_to),
@@ -107,6 +117,8 @@ class DockerSource:
             tail_window=tail_window,
             clock=clock,
             on_settled=self._on_settled,
+            logs_from=logs_from,
+            watcher=self._watcher,
         )
         self._labels = dict(labels or {})
         self._positions = positions
@@ -198,6 +210,8 @@ class DockerSource:
         finally:
             self._group = None
             self._closed = True
+            if self._watcher is not None:
+                await self._watcher.aclose()
             await self._save()
             self._stopped.set()
 

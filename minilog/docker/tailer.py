@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,19 +26,24 @@ from minilog.docker.client import since_arg
 from minilog.docker.frames import (
     Decoded,
     FrameDecoder,
+    JsonLogDecoder,
     RawLineSplitter,
+    format_timestamp,
     frame_timestamp,
     split_frames,
 )
 from minilog.docker.ledger import Chunk, Ledger, Position
+from minilog.docker.logfiles import Gap, LogFile, open_from, readable, successors
 from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.errors import DockerError
+from minilog.files.watch import DirectoryWatcher
 from minilog.labels import format_labels
 from minilog.model import Delivery, LogsReceiver, StreamBatch, entries_size
 from minilog.relabel import RelabelRulesLike, docker_stream_labels
 
 __all__ = [
+    "LOGS_FROM",
     "ContainerTailer",
     "DockerLogsAPI",
     "StreamStats",
@@ -52,6 +58,13 @@ _UNREADABLE_RETRY_S: Final = 60.0
 _RETRY_MIN_S: Final = 0.5
 # A resume probe larger than this is not worth it: follow with since alone.
 _PROBE_MAX_BYTES: Final = 4 << 20
+#: ``logs_from`` values: the json-file on disk where readable, else the API
+#: ("auto"); the API only; the file only.
+LOGS_FROM: Final = ("auto", "api", "file")
+#: Bytes of a json-file read at a time.
+_FILE_CHUNK: Final = 1 << 20
+#: How often a followed json-file is checked when no inotify event comes.
+_FILE_POLL_S: Final = 0.25
 
 
 class DockerLogsAPI(Protocol):
@@ -86,6 +99,8 @@ class TailerContext:
     tail_window: int
     clock: Callable[[], float]
     on_settled: Callable[[], None]
+    logs_from: str = "auto"
+    watcher: DirectoryWatcher | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +130,8 @@ class TargetInfo:
     read_position_ns: int
     lag_s: float = 0.0
     streams: dict[str, StreamStats] = field(default_factory=dict)
+    #: Where the log is read: "api", or "file" (the json-file on disk).
+    reading_from: str = "api"
 
 
 def _finished_ns(text: object) -> int:
@@ -175,6 +192,9 @@ class ContainerTailer:
         self._read_finished_at: int | None = None
         self._reading = False
         self._interrupt = False
+        self._poked = False
+        self._gap_reported = False
+        self.reading_from = "api"
         self.task: asyncio.Task[None] | None = None
         #: Per stream, what was handed on (the UI's explanation reads it).
         self.streams: dict[str, StreamStats] = {}
@@ -211,6 +231,7 @@ class ContainerTailer:
             read_position_ns=self._ledger.read[0],
             lag_s=self.lag_s(self._ctx.clock()),
             streams={name: replace(st) for name, st in self.streams.items()},
+            reading_from=self.reading_from,
         )
 
     def lag_s(self, now_s: float) -> float:
@@ -226,6 +247,7 @@ class ContainerTailer:
 
     def poke(self) -> None:
         """Check the container now instead of at the next inspect tick."""
+        self._poked = True
         self._wake.set()
 
     def attach(self) -> None:
@@ -235,6 +257,7 @@ class ContainerTailer:
     def detach(self) -> None:
         """The target left discovery: stop (after a last read if it stopped)."""
         self._detached = True
+        self._poked = True
         self._wake.set()
         if self._reading and self.task is not None:
             # Only interrupt a read: a send cut short would leave its delivery
@@ -284,7 +307,11 @@ class ContainerTailer:
                 tty = bool((info.get("Config") or {}).get("Tty"))
                 started = time.monotonic()
                 try:
-                    complete = await self._stream(tty, running)
+                    log_path = self._log_file(info)
+                    if log_path:
+                        complete = await self._stream_file(log_path, tty, running)
+                    else:
+                        complete = await self._stream(tty, running)
                 except DockerError as exc:
                     if exc.status == 404:
                         self._mark_gone()
@@ -410,6 +437,129 @@ class ContainerTailer:
             return True
         finally:
             await stream.aclose()
+
+    def _log_file(self, info: Mapping[str, Any]) -> str:
+        """The json-file to read instead of the API ("" for the API).
+
+        Raises:
+            DockerError: ``logs_from = "file"`` and the log cannot be read as a file.
+        """
+        mode = self._ctx.logs_from
+        if mode == "api":
+            return ""
+        log_config = (info.get("HostConfig") or {}).get("LogConfig") or {}
+        log_path = str(info.get("LogPath") or "")
+        if log_config.get("Type") == "json-file" and readable(log_path):
+            return log_path
+        if mode == "file":
+            raise DockerError(
+                f'logs_from = "file": the log of container {self._short} is not a '
+                f"readable json-file (driver {log_config.get('Type')!r}, "
+                f"LogPath {log_path!r})"
+            )
+        return ""
+
+    async def _stream_file(self, log_path: str, tty: bool, running: bool) -> bool:
+        """Read the container's json-file (and the rotated files still behind it)
+        from the read position to its end, following it while the container runs;
+        False when a detach interrupted it. The entries and positions are the API
+        path's (``frames.JsonLogDecoder``), so either path resumes the other."""
+        pos, count = self._ledger.read
+        decoder = JsonLogDecoder(
+            position_ns=pos,
+            count_at_position=count,
+            max_line_size=self._ctx.max_line_size,
+            tty=tty,
+        )
+        files, gap = await asyncio.to_thread(open_from, log_path, pos)
+        if not files:
+            raise DockerError(f"cannot open {log_path}")
+        if gap is not None:
+            self._report_gap(gap)
+        if pos > 0:
+            self._ctx.metrics.resumes.labels("file").inc()
+        directory = os.path.dirname(log_path)
+        watcher = self._ctx.watcher
+        if watcher is not None:
+            watcher.subscribe(directory, self._wake)
+        self.reading_from = "file"
+        self.is_running = True
+        self._ctx.metrics.active.inc()
+        current = files.pop(0)
+        try:
+            return await self._follow_file(log_path, current, files, decoder, running)
+        finally:
+            current.close()
+            for f in files:
+                f.close()
+            if watcher is not None:
+                watcher.unsubscribe(directory, self._wake)
+            self.is_running = False
+            self.reading_from = "api"
+            self._ctx.metrics.active.dec()
+
+    async def _follow_file(
+        self,
+        log_path: str,
+        current: LogFile,
+        files: list[LogFile],
+        decoder: JsonLogDecoder,
+        running: bool,
+    ) -> bool:
+        alive = running
+        checked = time.monotonic()
+        interval = self._ctx.inspect_interval_s
+        while True:
+            self._wake.clear()
+            data = current.read(_FILE_CHUNK)
+            if data:
+                await self._forward(decoder.feed(data))
+                if self._detached and running:
+                    return False
+                continue
+            if files:
+                # A rotated file read to its end: on to the next one.
+                current.close()
+                current = files.pop(0)
+                continue
+            if not current.compressed:
+                try:
+                    live = os.stat(log_path).st_ino
+                except OSError:
+                    # Removed (or its directory is): ask Docker now, not at the tick.
+                    live = current.ino
+                    self._poked = True
+                if live != current.ino:
+                    # Rotated: read this one to its end, then what came after it.
+                    files.extend(await asyncio.to_thread(successors, log_path, current))
+                    continue
+            if not alive:
+                await self._forward(decoder.finish())
+                return True
+            if self._detached and running:
+                return False
+            if not self._poked:
+                await self._wait(_FILE_POLL_S)
+            if self._poked or time.monotonic() - checked >= interval:
+                self._poked = False
+                checked = time.monotonic()
+                info = await self._ctx.client.inspect(self.container_id)
+                alive = bool((info.get("State") or {}).get("Running"))
+
+    def _report_gap(self, gap: Gap) -> None:
+        metrics = self._ctx.metrics
+        metrics.file_gaps.inc()
+        metrics.file_gap_seconds.inc((gap.before_ns - gap.after_ns) / 1e9)
+        message = (
+            f"container {self._short}: Docker rotated away log records before they "
+            f"were read: lines written after {format_timestamp(gap.after_ns).decode()} "
+            f"and before {format_timestamp(gap.before_ns).decode()} (the oldest it "
+            "keeps) may be lost"
+        )
+        self.last_error = message
+        if not self._gap_reported:
+            self._gap_reported = True
+            _log.warning("%s", message)
 
     async def _resume_window(self, pos: int) -> _Window | None:
         """A ``tail`` bound for the follow request, so dockerd need not scan the log.

@@ -57,15 +57,23 @@ async def to_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+@pytest.fixture(params=["api", "file"])
+def logs_from(request: pytest.FixtureRequest) -> str:
+    """Every test on both paths: the API, and the json-file read from disk."""
+    return str(request.param)
+
+
 @pytest.mark.docker
 async def test_real_container_stdout_stderr_and_long_line(
-    client: Any, containers: Any, tmp_path: Path
+    logs_from: str, client: Any, containers: Any, tmp_path: Path
 ) -> None:
     container = containers(
         "echo out1; echo err1 >&2; printf 'long:%020000d:end\\n' 0; echo out2; sleep 60"
     )
     rec = Recorder()
-    source = make_source(client, [rec], tmp_path, relabel_rules=StreamLabel())
+    source = make_source(
+        client, [rec], tmp_path, logs_from=logs_from, relabel_rules=StreamLabel()
+    )
     source.update_targets([real_target(container)])
     async with running(source):
         # stdout and stderr of one read go out as two sends: wait for both.
@@ -84,10 +92,14 @@ async def test_real_container_stdout_stderr_and_long_line(
 
 
 @pytest.mark.docker
-async def test_real_tty_container(client: Any, containers: Any, tmp_path: Path) -> None:
+async def test_real_tty_container(
+    logs_from: str, client: Any, containers: Any, tmp_path: Path
+) -> None:
     container = containers("echo tty1; echo tty2 >&2; sleep 60", tty=True)
     rec = Recorder()
-    source = make_source(client, [rec], tmp_path, relabel_rules=StreamLabel())
+    source = make_source(
+        client, [rec], tmp_path, logs_from=logs_from, relabel_rules=StreamLabel()
+    )
     source.update_targets([real_target(container)])
     async with running(source):
         await rec.wait_for(lambda: len(rec.lines()) == 2)
@@ -96,37 +108,42 @@ async def test_real_tty_container(client: Any, containers: Any, tmp_path: Path) 
 
 @pytest.mark.docker
 async def test_source_restart_resumes_without_duplicates_or_loss(
-    client: Any, containers: Any, tmp_path: Path
+    logs_from: str, client: Any, containers: Any, tmp_path: Path
 ) -> None:
     container = containers(
         "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo n$i; sleep 0.005; done"
     )
     want = [f"n{i}" for i in range(1, 401)]
     first = Recorder()
-    source = make_source(client, [first], tmp_path)
+    source = make_source(client, [first], tmp_path, logs_from=logs_from)
     source.update_targets([real_target(container)])
     async with running(source):
         await first.wait_for(lambda: len(first.lines()) >= 50)
     assert 50 <= len(first.lines()) < 400, "the restart must happen mid-stream"
     second = Recorder()
     registry = CollectorRegistry()
-    source = make_source(client, [second], tmp_path, registry=registry)
+    source = make_source(
+        client, [second], tmp_path, logs_from=logs_from, registry=registry
+    )
     source.update_targets([real_target(container)])
     async with running(source):
         await second.wait_for(lambda: "n400" in second.lines())
     assert first.lines() + second.lines() == want
     # resumed with since + tail (no full scan by dockerd), checked against the probe
     resumes = "minilog_source_docker_resumes_total"
-    assert registry.get_sample_value(resumes, {"mode": "window"}) == 1
+    mode = "window" if logs_from == "api" else "file"
+    assert registry.get_sample_value(resumes, {"mode": mode}) == 1
 
 
 @pytest.mark.docker
 async def test_stopped_then_restarted_container_resumes_from_its_position(
-    client: Any, containers: Any, tmp_path: Path
+    logs_from: str, client: Any, containers: Any, tmp_path: Path
 ) -> None:
     container = containers("echo run; echo done")
     rec = Recorder()
-    source = make_source(client, [rec], tmp_path, inspect_interval_s=0.2)
+    source = make_source(
+        client, [rec], tmp_path, logs_from=logs_from, inspect_interval_s=0.2
+    )
     source.update_targets([real_target(container)])
     async with running(source):
         await rec.wait_for(lambda: len(rec.lines()) == 2)
@@ -145,11 +162,11 @@ async def test_stopped_then_restarted_container_resumes_from_its_position(
 
 @pytest.mark.docker
 async def test_abandoned_deliveries_are_read_again_on_next_start(
-    client: Any, containers: Any, tmp_path: Path
+    logs_from: str, client: Any, containers: Any, tmp_path: Path
 ) -> None:
     container = containers("echo a; sleep 0.3; echo b; sleep 60")  # two reads
     holder = Recorder(settle=False)
-    source = make_source(client, [holder], tmp_path)
+    source = make_source(client, [holder], tmp_path, logs_from=logs_from)
     source.update_targets([real_target(container)])
     async with running(source):
         await holder.wait_for(lambda: len(holder.lines()) == 2)
@@ -158,7 +175,7 @@ async def test_abandoned_deliveries_are_read_again_on_next_start(
         for b in holder.batches[1:]:
             b.settle(abandoned=True)  # what a writer does with entries left at shutdown
     rec = Recorder()
-    source = make_source(client, [rec], tmp_path)
+    source = make_source(client, [rec], tmp_path, logs_from=logs_from)
     source.update_targets([real_target(container)])
     async with running(source):
         await rec.wait_for(lambda: "b" in rec.lines())
@@ -167,7 +184,7 @@ async def test_abandoned_deliveries_are_read_again_on_next_start(
 
 @pytest.mark.docker
 async def test_stopped_container_leaving_discovery_is_read_once_then_dropped(
-    client: Any, docker_client: Any, tmp_path: Path
+    logs_from: str, client: Any, docker_client: Any, tmp_path: Path
 ) -> None:
     from docker_helpers import TEST_IMAGE, TEST_LABEL
 
@@ -180,7 +197,9 @@ async def test_stopped_container_leaving_discovery_is_read_once_then_dropped(
     )
     try:
         rec = Recorder()
-        source = make_source(client, [rec], tmp_path, inspect_interval_s=30)
+        source = make_source(
+            client, [rec], tmp_path, logs_from=logs_from, inspect_interval_s=30
+        )
         source.update_targets([real_target(container)])
         async with running(source):
             await eventually(lambda: bool(source.targets_info()))
@@ -197,7 +216,7 @@ async def test_stopped_container_leaving_discovery_is_read_once_then_dropped(
 
 @pytest.mark.docker
 async def test_unreadable_logging_driver_is_reported_not_retried_hot(
-    client: Any, docker_client: Any, tmp_path: Path
+    logs_from: str, client: Any, docker_client: Any, tmp_path: Path
 ) -> None:
     from docker_helpers import TEST_IMAGE, TEST_LABEL
 
@@ -211,14 +230,15 @@ async def test_unreadable_logging_driver_is_reported_not_retried_hot(
         detach=True,
     )
     try:
-        source = make_source(client, [Recorder()], tmp_path)
+        source = make_source(client, [Recorder()], tmp_path, logs_from=logs_from)
         source.update_targets([real_target(container)])
         async with running(source):
-            await eventually(
-                lambda: (
-                    "does not support reading" in source.targets_info()[0].last_error
-                )
+            # The API says the driver cannot be read; logs_from = "file" says there
+            # is no json-file to read.
+            said = (
+                "does not support reading" if logs_from == "api" else "not a readable"
             )
+            await eventually(lambda: said in source.targets_info()[0].last_error)
             assert not source.targets_info()[0].is_running
     finally:
         await to_thread(container.remove, force=True)
@@ -226,11 +246,11 @@ async def test_unreadable_logging_driver_is_reported_not_retried_hot(
 
 @pytest.mark.docker
 async def test_backpressure_with_real_container(
-    client: Any, containers: Any, tmp_path: Path
+    logs_from: str, client: Any, containers: Any, tmp_path: Path
 ) -> None:
     container = containers("echo one; sleep 0.3; echo two; echo three; sleep 60")
     blocking = Blocking()
-    source = make_source(client, [blocking], tmp_path)
+    source = make_source(client, [blocking], tmp_path, logs_from=logs_from)
     source.update_targets([real_target(container)])
     async with running(source):
         await blocking.entered.wait()
@@ -289,7 +309,7 @@ async def _remove_batch(ids: list[str]) -> None:
 
 @pytest.mark.docker
 async def test_fifty_containers_leak_no_tasks_or_fds(
-    client: Any, tmp_path: Path
+    logs_from: str, client: Any, tmp_path: Path
 ) -> None:
     # Warm the thread pool first: its threads are not ours.
     await _remove_batch(await _start_batch(10, "warm"))
@@ -299,7 +319,7 @@ async def test_fifty_containers_leak_no_tasks_or_fds(
     baseline_tasks = len(asyncio.all_tasks())
     own_client = DockerClient()
     rec = Recorder()
-    source = make_source(own_client, [rec], tmp_path)
+    source = make_source(own_client, [rec], tmp_path, logs_from=logs_from)
     started: list[str] = []
     try:
         async with running(source):
@@ -313,8 +333,12 @@ async def test_fifty_containers_leak_no_tasks_or_fds(
                 await _remove_batch(batch)
                 await eventually(lambda: not source.targets_info())
                 source.update_targets([])
-                # only run() and its stale-position collector are left
-                await eventually(lambda: len(asyncio.all_tasks()) <= baseline_tasks + 2)
+                # only run() and its stale-position collector are left, and on the
+                # file path the inotify reader the tailers share
+                extra = 2 if logs_from == "api" else 3
+                await eventually(
+                    lambda: len(asyncio.all_tasks()) <= baseline_tasks + extra  # noqa: B023
+                )
         assert len(asyncio.all_tasks()) == baseline_tasks
         assert sorted(rec.lines()) == sorted(
             f"r{r}-{i}" for r in range(5) for i in range(10)

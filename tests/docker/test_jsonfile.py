@@ -1,0 +1,198 @@
+"""The json-file fast path's decoder gives what the API path gives for the same
+records: entries, positions, resumes (``frames.JsonLogDecoder`` against
+``FrameDecoder`` and ``RawLineSplitter``)."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from minilog.docker.frames import (
+    PARTIAL_SIZE,
+    Decoded,
+    FrameDecoder,
+    JsonLogDecoder,
+    RawLineSplitter,
+    format_timestamp,
+)
+
+T0 = 1_795_753_222_000_000_000
+Record = tuple[str, int, bytes]  # stream, ts, log (as the logger got it)
+
+
+def go_json_string(data: bytes) -> bytes:
+    """Docker's json-file escaping (``ffjsonWriteJSONBytesAsString``)."""
+    out = bytearray(b'"')
+    text = data.decode("utf-8", "replace")
+    for ch in text:
+        code = ord(ch)
+        if ch in '\\"':
+            out += b"\\" + ch.encode()
+        elif ch == "\n":
+            out += b"\\n"
+        elif ch == "\r":
+            out += b"\\r"
+        elif code < 0x20 or ch in "<>&\u2028\u2029":
+            out += f"\\u{code:04x}".encode()
+        else:
+            out += ch.encode()
+    return bytes(out + b'"')
+
+
+def rfc3339nano(ts: int) -> bytes:
+    """Go's RFC3339Nano: the fraction's trailing zeros dropped."""
+    fixed = format_timestamp(ts)
+    head, frac = fixed[:19], fixed[20:29].rstrip(b"0")
+    return head + (b"." + frac if frac else b"") + b"Z"
+
+
+def json_file(records: list[Record]) -> bytes:
+    out = []
+    for stream, ts, log in records:
+        body = (b'"log":' + go_json_string(log) + b",") if log else b""
+        out.append(
+            b"{"
+            + body
+            + b'"stream":"'
+            + stream.encode()
+            + b'","time":"'
+            + rfc3339nano(ts)
+            + b'"}\n'
+        )
+    return b"".join(out)
+
+
+def api_frames(records: list[Record], tty: bool) -> bytes:
+    out = []
+    for stream, ts, log in records:
+        payload = format_timestamp(ts) + b" " + log
+        if tty:
+            out.append(payload)
+        else:
+            kind = 2 if stream == "stderr" else 1
+            out.append(struct.pack(">BxxxL", kind, len(payload)) + payload)
+    return b"".join(out)
+
+
+def chunks(data: bytes, rng: random.Random) -> list[bytes]:
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 12)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def decode(
+    decoder: JsonLogDecoder | FrameDecoder | RawLineSplitter, parts: list[bytes]
+) -> tuple[list[tuple[str, int, str]], tuple[int, int]]:
+    entries: list[tuple[str, int, str]] = []
+
+    def take(res: Decoded) -> None:
+        entries.extend(("stdout", e.timestamp_ns, e.line) for e in res.stdout)
+        entries.extend(("stderr", e.timestamp_ns, e.line) for e in res.stderr)
+
+    for part in parts:
+        take(decoder.feed(part))
+    take(decoder.finish())
+    return sorted(entries), (decoder.position_ns, decoder.count_at_position)
+
+
+def sample_records(rng: random.Random) -> list[Record]:
+    records: list[Record] = []
+    ts = T0
+    for _ in range(60):
+        ts += rng.choice([0, 1, 7, 1_000_000, 999_999_999])
+        stream = rng.choice(["stdout", "stderr"])
+        kind = rng.randrange(8)
+        if kind == 0:
+            # A message Docker cut: 16 KiB pieces without newline, the last with one.
+            pieces = rng.randrange(1, 4)
+            records.extend(
+                (stream, ts, bytes([97 + rng.randrange(26)]) * PARTIAL_SIZE)
+                for _ in range(pieces)
+            )
+            records.append((stream, ts, b"end of long\n"))
+        elif kind == 1:
+            records.append(
+                (stream, ts, 'quotes " back\\slash <&> tab\t \u2028 é\r\n'.encode())
+            )
+        elif kind == 2:
+            records.append((stream, ts, b"\n"))
+        elif kind == 3:
+            records.append((stream, ts, b"last words without newline"))
+        elif kind == 4:
+            records.append((stream, ts, b"ends with a backslash and n \\n\n"))
+        else:
+            records.append((stream, ts, f"line {rng.random()}\n".encode()))
+    return records
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_json_file_and_api_give_the_same_entries_and_positions(seed: int) -> None:
+    rng = random.Random(seed)
+    records = sample_records(rng)
+    via_file = decode(
+        JsonLogDecoder(max_line_size=40000), chunks(json_file(records), rng)
+    )
+    via_api = decode(
+        FrameDecoder(max_line_size=40000), chunks(api_frames(records, False), rng)
+    )
+    assert via_file == via_api
+    assert via_file[0], "the sample has lines"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_resume_from_the_api_paths_position_continues_on_the_file_path(
+    seed: int,
+) -> None:
+    """Switching paths mid-log: everything once, nothing twice."""
+    rng = random.Random(100 + seed)
+    records = sample_records(rng)
+    frames = api_frames(records, False)
+    cut = rng.randrange(len(frames) // 4, len(frames) // 2)
+    api = FrameDecoder(max_line_size=40000)
+    first = api.feed(frames[:cut])
+    resumed = JsonLogDecoder(
+        position_ns=first.position_ns,
+        count_at_position=first.count_at_position,
+        max_line_size=40000,
+    )
+    rest = decode(resumed, [json_file(records)])[0]
+    got = sorted(
+        [("stdout", e.timestamp_ns, e.line) for e in first.stdout]
+        + [("stderr", e.timestamp_ns, e.line) for e in first.stderr]
+        + rest
+    )
+    whole = decode(FrameDecoder(max_line_size=40000), [frames])[0]
+    assert got == whole
+
+
+def test_tty_records_are_one_raw_stream() -> None:
+    records = [
+        ("stdout", T0, b"x" * PARTIAL_SIZE),
+        ("stdout", T0, b"rest\r\n"),
+        ("stdout", T0 + 5, b"second\r\n"),
+    ]
+    via_file = decode(JsonLogDecoder(tty=True), [json_file(records)])
+    via_api = decode(RawLineSplitter(), [api_frames(records, True)])
+    assert via_file == via_api
+    assert len(via_file[0]) == 2
+
+
+def test_unparsable_records_are_counted_and_skipped() -> None:
+    decoder = JsonLogDecoder()
+    res = decoder.feed(
+        b'garbage\n{"log":"ok\\n","stream":"stdout","time":"bad"}\n'
+        + json_file([("stdout", T0, b"fine\n")])
+    )
+    assert [e.line for e in res.stdout] == ["fine"]
+    assert res.parsing_errors == 2
+
+
+def test_an_unfinished_record_waits_for_the_rest() -> None:
+    data = json_file([("stdout", T0, b"one\n"), ("stderr", T0 + 1, b"two\n")])
+    decoder = JsonLogDecoder()
+    first = decoder.feed(data[:-10])
+    assert [e.line for e in first.stdout] == ["one"] and not first.stderr
+    assert (first.position_ns, first.count_at_position) == (T0, 1)
+    second = decoder.feed(data[-10:])
+    assert [e.line for e in second.stderr] == ["two"]
