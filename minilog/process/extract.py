@@ -1,5 +1,6 @@
 """``loki.process`` stages that extract values from the line: ``stage.json``,
-``stage.logfmt``, ``stage.regex`` (Alloy's ``loki/process/stages``; pure).
+``stage.logfmt``, ``stage.regex``, ``stage.pattern`` (Alloy's ``loki/process/stages``;
+pure).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from minilog.process.core import (
 )
 from minilog.process.parsers import (
     JmesPath,
+    Pattern,
     jmes_search,
     logfmt_scan,
     logfmt_value,
@@ -27,24 +29,36 @@ from minilog.process.stage import (
     source_text,
 )
 
-__all__ = ["JsonStage", "LogfmtStage", "RegexStage"]
+__all__ = ["JsonStage", "LogfmtStage", "PatternStage", "RegexStage"]
 
 
 class JsonStage(Stage):
-    """``stage.json``: JMESPath expressions over the line (or a value) as JSON."""
+    """``stage.json``: JMESPath expressions over the line (or a value) as JSON, and
+    (``regex``) the top-level keys whose names match."""
 
     name = "stage.json"
 
     def __init__(
-        self, expressions: dict[str, JmesPath], source: str | None, drop_malformed: bool
+        self,
+        expressions: dict[str, JmesPath],
+        source: str | None,
+        drop_malformed: bool,
+        regex: re.Pattern[str] | None = None,
     ) -> None:
         # A one-key path is looked up directly: the common case, no JMESPath walk.
         self._exprs = tuple(
-            (name, path[0] if len(path) == 1 and type(path[0]) is str else None, path)
+            (
+                name,
+                path[0]
+                if type(path) is tuple and len(path) == 1 and type(path[0]) is str
+                else None,
+                path,
+            )
             for name, path in expressions.items()
         )
         self._source = source
         self._drop_malformed = drop_malformed
+        self._regex = regex
 
     def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
         entries = seg.entries
@@ -52,6 +66,7 @@ class JsonStage(Stage):
         source = self._source
         seed_value = MISSING if source is None else seg.seed.get(source, MISSING)
         exprs = self._exprs
+        regex = self._regex
         loads = orjson.loads
         dropped: list[int] = []
         for i, entry in enumerate(entries):
@@ -75,10 +90,20 @@ class JsonStage(Stage):
                 if key is not None and data is not None:
                     result = data.get(key)
                 else:
-                    result = jmes_search(path, data)
+                    try:
+                        result = jmes_search(path, data)
+                    except ValueError:
+                        continue  # Alloy skips an expression that fails to search
                 ov[name] = (
                     result if isinstance(result, SCALARS) else json_string(result)
                 )
+            if regex is not None and data is not None:
+                search = regex.search
+                for key, value in data.items():
+                    if search(key) is not None:
+                        ov[key] = (
+                            value if isinstance(value, SCALARS) else json_string(value)
+                        )
         emit_without(seg, dropped, out)
 
 
@@ -115,12 +140,17 @@ class LogfmtStage(Stage):
                 if stop:
                     break  # Alloy keeps what was decoded before a syntax error
                 names = inverse.get(key)
+                matched = regex is not None and regex.search(key) is not None
+                if names is None and not matched:
+                    continue
+                value = logfmt_value(raw)
+                if value is None:
+                    break  # an invalid quoted value is a syntax error too
                 if names is not None:
-                    value = logfmt_value(raw)
                     for name in names:
                         ov[name] = value
-                if regex is not None and regex.search(key) is not None:
-                    ov[key] = logfmt_value(raw)
+                if matched:
+                    ov[key] = value
         out.append(seg)
 
 
@@ -169,5 +199,46 @@ class RegexStage(Stage):
                 keys.append(tuple([m.group(j) or "" for j in label_indexes]))
         if label_indexes:
             emit_grouped(seg, keys, self._label_names, out)
+        else:
+            out.append(seg)
+
+
+class PatternStage(Stage):
+    """``stage.pattern``: the named captures of a Loki pattern into the extracted map.
+
+    With ``labels_from_groups`` the captures also set labels. A line the pattern's
+    leading literal does not start is left alone; one that ends early fills the
+    captures it reached, as Loki's matcher does.
+    """
+
+    name = "stage.pattern"
+
+    def __init__(
+        self, pattern: Pattern, source: str | None, labels_from_groups: bool
+    ) -> None:
+        self._pattern = pattern
+        self._source = source
+        self._labels = labels_from_groups
+
+    def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        ovs = seg.overlays()
+        source = self._source
+        seed_value = MISSING if source is None else seg.seed.get(source, MISSING)
+        matches = self._pattern.matches
+        names = self._pattern.names
+        keys: list[tuple[str | None, ...]] = []
+        unmatched: tuple[str | None, ...] = (None,) * len(names)
+        for i, entry in enumerate(seg.entries):
+            ov = ovs[i]
+            text = entry.line if source is None else source_text(ov, source, seed_value)
+            found = None if text is None else matches(text)
+            if not found:
+                keys.append(unmatched)
+                continue
+            for name, value in zip(names, found, strict=False):
+                ov[name] = value
+            keys.append(tuple(found) + (None,) * (len(names) - len(found)))
+        if self._labels:
+            emit_grouped(seg, keys, names, out)
         else:
             out.append(seg)
