@@ -102,6 +102,14 @@ class _Partial:
         )
 
 
+def _keep(items: list[list[int] | Segment], index: int) -> None:
+    """Add ``index`` to the run of kept entries at the end of ``items``."""
+    if items and isinstance(items[-1], list):
+        items[-1].append(index)
+    else:
+        items.append([index])
+
+
 class CriStage(Stage):
     """``stage.cri``: the CRI fields into the extracted map (``time``, ``stream``,
     ``flags``, ``content``), the content as the line, the time (RFC 3339) as the entry
@@ -149,14 +157,15 @@ class CriStage(Stage):
         ovs = seg.overlays()
         entries = list(seg.entries)
         keys: list[tuple[str | None, ...]] = []
-        kept: list[int] = []
-        extra: list[Segment] = []
+        # What goes out, in order: runs of this segment's entries (indexes) and
+        # segments of their own (completed or flushed partial lines).
+        items: list[list[int] | Segment] = []
         delivery = seg.delivery
         for i, entry in enumerate(seg.entries):
             parsed = parse_cri(entry.line)
             if parsed is None:
                 keys.append((None,))
-                kept.append(i)
+                _keep(items, i)
                 continue
             timestamp, stream, flag, content = parsed
             ov = ovs[i]
@@ -169,15 +178,13 @@ class CriStage(Stage):
                 ts = entry.timestamp_ns
             labels = set_labels(seg.labels, _STREAM, (stream,))
             key = labels_key(labels)
-            line = content
             if flag == "P":
                 if len(self._partials) >= self._max_partial:
                     self._flushed.inc(len(self._partials))
-                    extra.extend(p.segment() for p in self._partials.values())
+                    items.extend(p.segment() for p in self._partials.values())
                     self._partials = {}
                 previous = self._partials.get(key)
-                if previous is not None:
-                    line = previous.entry.line + line
+                line = content if previous is None else previous.entry.line + content
                 partial = _Partial(
                     labels,
                     new_entry((ts, self._cut(line), entry.structured_metadata)),
@@ -191,16 +198,16 @@ class CriStage(Stage):
                 continue
             previous = self._partials.pop(key, None)
             if previous is None:
-                entries[i] = new_entry((ts, line, entry.structured_metadata))
+                entries[i] = new_entry((ts, content, entry.structured_metadata))
                 keys.append((stream,))
-                kept.append(i)
+                _keep(items, i)
                 continue
             done = _Partial(
                 labels,
                 new_entry(
                     (
                         ts,
-                        self._cut(previous.entry.line + line),
+                        self._cut(previous.entry.line + content),
                         entry.structured_metadata,
                     )
                 ),
@@ -209,22 +216,27 @@ class CriStage(Stage):
             )
             done.deliveries = previous.deliveries
             done.hold(delivery)
-            extra.append(done.segment())
-        if len(kept) == len(entries):
-            seg.entries = entries
-            emit_grouped(seg, keys, _STREAM, out)
-        elif kept:
-            rest = Segment(
+            items.append(done.segment())
+        runs = [item for item in items if isinstance(item, list)]
+        hand_on(delivery, len(runs))  # one reference per run of this segment's entries
+        key_of = {}
+        k = 0
+        for run in runs:
+            for i in run:
+                key_of[i] = keys[k]
+                k += 1
+        for item in items:
+            if isinstance(item, Segment):
+                out.append(item)
+                continue
+            part = Segment(
                 seg.labels,
-                [entries[i] for i in kept],
-                [ovs[i] for i in kept],
+                [entries[i] for i in item],
+                [ovs[i] for i in item],
                 seg.seed,
                 delivery,
             )
-            emit_grouped(rest, keys, _STREAM, out)
-        else:
-            hand_on(delivery, 0)  # every entry is held or sent with its partial
-        out.extend(extra)
+            emit_grouped(part, [key_of[i] for i in item], _STREAM, out)
 
     def flush(self, now_ns: int, force: bool) -> list[Segment]:
         if not force or not self._partials:

@@ -171,10 +171,8 @@ def error_pos(block: Block, exc: StageError) -> Pos:
     while i < len(path):
         step = path[i]
         if expr is None:
-            if i + 1 < len(path) and isinstance(path[i + 1], int):
-                nested = [
-                    s for s in body if isinstance(s, Block) and s.full_name == step
-                ]
+            nested = [s for s in body if isinstance(s, Block) and s.full_name == step]
+            if nested and i + 1 < len(path) and isinstance(path[i + 1], int):
                 index = int(path[i + 1])
                 if index >= len(nested):
                     break
