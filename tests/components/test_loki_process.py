@@ -503,3 +503,65 @@ async def test_agent_runs_two_components_defining_the_same_metric(
             f'component_path="/"}} {count}'
         )
         assert sample in text
+
+
+# ------------------------------------------------------------ stage.limit, waiting
+
+LIMIT_CONFIG = """loki.process "p" {
+  forward_to = [sink.s.receiver]
+
+  stage.multiline {
+    firstline     = "^START"
+    max_wait_time = "30ms"
+  }
+  stage.limit {
+    rate  = 50
+    burst = 2
+  }
+}"""
+
+
+async def test_limit_without_drop_holds_the_sender_back_without_blocking() -> None:
+    """drop = false: entries over the rate wait for their tokens and the sender waits
+    with them (backpressure toward the source), while the event loop, the flush timer
+    and other senders go on; nothing is lost and the order is kept."""
+    sink = Recorder()
+    comp = build(LIMIT_CONFIG, {"sink.s": {"receiver": sink}})
+    task = asyncio.create_task(comp.run())
+    receiver = comp.exports()["receiver"]
+    try:
+        lines = [f"START {i}" for i in range(6)]
+        # Each start line sends the block before it on; the last is held.
+        sending = asyncio.create_task(receiver.send(batch({"s": "a"}, *lines)))
+        first = await sink.next()
+        assert [e.line for e in first.entries] == ["START 0", "START 1"]
+        assert not sending.done()  # three blocks still wait for their tokens
+        # The loop is free: another stream's block is flushed by the timer meanwhile.
+        other = asyncio.create_task(receiver.send(batch({"s": "b"}, "START x")))
+        got = [e.line for e in first.entries]
+        while len(got) < 7:
+            got.extend(e.line for e in (await sink.next()).entries)
+        await sending
+        await other
+    finally:
+        await stop(task)
+    assert [line for line in got if line != "START x"] == lines
+    assert "START x" in got
+    assert comp.pipeline.backlog() == 0
+
+
+async def test_limit_waiting_entries_are_sent_at_shutdown() -> None:
+    sink = Recorder()
+    config = LIMIT_CONFIG.replace("rate  = 50", "rate  = 0.001")
+    comp = build(config, {"sink.s": {"receiver": sink}})
+    task = asyncio.create_task(comp.run())
+    receiver = comp.exports()["receiver"]
+    sending = asyncio.create_task(
+        receiver.send(batch({"s": "a"}, "START 0", "START 1", "START 2", "START 3"))
+    )
+    first = await sink.next()
+    assert [e.line for e in first.entries] == ["START 0", "START 1"]
+    await stop(task)
+    await sending  # released by the shutdown, not stuck
+    rest = [e.line for b in sink.batches for e in b.entries]
+    assert rest == ["START 2", "START 3"]
