@@ -7,6 +7,7 @@ lines, which waits for the stream's full (``F``) line. Pure.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from prometheus_client import Counter
@@ -33,37 +34,33 @@ _SPACES: Final = frozenset(
 )
 
 
+_FIRST_SPACE: Final = re.compile("[" + "".join(sorted(_SPACES)) + "]")
+
+
 def parse_cri(line: str) -> tuple[str, str, str, str] | None:
     """(time, stream, flag, content) of a CRI line, or None; as Alloy's ``ParseCRI``:
     the time is the text before the first whitespace, then exactly one space, the
     stream, one space, an optional ``P``/``F`` flag (``F`` when absent) and one
     optional space."""
-    i = 0
-    n = len(line)
-    while i < n and line[i] not in _SPACES:
-        i += 1
-    if i == n:
-        timestamp, rest = "", line
-    else:
-        timestamp, rest = line[:i], line[i:]
-    if not rest.startswith(" "):
+    m = _FIRST_SPACE.search(line)
+    if m is None:
+        return None  # no space after the time: not CRI
+    i = m.start()
+    if line[i] != " ":
         return None
-    rest = rest[1:]
-    if rest.startswith("stdout"):
+    timestamp = line[:i]
+    if line.startswith("stdout ", i + 1):
         stream = "stdout"
-    elif rest.startswith("stderr"):
+    elif line.startswith("stderr ", i + 1):
         stream = "stderr"
     else:
         return None
-    rest = rest[6:]
-    if not rest.startswith(" "):
-        return None
-    rest = rest[1:]
+    rest = line[i + 8 :]
     flag = "F"
     if rest[:1] in ("P", "F"):
         flag = rest[0]
         rest = rest[1:]
-    if rest.startswith(" "):
+    if rest[:1] == " ":
         rest = rest[1:]
     return timestamp, stream, flag, rest
 
@@ -161,6 +158,7 @@ class CriStage(Stage):
         # segments of their own (completed or flushed partial lines).
         items: list[list[int] | Segment] = []
         delivery = seg.delivery
+        streams: dict[str, tuple[dict[str, str], Any]] = {}
         for i, entry in enumerate(seg.entries):
             parsed = parse_cri(entry.line)
             if parsed is None:
@@ -176,8 +174,11 @@ class CriStage(Stage):
             ts = self._parse_time(timestamp, now_ns)
             if ts is None:
                 ts = entry.timestamp_ns
-            labels = set_labels(seg.labels, _STREAM, (stream,))
-            key = labels_key(labels)
+            cached = streams.get(stream)
+            if cached is None:
+                labels = set_labels(seg.labels, _STREAM, (stream,))
+                cached = streams[stream] = (labels, labels_key(labels))
+            labels, key = cached
             if flag == "P":
                 if len(self._partials) >= self._max_partial:
                     self._flushed.inc(len(self._partials))

@@ -208,6 +208,8 @@ class StructuredMetadataStage(Stage):
     ) -> LogEntry:
         if not pairs and not label_pairs:
             return entry
+        if not entry.structured_metadata and not label_pairs and len(pairs) == 1:
+            return new_entry((entry.timestamp_ns, entry.line, (pairs[0],)))
         metadata = list(entry.structured_metadata)
         index: dict[str, int] = {}
         for i, (name, _) in enumerate(metadata):

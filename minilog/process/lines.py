@@ -90,7 +90,8 @@ class TimestampStage(Stage):
         remember = self._remember
         key = labels_key(seg.labels) if remember else ()
         state = self._last.get(key) if remember else None
-        start_state = state
+        # The stream's last parsed time and last given time (-1: none known yet).
+        last_parsed, last_given = state if state is not None else (-1, -1)
         fudge, fudge_duplicates = self._fudge, self._fudge_duplicates
         entries = seg.entries
         new_entries: list[LogEntry] | None = None
@@ -107,26 +108,24 @@ class TimestampStage(Stage):
                     parsed = memo_ts = self._parse(text, now_ns)
                     memo_text = text
             if parsed is None:
-                if not fudge or state is None:
+                if not fudge or last_given < 0:
                     continue  # skip, or fudge with no known time: keep the entry's
-                ts = state[1] + 1
-                state = (state[0], ts)
+                ts = last_given = last_given + 1
             else:
                 ts = parsed
-                if fudge_duplicates and state is not None and parsed == state[0]:
-                    ts = state[1] + 1
-                if remember:
-                    state = (parsed, ts)
+                if fudge_duplicates and parsed == last_parsed and last_given >= 0:
+                    ts = last_given + 1
+                last_parsed, last_given = parsed, ts
             if ts != entry.timestamp_ns:
                 if new_entries is None:
                     new_entries = list(entries)
                 new_entries[i] = new_entry((ts, entry.line, entry.structured_metadata))
         if new_entries is not None:
             seg.entries = new_entries
-        if remember and state is not None and state != start_state:
+        if remember and last_given >= 0 and state != (last_parsed, last_given):
             cache = self._last
             cache.pop(key, None)
-            cache[key] = state
+            cache[key] = (last_parsed, last_given)
             if len(cache) > self._MAX_STREAMS:
                 del cache[next(iter(cache))]
         out.append(seg)
@@ -587,11 +586,15 @@ class LuhnStage(Stage):
         self._source = source
         self._min_length = min_length
         self._delimiters = delimiters
+        self._needle = b""
         if delimiters:
             cls = "".join("\\" + c if c in "\\]^-[" else c for c in delimiters)
             self._candidate = re.compile(rf"\d[\d{cls}]*")
         else:
             self._candidate = re.compile(r"\d+")
+            # In ASCII text a digit is a byte: a line without min_length digits in a
+            # row has nothing to replace (bytes.translate finds that fastest).
+            self._needle = b"0" * max(min_length, 1)
 
     def _replace(self, m: re.Match[str]) -> str:
         run = m.group(0)
@@ -621,7 +624,14 @@ class LuhnStage(Stage):
                 if type(value) is not str:
                     continue
                 text = value
-            result = sub(self._replace, text) if _has_digit(text) else text
+            if text.isascii():
+                needle = self._needle
+                if needle and needle not in text.encode().translate(_DIGITS_AS_ZERO):
+                    result = text
+                else:
+                    result = sub(self._replace, text)
+            else:
+                result = sub(self._replace, text) if _has_digit(text) else text
             if result != entry.line:
                 if new_entries is None:
                     new_entries = list(seg.entries)
@@ -634,6 +644,8 @@ class LuhnStage(Stage):
 
 
 _DIGIT: Final = re.compile(r"\d")
+#: bytes.translate table: ASCII digits to "0", every other byte to "-".
+_DIGITS_AS_ZERO: Final = bytes(48 if 48 <= b <= 57 else 45 for b in range(256))
 
 
 def _has_digit(text: str) -> bool:
