@@ -154,7 +154,7 @@ STAGE_ARGS: Final[Mapping[str, tuple[StageArg, ...]]] = {
     "stage.metrics": (),
     "stage.multiline": (
         StageArg("firstline", "string", required=True),
-        StageArg("max_lines", "int", 128),
+        StageArg("max_lines", "uint", 128),
         StageArg("max_wait_time", "duration", 3.0),
         StageArg("trim_newlines", "bool", True),
     ),

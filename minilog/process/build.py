@@ -417,7 +417,11 @@ class _Builder:
         a = StageArgs(name, raw, STAGE_ARGS[name])
         rate = a.number("rate", required=True)
         if not 0.0 <= rate <= 1.0:
-            raise a.error(f"rate must be between 0.0 and 1.0, got {rate}")
+            raise a.error(
+                "sampling stage failed to parse rate,Sampling Rate must be between "
+                f"0.0 and 1.0, received {rate:f}",
+                "rate",
+            )
         reason = a.string("drop_counter_reason", blank=True)
         dropped = _drop_counter(self._registry).labels(reason)
         return SamplingStage(rate, dropped, random.Random())
@@ -629,8 +633,8 @@ class _Builder:
         a = StageArgs(name, raw, STAGE_ARGS[name])
         firstline = _regex(a, "firstline", a.string("firstline", required=True))
         max_lines = a.integer("max_lines")
-        if max_lines < 1:
-            raise a.error("max_lines must be at least 1", "max_lines")
+        if max_lines < 0:
+            raise a.error("max_lines must not be negative", "max_lines")
         max_wait_ns = a.duration_ns("max_wait_time")
         if max_wait_ns <= 0:
             raise a.error("max_wait_time must be greater than 0", "max_wait_time")

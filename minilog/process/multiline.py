@@ -138,7 +138,7 @@ class MultilineStage(Stage):
             ):
                 delivery.retain()
                 block.deliveries.append(delivery)
-            if len(block.lines) >= self._max_lines:
+            if len(block.lines) == self._max_lines:  # 0: no limit, as in Alloy
                 _collect(flushed, self._send(block))
         if len(passthrough) == len(seg.entries):
             out.append(seg)

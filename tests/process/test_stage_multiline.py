@@ -116,9 +116,17 @@ def test_multiline_inside_match_flushes_through_later_stages() -> None:
         ({"firstline": "("}, "invalid firstline"),
         ({"firstline": "x", "max_wait_time": 0}, "max_wait_time"),
         ({"firstline": "x", "max_wait_time": "-1s"}, "max_wait_time"),
-        ({"firstline": "x", "max_lines": 0}, "max_lines"),
+        ({"firstline": "x", "max_lines": -1}, "max_lines"),
     ],
 )
 def test_multiline_validation(args: dict[str, Any], message: str) -> None:
     with pytest.raises(StageError, match=message):
         build_pipeline([("stage.multiline", args)])
+
+
+def test_multiline_max_lines_zero_means_no_limit() -> None:
+    """Alloy compares the line count with max_lines for equality: 0 never matches."""
+    pipeline = multiline(max_lines=0)
+    lines = [TRACE[0], *(f"at frame {i}" for i in range(300))]
+    assert pipeline.process(batch(*lines), NOW) == []
+    assert lines_of(pipeline.flush_all(NOW)) == ["\n".join(lines)]
