@@ -249,8 +249,13 @@ class _Builder:
             try:
                 compiled[key] = compile_jmespath(expr or key)
             except ValueError as exc:
+                hint = ""
+                if "-" in (expr or key):
+                    hint = ' (quote a name with a "-" in it, as in "\\"a-b\\"")'
                 raise a.error(
-                    f"could not compile JMES expression: {exc}", "expressions", key
+                    f"could not compile JMES expression: {exc}{hint}",
+                    "expressions",
+                    key,
                 ) from None
         regex = _regex(a, "regex", pattern) if pattern else None
         return JsonStage(compiled, source, a.boolean("drop_malformed"), regex)

@@ -6,6 +6,7 @@ pure).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -94,17 +95,31 @@ class JsonStage(Stage):
                         result = jmes_search(path, data)
                     except ValueError:
                         continue  # Alloy skips an expression that fails to search
-                ov[name] = (
-                    result if isinstance(result, SCALARS) else json_string(result)
-                )
+                ov[name] = result if isinstance(result, SCALARS) else _go_json(result)
             if regex is not None and data is not None:
                 search = regex.search
                 for key, value in data.items():
                     if search(key) is not None:
                         ov[key] = (
-                            value if isinstance(value, SCALARS) else json_string(value)
+                            value if isinstance(value, SCALARS) else _go_json(value)
                         )
         emit_without(seg, dropped, out)
+
+
+def _go_json(value: Any) -> str:
+    """A decoded object or array as Alloy marshals it back: Go decoded every number
+    into a float64, so an integral one prints without a fraction (``1.0`` -> ``1``)."""
+    return json_string(_integral_floats(value))
+
+
+def _integral_floats(value: Any) -> Any:
+    if type(value) is float:
+        return int(value) if value.is_integer() and abs(value) < 1e21 else value
+    if type(value) is dict:
+        return {k: _integral_floats(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_integral_floats(v) for v in value]
+    return value
 
 
 class LogfmtStage(Stage):

@@ -56,9 +56,18 @@ def compile_jmespath(expression: str) -> JmesPath:
     try:
         compiled = jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as exc:
-        raise ValueError(str(exc).replace("\n", " ")) from None
+        raise ValueError(_jmes_error(exc)) from None
     path = _plain_path(compiled.parsed)
     return compiled if path is None else path
+
+
+def _jmes_error(exc: Exception) -> str:
+    """The library's message on one line, with the offset it points at."""
+    message = str(exc).split("\n", 1)[0].rstrip(":")
+    offset = getattr(exc, "lex_position", None)
+    if offset is None:
+        offset = getattr(exc, "lexer_position", None)
+    return message if offset is None else f"{message} (at offset {offset})"
 
 
 def _plain_path(node: Mapping[str, Any]) -> tuple[str | int, ...] | None:

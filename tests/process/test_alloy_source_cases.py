@@ -644,6 +644,21 @@ stage.labels {
             ),
         ),
     ),
+    Case(
+        "json/objects-marshalled-back-as-go-does",
+        **_one(
+            'stage.json {\n expressions = { o = "" }\n}',
+            In('{"o":{"b":1.0,"a":[2.5,3.0],"h":"<x>"}}'),
+            expect=(
+                Out(
+                    '{"o":{"b":1.0,"a":[2.5,3.0],"h":"<x>"}}',
+                    extracted={"o": '{"a":[2.5,3],"b":1,"h":"\\u003cx\\u003e"}'},
+                ),
+            ),
+        ),
+        note="Go decoded the numbers as float64 and escapes HTML characters; Alloy's "
+        "key order is random (jsoniter), minilog sorts.",
+    ),
     # -------------------------------------------------------------- stage.logfmt
     Case(
         "logfmt/quoted-value-followed-by-a-quote",
