@@ -30,7 +30,7 @@ LABELS = {
 }
 _T0 = 1_764_216_000_000_000_000  # 2025-11-27T04:00:00Z
 
-#: (name, line format, stage blocks). Line formats: "json" or "logfmt".
+#: (name, line format, stage blocks). Line formats: "json", "logfmt" or "cri".
 PIPELINES: tuple[tuple[str, str, str], ...] = (
     (
         "label-only (static_labels)",
@@ -77,6 +77,63 @@ PIPELINES: tuple[tuple[str, str, str], ...] = (
         "json",
         'stage.multiline {\n firstline = "^[{]"\n max_wait_time = "3s"\n}',
     ),
+    # The stages of Alloy v1.18 minilog added, and the ones it completed.
+    ("cri (full lines)", "cri", "stage.cri {}"),
+    (
+        "pattern (3 captures)",
+        "logfmt",
+        'stage.pattern {\n pattern = "level=<level> ts=<ts> msg=\\"<msg>\\" <_>"\n}',
+    ),
+    (
+        "truncate (line, nothing to cut)",
+        "json",
+        'stage.truncate {\n rule {\n  limit = "1KiB"\n }\n}',
+    ),
+    (
+        "truncate (line cut to 64B + suffix)",
+        "json",
+        'stage.truncate {\n rule {\n  limit = "64B"\n  suffix = "..."\n }\n}',
+    ),
+    ("luhn (no card numbers)", "json", "stage.luhn {}"),
+    (
+        "structured_metadata + structured_metadata_drop",
+        "json",
+        'stage.json {\n expressions = {level = ""}\n}\n'
+        'stage.structured_metadata {\n values = {level = ""}\n}\n'
+        'stage.structured_metadata_drop {\n values = ["level"]\n}',
+    ),
+    (
+        "json + template ({{ .Value | ToUpper }})",
+        "json",
+        'stage.json {\n expressions = {level = ""}\n}\n'
+        'stage.template {\n source = "level"\n template = "{{ .Value | ToUpper }}"\n}',
+    ),
+    (
+        "replace (template with Sha2Hash)",
+        "json",
+        'stage.replace {\n expression = "order_id\\":(\\\\d+)"\n'
+        ' replace = "{{ .Value | Sha2Hash \\"salt\\" }}"\n}',
+    ),
+    (
+        "json, JMESPath function (length(msg))",
+        "json",
+        'stage.json {\n expressions = {n = "length(msg)"}\n}',
+    ),
+    (
+        "limit, drop = false, under the rate",
+        "json",
+        "stage.limit {\n rate = 1000000000\n burst = 1000000\n}",
+    ),
+    (
+        "json + metrics (counter and histogram)",
+        "json",
+        'stage.json {\n expressions = {level = "", duration_ms = ""}\n}\n'
+        "stage.metrics {\n"
+        ' metric.counter {\n  name = "lines_total"\n  source = "level"\n'
+        '  action = "inc"\n }\n'
+        ' metric.histogram {\n  name = "duration_ms"\n  source = "duration_ms"\n'
+        "  buckets = [1, 10, 100]\n }\n}",
+    ),
 )
 
 _LEVELS = ("info", "info", "info", "info", "warn", "info", "info", "error", "info")
@@ -101,9 +158,19 @@ def _logfmt_line(seq: int) -> str:
     )
 
 
+def _cri_line(seq: int) -> str:
+    return (
+        f"2025-11-27T04:00:00.{seq % 1_000_000:06d}Z stdout F order processed "
+        f"order_id={seq} duration_ms={seq % 97} level={_level(seq)}"
+    )
+
+
+_MAKERS = {"json": _json_line, "logfmt": _logfmt_line, "cri": _cri_line}
+
+
 def make_batches(count: int, fmt: str) -> list[StreamBatch]:
     """``count`` one-stream batches of ``LINES_PER_BATCH`` lines in format ``fmt``."""
-    make = _json_line if fmt == "json" else _logfmt_line
+    make = _MAKERS[fmt]
     batches = []
     seq = 0
     for _ in range(count):
@@ -151,9 +218,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="run the pipelines whose name has a word"
+    )
     args = parser.parse_args()
 
-    data = {fmt: make_batches(args.batches, fmt) for fmt in ("json", "logfmt")}
+    data = {fmt: make_batches(args.batches, fmt) for fmt in _MAKERS}
     n_lines = args.batches * LINES_PER_BATCH
     for fmt, batches in data.items():
         mean = sum(len(e.line) for b in batches for e in b.entries) / n_lines
@@ -164,6 +234,8 @@ def main() -> None:
     )
     print(f"{'pipeline':48s} {'us/line':>8s} {'lines/s':>12s} {'out lines':>10s}")
     for name, fmt, stage_text in PIPELINES:
+        if args.only and not any(word in name for word in args.only):
+            continue
         seconds, emitted = _time_pipeline(stage_text, data[fmt], args.runs)
         print(
             f"{name:48s} {seconds / n_lines * 1e6:8.3f} "

@@ -208,13 +208,19 @@ class RuleError(ConfigError):
 class StageError(MinilogError):
     """A ``loki.process`` stage was configured with invalid arguments.
 
-    ``stage_name`` is the block name (``stage.json``); ``message`` says what is wrong.
+    ``stage_name`` is the block name (``stage.json``); ``message`` says what is wrong;
+    ``path`` locates the offending argument inside the block when known: an attribute
+    name, then map keys or list indexes inside its value (``("values", "bad name")``),
+    with nested blocks as a name and an index (``("rule", 1, "limit")``).
     """
 
-    def __init__(self, message: str, stage_name: str) -> None:
+    def __init__(
+        self, message: str, stage_name: str, path: tuple[str | int, ...] = ()
+    ) -> None:
         super().__init__(f"{stage_name}: {message}")
         self.message = message
         self.stage_name = stage_name
+        self.path = path
 
 
 class Re2Error(MinilogError, ValueError):

@@ -3,7 +3,11 @@
 Owns the wiring from the component's ``stage.*`` blocks (decoded, in source order, by
 ``minilog.process.decode_stages``) to ``build_pipeline``, the exported receiver, the
 component's metrics scope, and the flush timer of stages that hold entries back
-(``stage.multiline``): it sleeps until ``Pipeline.next_deadline_ns()`` or new input.
+(``stage.multiline``, ``stage.limit`` with ``drop = false``): it sleeps until
+``Pipeline.next_deadline_ns()`` or new input. While ``stage.limit`` holds entries
+waiting for tokens, ``send`` waits for them to go, so that sources slow down as
+Alloy's blocked pipeline makes them; the timer task is what releases them, so a
+waiting ``send`` never blocks the event loop or the multiline flush.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from minilog.process import (
     build_pipeline,
     decode_stages,
 )
+from minilog.process.schemas import error_pos
 
 __all__ = ["LokiProcess", "LokiProcessArgs", "MetricsScope"]
 
@@ -152,6 +157,9 @@ class LokiProcess(Component[LokiProcessArgs]):
         # Set when input arrived or the pipeline changed: the flush deadline may have
         # moved. Created lazily so that the component can be built outside a loop.
         self._wake: asyncio.Event | None = None
+        # Set (and replaced) whenever held entries went on: senders waiting for
+        # ``stage.limit``'s backlog look again.
+        self._released: asyncio.Event | None = None
         self._exports = {"receiver": self}
 
     @property
@@ -168,9 +176,19 @@ class LokiProcess(Component[LokiProcessArgs]):
             self._wake.set()
         for out in outs:
             await self._fanout.send(out)
+        # Backpressure: wait while entries wait for stage.limit's tokens. Only once the
+        # timer task runs, which is what lets them go.
+        while self._released is not None and self._pipeline.backlog() > 0:
+            await self._released.wait()
+
+    def _notify_released(self) -> None:
+        if self._released is not None:
+            self._released.set()
+            self._released = asyncio.Event()
 
     async def run(self) -> None:
         wake = self._wake = asyncio.Event()
+        self._released = asyncio.Event()
         try:
             while True:
                 wake.clear()
@@ -187,6 +205,7 @@ class LokiProcess(Component[LokiProcessArgs]):
                     continue
                 for out in self._pipeline.flush_expired(self._clock()):
                     await self._fanout.send(out)
+                self._notify_released()
         finally:
             # Shutdown: whatever a stage still holds goes downstream before writers
             # stop.
@@ -194,6 +213,9 @@ class LokiProcess(Component[LokiProcessArgs]):
                 async with asyncio.timeout(self.opts.drain_timeout or _DEFAULT_DRAIN_S):
                     for out in self._pipeline.flush_all(self._clock()):
                         await self._fanout.send(out)
+            released, self._released = self._released, None
+            if released is not None:
+                released.set()
 
     async def update(self, args: LokiProcessArgs) -> None:
         old, self.args = self.args, args
@@ -210,6 +232,7 @@ class LokiProcess(Component[LokiProcessArgs]):
         # Entries the old stages held back are not lost with them.
         for out in previous.flush_all(self._clock()):
             await self._fanout.send(out)
+        self._notify_released()
 
     def debug_info(self) -> Any:
         return {
@@ -226,7 +249,7 @@ def _check_together(stages: Sequence[StageSpec], block: Block) -> None:
         try:
             build_pipeline([spec], registry=registry)
         except StageError as exc:
-            pos = blocks[i].pos if i < len(blocks) else block.pos
+            pos = error_pos(blocks[i], exc) if i < len(blocks) else block.pos
             raise ConfigError(
                 Diagnostic(pos.file, pos.line, pos.col, str(exc))
             ) from exc

@@ -18,7 +18,16 @@ from minilog._go import parse_base2_bytes, parse_duration_ns
 from minilog.errors import StageError
 from minilog.process.core import go_string
 
-__all__ = ["METRIC_ARGS", "NO_DEFAULT", "STAGE_ARGS", "StageArg", "StageArgs"]
+__all__ = [
+    "METRIC_ARGS",
+    "NESTED_ARGS",
+    "NO_DEFAULT",
+    "OUT_OF_SCOPE",
+    "RULE_ARGS",
+    "STAGE_ARGS",
+    "StageArg",
+    "StageArgs",
+]
 
 _NS: Final = 1_000_000_000
 
@@ -67,12 +76,34 @@ METRIC_ARGS: Final[Mapping[str, tuple[StageArg, ...]]] = {
     f"metric.{kind}": _metric_args(kind) for kind in ("counter", "gauge", "histogram")
 }
 
-_VALUES_MAP: Final = StageArg("values", "map(string)", {})
-_VALUES_LIST: Final = StageArg("values", "list(string)", [])
+#: ``stage.truncate``'s ``rule`` block.
+RULE_ARGS: Final[tuple[StageArg, ...]] = (
+    StageArg("limit", "bytes", required=True),
+    StageArg("suffix", "string", ""),
+    StageArg("sources", "list(string)", []),
+    StageArg("source_type", "string", "line"),
+)
+
+#: The blocks nested in a stage (besides ``stage.match``'s stages): their names,
+#: arguments, and whether one is required.
+NESTED_ARGS: Final[Mapping[str, Mapping[str, tuple[tuple[StageArg, ...], bool]]]] = {
+    "stage.metrics": {name: (args, False) for name, args in METRIC_ARGS.items()},
+    "stage.truncate": {"rule": (RULE_ARGS, True)},
+}
+
+_VALUES_MAP: Final = StageArg("values", "map(string)", required=True)
+_VALUES_LIST: Final = StageArg("values", "list(string)", required=True)
+#: ``source`` where Alloy tells unset (the line) from ``""`` (refused): no default.
+_SOURCE_OR_LINE: Final = StageArg("source", "string")
 
 #: Each supported stage's arguments (``stage.match`` also nests stages,
-#: ``stage.metrics`` holds ``METRIC_ARGS`` blocks).
+#: ``stage.metrics`` and ``stage.truncate`` hold ``NESTED_ARGS`` blocks).
 STAGE_ARGS: Final[Mapping[str, tuple[StageArg, ...]]] = {
+    "stage.cri": (
+        StageArg("max_partial_lines", "int", 100),
+        StageArg("max_partial_line_size", "uint", 0),
+        StageArg("max_partial_line_size_truncate", "bool", False),
+    ),
     "stage.decolorize": (),
     "stage.docker": (),
     "stage.drop": (
@@ -85,8 +116,9 @@ STAGE_ARGS: Final[Mapping[str, tuple[StageArg, ...]]] = {
         StageArg("drop_counter_reason", "string", "drop_stage"),
     ),
     "stage.json": (
-        StageArg("expressions", "map(string)", required=True),
-        StageArg("source", "string"),
+        StageArg("expressions", "map(string)", {}),
+        StageArg("regex", "string", ""),
+        _SOURCE_OR_LINE,
         StageArg("drop_malformed", "bool", False),
     ),
     "stage.label_drop": (_VALUES_LIST,),
@@ -107,6 +139,12 @@ STAGE_ARGS: Final[Mapping[str, tuple[StageArg, ...]]] = {
         StageArg("source", "string", ""),
         StageArg("regex", "string", ""),
     ),
+    "stage.luhn": (
+        StageArg("replacement", "string", "**REDACTED**"),
+        _SOURCE_OR_LINE,
+        StageArg("min_length", "int", 13),
+        StageArg("delimiters", "string", ""),
+    ),
     "stage.match": (
         StageArg("selector", "string", required=True),
         StageArg("action", "string", "keep"),
@@ -116,17 +154,23 @@ STAGE_ARGS: Final[Mapping[str, tuple[StageArg, ...]]] = {
     "stage.metrics": (),
     "stage.multiline": (
         StageArg("firstline", "string", required=True),
-        StageArg("max_lines", "int", 128),
+        StageArg("max_lines", "uint", 128),
         StageArg("max_wait_time", "duration", 3.0),
+        StageArg("trim_newlines", "bool", True),
     ),
     "stage.output": (StageArg("source", "string", required=True),),
     "stage.pack": (
         StageArg("labels", "list(string)", required=True),
         StageArg("ingest_timestamp", "bool", True),
     ),
+    "stage.pattern": (
+        StageArg("pattern", "string", required=True),
+        _SOURCE_OR_LINE,
+        StageArg("labels_from_groups", "bool", False),
+    ),
     "stage.regex": (
         StageArg("expression", "string", required=True),
-        StageArg("source", "string"),
+        _SOURCE_OR_LINE,
         StageArg("labels_from_groups", "bool", False),
     ),
     "stage.replace": (
@@ -140,9 +184,10 @@ STAGE_ARGS: Final[Mapping[str, tuple[StageArg, ...]]] = {
     ),
     "stage.static_labels": (_VALUES_MAP,),
     "stage.structured_metadata": (
-        _VALUES_MAP,
+        StageArg("values", "map(string)", {}),
         StageArg("regex", "string", ""),
     ),
+    "stage.structured_metadata_drop": (_VALUES_LIST,),
     "stage.template": (
         StageArg("source", "string", required=True),
         StageArg("template", "string", required=True),
@@ -158,6 +203,24 @@ STAGE_ARGS: Final[Mapping[str, tuple[StageArg, ...]]] = {
         StageArg("fallback_formats", "list(string)", []),
         StageArg("location", "string"),
         StageArg("action_on_failure", "string", "fudge"),
+        StageArg("action_on_duplicate_timestamp", "string", "fudge"),
+    ),
+    "stage.truncate": (),
+}
+
+#: Alloy's stages minilog refuses, and why.
+OUT_OF_SCOPE: Final[Mapping[str, str]] = {
+    "stage.geoip": (
+        "stage.geoip is not supported by minilog: it needs a MaxMind GeoIP database, "
+        "which minilog does not ship or read"
+    ),
+    "stage.eventlogmessage": (
+        "stage.eventlogmessage is not supported by minilog: it parses Windows Event "
+        "Log messages, and minilog ships logs from Docker on Linux"
+    ),
+    "stage.windowsevent": (
+        "stage.windowsevent is not supported by minilog: it parses Windows Event Log "
+        "messages, and minilog ships logs from Docker on Linux"
     ),
 }
 
@@ -185,8 +248,9 @@ class StageArgs:
         self.stage = stage
         self._args = args
 
-    def error(self, message: str) -> StageError:
-        return StageError(message, self.stage)
+    def error(self, message: str, *path: str | int) -> StageError:
+        """A ``StageError`` of this stage, located at ``path`` (argument, keys)."""
+        return StageError(message, self.stage, tuple(path))
 
     def has(self, key: str) -> bool:
         return self._args.get(key) is not None
@@ -199,13 +263,15 @@ class StageArgs:
         value = self._args.get(key)
         if value is None:
             if required:
-                raise self.error(f"{key!r} is required")
+                raise self.error(f"{key!r} is required", key)
             return str(self._default(key, ""))
         text = _as_string(value)
         if text is None:
-            raise self.error(f"{key!r} must be a string, got {type(value).__name__}")
+            raise self.error(
+                f"{key!r} must be a string, got {type(value).__name__}", key
+            )
         if required and not text:
-            raise self.error(f"{key!r} must not be empty")
+            raise self.error(f"{key!r} must not be empty", key)
         if blank and not text:
             return str(self._default(key, ""))
         return text
@@ -214,10 +280,10 @@ class StageArgs:
         value = self._args.get(key)
         if value is None:
             if required:
-                raise self.error(f"{key!r} is required")
+                raise self.error(f"{key!r} is required", key)
             return float(self._default(key, 0.0))
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(f"{key!r} must be a number")
+            raise self.error(f"{key!r} must be a number", key)
         return float(value)
 
     def boolean(self, key: str) -> bool:
@@ -225,7 +291,7 @@ class StageArgs:
         if value is None:
             return bool(self._default(key, False))
         if not isinstance(value, bool):
-            raise self.error(f"{key!r} must be a bool")
+            raise self.error(f"{key!r} must be a bool", key)
         return value
 
     def integer(self, key: str) -> int:
@@ -236,21 +302,21 @@ class StageArgs:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise self.error(f"{key!r} must be a whole number")
+        raise self.error(f"{key!r} must be a whole number", key)
 
     def string_map(self, key: str, *, required: bool = False) -> dict[str, str]:
         value = self._args.get(key)
         if value is None:
             if required:
-                raise self.error(f"{key!r} is required")
+                raise self.error(f"{key!r} is required", key)
             return dict(self._default(key, {}))
         if not isinstance(value, Mapping):
-            raise self.error(f"{key!r} must be a map of strings")
+            raise self.error(f"{key!r} must be a map of strings", key)
         out: dict[str, str] = {}
         for k, v in value.items():
             text = "" if v is None else _as_string(v)
             if not isinstance(k, str) or text is None:
-                raise self.error(f"{key!r} must be a map of strings")
+                raise self.error(f"{key!r} must be a map of strings", key)
             out[k] = text
         return out
 
@@ -259,10 +325,10 @@ class StageArgs:
         if value is None:
             return list(self._default(key, []))
         if isinstance(value, str) or not isinstance(value, Sequence):
-            raise self.error(f"{key!r} must be a list of strings")
+            raise self.error(f"{key!r} must be a list of strings", key)
         texts = [_as_string(v) for v in value]
         if any(t is None for t in texts):
-            raise self.error(f"{key!r} must be a list of strings")
+            raise self.error(f"{key!r} must be a list of strings", key)
         return [t for t in texts if t is not None]
 
     def duration_ns(self, key: str) -> int:
@@ -270,15 +336,15 @@ class StageArgs:
         if value is None or value == "":
             return round(float(self._default(key, 0.0)) * _NS)
         if isinstance(value, bool):
-            raise self.error(f"{key!r} must be a duration")
+            raise self.error(f"{key!r} must be a duration", key)
         if isinstance(value, int | float):
             return round(value * _NS)
         if isinstance(value, str):
             try:
                 return parse_duration_ns(value.strip())
             except ValueError:
-                raise self.error(f"{key!r}: invalid duration {value!r}") from None
-        raise self.error(f"{key!r} must be a duration")
+                raise self.error(f"{key!r}: invalid duration {value!r}", key) from None
+        raise self.error(f"{key!r} must be a duration", key)
 
     def byte_size(self, key: str) -> int:
         value = self._args.get(key)
@@ -291,7 +357,7 @@ class StageArgs:
                 return parse_base2_bytes(value.strip())
             except ValueError:
                 pass
-        raise self.error(f'{key!r}: invalid size {value!r} (for example "8KB")')
+        raise self.error(f'{key!r}: invalid size {value!r} (for example "8KB")', key)
 
 
 def _as_string(value: Any) -> str | None:

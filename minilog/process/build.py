@@ -8,6 +8,7 @@ segments, runs the stages and regroups the result. Pure; the caller passes the t
 from __future__ import annotations
 
 import random
+import re
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -15,14 +16,24 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prometheus_client import CollectorRegistry, Counter
 
+from minilog._go import surrogate_free
 from minilog._re2 import group_index
 from minilog.errors import StageError
 from minilog.labels import TENANT_LABEL, is_valid_label_name
 from minilog.model import StreamBatch
-from minilog.process.arguments import METRIC_ARGS, STAGE_ARGS, StageArgs
+from minilog.process.arguments import (
+    METRIC_ARGS,
+    NESTED_ARGS,
+    OUT_OF_SCOPE,
+    RULE_ARGS,
+    STAGE_ARGS,
+    StageArgs,
+)
 from minilog.process.core import Segment, compile_regex, finish
-from minilog.process.extract import JsonStage, LogfmtStage, RegexStage
+from minilog.process.cri import CriStage
+from minilog.process.extract import JsonStage, LogfmtStage, PatternStage, RegexStage
 from minilog.process.filter import DropStage, LimitStage, MatchStage, SamplingStage
+from minilog.process.gotemplate import GoTemplate
 from minilog.process.gotime import compile_format
 from minilog.process.labels import (
     CopyLabelStage,
@@ -30,16 +41,20 @@ from minilog.process.labels import (
     LabelKeepStage,
     LabelsStage,
     StaticLabelsStage,
+    StructuredMetadataDropStage,
     StructuredMetadataStage,
 )
 from minilog.process.lines import (
     DecolorizeStage,
     DockerStage,
+    LuhnStage,
     OutputStage,
     PackStage,
     ReplaceStage,
     TemplateStage,
     TimestampStage,
+    TruncateRule,
+    TruncateStage,
 )
 from minilog.process.metrics import (
     MetricSpec,
@@ -51,24 +66,32 @@ from minilog.process.metrics import (
 from minilog.process.multiline import MultilineStage
 from minilog.process.parsers import (
     compile_jmespath,
-    compile_template,
+    compile_pattern,
     parse_selector,
-    template_fields,
 )
 from minilog.process.stage import Stage, earliest_deadline, flush_chain, run_chain
+from minilog.process.templatefuncs import compile_go_template
 
 __all__ = ["STAGE_NAMES", "Pipeline", "StageSpec", "build_pipeline"]
 
 #: One stage block: its name (``stage.json``) and its decoded arguments by Alloy name.
 StageSpec = tuple[str, Mapping[str, Any]]
 
-#: The actions each ``stage.metrics`` block allows.
-_METRIC_ACTIONS: Final = {
-    "metric.counter": ("inc", "add"),
-    "metric.gauge": ("set", "inc", "dec", "add", "sub"),
-    "metric.histogram": (),
-}
 _NS: Final = 1_000_000_000
+#: client_golang's default histogram buckets, for an empty ``buckets`` list.
+_DEFAULT_BUCKETS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class Pipeline:
@@ -106,8 +129,14 @@ class Pipeline:
 
     @property
     def holds_entries(self) -> bool:
-        """Whether entries can be held back (a ``stage.multiline`` somewhere)."""
-        return _has_multiline(self._stages)
+        """Whether entries can be held back until a deadline (``stage.multiline``,
+        ``stage.limit`` with ``drop = false``): the caller runs a flush timer."""
+        return any(stage.holds for stage in self._stages)
+
+    def backlog(self) -> int:
+        """Entries held that their sources should wait for (``stage.limit`` with
+        ``drop = false`` waiting for tokens)."""
+        return sum(stage.backlog for stage in self._stages)
 
     def process(self, batch: StreamBatch, now_ns: int) -> list[StreamBatch]:
         """Run ``batch`` through the stages; one batch per resulting label set.
@@ -136,15 +165,6 @@ class Pipeline:
     def next_deadline_ns(self) -> int | None:
         """When ``flush_expired`` will next have a block to send; None: nothing held."""
         return earliest_deadline(self._stages)
-
-
-def _has_multiline(stages: Sequence[Stage]) -> bool:
-    for stage in stages:
-        if isinstance(stage, MultilineStage):
-            return True
-        if isinstance(stage, MatchStage) and _has_multiline(stage.stages):
-            return True
-    return False
 
 
 # One counter per name and registry, shared by all stages and pipelines using it (Alloy
@@ -205,6 +225,9 @@ class _Builder:
             name, args = spec
             build = _BUILDERS.get(name)
             if build is None:
+                reason = OUT_OF_SCOPE.get(str(name))
+                if reason is not None:
+                    raise StageError(reason, str(name))
                 supported = ", ".join(sorted(STAGE_NAMES))
                 raise StageError(
                     f"unsupported stage (supported: {supported})", str(name)
@@ -216,20 +239,26 @@ class _Builder:
 
     def json(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
-        expressions = a.string_map("expressions", required=True)
-        if not expressions:
-            raise a.error("JMES expression is required")
+        expressions = a.string_map("expressions")
+        pattern = a.string("regex")
+        if not expressions and not pattern:
+            raise a.error("JMES expressions or regex is required")
+        source = _source_or_line(a)
         compiled = {}
         for key, expr in expressions.items():
             try:
                 compiled[key] = compile_jmespath(expr or key)
             except ValueError as exc:
+                hint = ""
+                if "-" in (expr or key):
+                    hint = ' (quote a name with a "-" in it, as in "\\"a-b\\"")'
                 raise a.error(
-                    f"could not compile JMES expression for {key!r}: {exc}"
+                    f"could not compile JMES expression: {exc}{hint}",
+                    "expressions",
+                    key,
                 ) from None
-        return JsonStage(
-            compiled, a.string("source") or None, a.boolean("drop_malformed")
-        )
+        regex = _regex(a, "regex", pattern) if pattern else None
+        return JsonStage(compiled, source, a.boolean("drop_malformed"), regex)
 
     def logfmt(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
@@ -237,108 +266,147 @@ class _Builder:
         pattern = a.string("regex")
         if not mapping and not pattern:
             raise a.error("logfmt mapping or regex is required")
-        regex = compile_regex(pattern, name, "regex") if pattern else None
+        regex = _regex(a, "regex", pattern) if pattern else None
         return LogfmtStage(mapping, a.string("source") or None, regex)
 
     def regex(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
         pattern = a.string("expression", required=True)
-        compiled = compile_regex(pattern, name)
+        source = _source_or_line(a)
+        compiled = _regex(a, "expression", pattern)
         groups = group_index(compiled)
         label_groups = None
         if a.boolean("labels_from_groups"):
             label_groups = {k: v for k, v in groups.items() if is_valid_label_name(k)}
-        source = a.string("source") or None
         return RegexStage(compiled, groups, source, label_groups)
+
+    def pattern(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = StageArgs(name, raw, STAGE_ARGS[name])
+        text = a.string("pattern", required=True)
+        source = _source_or_line(a)
+        try:
+            compiled = compile_pattern(text)
+        except ValueError as exc:
+            raise a.error(f"failed to parse pattern: {exc}", "pattern") from None
+        return PatternStage(compiled, source, a.boolean("labels_from_groups"))
 
     def _label_values(self, a: StageArgs, key: str = "values") -> dict[str, str]:
         values = a.string_map(key)
         for label in values:
-            if not is_valid_label_name(label):
-                raise a.error(f"invalid label name: {label}")
+            # Alloy v1.18 validates names as UTF-8 (prometheus/common's default).
+            if not label or not surrogate_free(label):
+                raise a.error(f"invalid label name: {label}", key, label)
         return values
 
     def labels(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
+        if not a.has("values"):
+            raise a.error("label stage config cannot be empty")
         values = {k: v or k for k, v in self._label_values(a).items()}
-        source_type = a.string("source_type")
+        source_type = a.string("source_type", blank=True)
         if source_type not in ("extracted", "structured_metadata"):
             raise a.error(
                 f"invalid labels source_type: {source_type}. "
-                "Can only be 'extracted' or 'structured_metadata'"
+                "Can only be 'extracted' or 'structured_metadata'",
+                "source_type",
             )
         return LabelsStage(values, from_metadata=source_type == "structured_metadata")
 
     def static_labels(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
-        return StaticLabelsStage(self._label_values(a))
+        if not a.has("values"):
+            raise a.error("static_labels stage config cannot be empty")
+        values = self._label_values(a)
+        for label, value in values.items():
+            if not surrogate_free(value):
+                raise a.error(f"invalid label value: {value}", "values", label)
+        return StaticLabelsStage(values)
 
     def label_drop(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
-        return LabelDropStage(a.string_list("values"))
+        return LabelDropStage(
+            _nonempty_list(a, "labeldrop stage config cannot be empty")
+        )
 
     def label_keep(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
-        return LabelKeepStage(a.string_list("values"))
+        return LabelKeepStage(
+            _nonempty_list(a, "labelallow stage config cannot be empty")
+        )
 
     def structured_metadata(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
         values = {k: v or k for k, v in self._label_values(a).items()}
         pattern = a.string("regex")
-        regex = compile_regex(pattern, name, "regex") if pattern else None
+        regex = _regex(a, "regex", pattern) if pattern else None
         return StructuredMetadataStage(values, regex)
+
+    def structured_metadata_drop(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = StageArgs(name, raw, STAGE_ARGS[name])
+        return StructuredMetadataDropStage(
+            _nonempty_list(a, "structured_metadata_drop stage config cannot be empty")
+        )
 
     def timestamp(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
         source = a.string("source", required=True)
         fmt = a.string("format", required=True)
         location: ZoneInfo | None = None
-        loc_name = a.string("location")
-        if loc_name:
+        if a.has("location"):
+            loc_name = a.string("location")
             try:
-                location = ZoneInfo(loc_name)
+                location = ZoneInfo(loc_name or "UTC")
             except (ZoneInfoNotFoundError, ValueError):
-                raise a.error(f"invalid location specified: {loc_name}") from None
+                raise a.error(
+                    f"invalid location specified: unknown time zone {loc_name}",
+                    "location",
+                ) from None
         action = a.string("action_on_failure", blank=True)
         if action not in ("fudge", "skip"):
             raise a.error(
-                "invalid action on failure (supported values are [skip fudge])"
+                "invalid action on failure (supported values are [skip fudge])",
+                "action_on_failure",
+            )
+        duplicates = a.string("action_on_duplicate_timestamp", blank=True)
+        if duplicates not in ("fudge", "keep"):
+            raise a.error(
+                "invalid action on duplicate timestamp (supported values are "
+                "[keep fudge])",
+                "action_on_duplicate_timestamp",
             )
         formats = [fmt, *a.string_list("fallback_formats")]
         return TimestampStage(
             source,
             [compile_format(f, location) for f in formats],
             fudge=action == "fudge",
+            fudge_duplicates=duplicates == "fudge",
         )
 
     def output(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
-        return OutputStage(a.string("source", required=True))
+        source = a.string("source")
+        if not source:
+            raise a.error(
+                "output source value is required if output is specified", "source"
+            )
+        return OutputStage(source)
 
     def replace(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
-        compiled = compile_regex(a.string("expression", required=True), name)
-        text = a.string("replace")
-        try:
-            template = compile_template(text)
-            fields = template_fields(text)
-        except ValueError as exc:
-            raise a.error(f"replace: {exc}") from None
+        compiled = _regex(a, "expression", a.string("expression", required=True))
+        template = _template(a, "replace", "failed to compile template: ")
         source = a.string("source") or None
-        return ReplaceStage(compiled, group_index(compiled), source, template, fields)
+        return ReplaceStage(compiled, group_index(compiled), source, template)
 
     def template(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
-        source = a.string("source", required=True)
+        source = a.string("source")
+        if not source:
+            raise a.error("template source value is required", "source")
         if not a.has("template"):
             raise a.error("'template' is required")
-        text = a.string("template")  # may be empty: the result deletes ``source``
-        try:
-            template = compile_template(text)
-            fields = template_fields(text)
-        except ValueError as exc:
-            raise a.error(f"template: {exc}") from None
-        return TemplateStage(source, template, fields)
+        # May be empty: the (empty) result deletes ``source``.
+        return TemplateStage(source, _template(a, "template", ""))
 
     def pack(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
@@ -354,7 +422,11 @@ class _Builder:
         a = StageArgs(name, raw, STAGE_ARGS[name])
         rate = a.number("rate", required=True)
         if not 0.0 <= rate <= 1.0:
-            raise a.error(f"rate must be between 0.0 and 1.0, got {rate}")
+            raise a.error(
+                "sampling stage failed to parse rate,Sampling Rate must be between "
+                f"0.0 and 1.0, received {rate:f}",
+                "rate",
+            )
         reason = a.string("drop_counter_reason", blank=True)
         dropped = _drop_counter(self._registry).labels(reason)
         return SamplingStage(rate, dropped, random.Random())
@@ -366,11 +438,9 @@ class _Builder:
         if rate <= 0 or burst <= 0:
             raise a.error("limit stage failed to parse rate or burst")
         by_label = a.string("by_label_name")
-        if not a.boolean("drop"):
-            raise a.error(
-                "drop = false (wait for tokens, slowing the pipeline) is not supported "
-                "by minilog; set drop = true"
-            )
+        drop = a.boolean("drop")
+        if by_label and not drop:
+            raise a.error("when ratelimiting by label, drop must be true", "drop")
         by_label_counter = None
         if by_label:
             by_label_counter = _counter(
@@ -387,59 +457,91 @@ class _Builder:
             max(a.integer("max_distinct_labels"), 10_000),
             _drop_counter(self._registry).labels("ratelimit_drop_stage"),
             by_label_counter,
+            drop=drop,
         )
 
     def metrics(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name], blocks=frozenset(METRIC_ARGS))
         collectors: list[SeriesCollector] = []
         for block_name in sorted(METRIC_ARGS):
-            blocks = raw.get(block_name) or []
-            if isinstance(blocks, Mapping):
-                blocks = [blocks]
-            if not isinstance(blocks, Sequence) or isinstance(blocks, str):
-                raise a.error(f"{block_name!r} must be a list of blocks")
-            for args in blocks:
-                if not isinstance(args, Mapping):
-                    raise a.error(f"{block_name!r} must be a list of blocks")
+            for index, args in enumerate(_blocks(a, raw, block_name)):
                 kind = block_name.removeprefix("metric.")
-                spec = self._metric_spec(name, kind, args)
+                spec = self._metric_spec(name, kind, args, (block_name, index))
                 try:
                     collectors.append(register_collector(self._registry, spec))
                 except ValueError as exc:
-                    raise a.error(f"metric {spec.name}: {exc}") from None
+                    raise a.error(
+                        f"metric {spec.name}: {exc}", block_name, index, "name"
+                    ) from None
         return MetricsStage(collectors)
 
-    def _metric_spec(self, stage: str, kind: str, raw: Mapping[str, Any]) -> MetricSpec:
-        a = StageArgs(f"{stage} metric.{kind}", raw, METRIC_ARGS[f"metric.{kind}"])
+    def _metric_spec(
+        self,
+        stage: str,
+        kind: str,
+        raw: Mapping[str, Any],
+        where: tuple[str, int],
+    ) -> MetricSpec:
+        a = StageArgs(stage, raw, METRIC_ARGS[f"metric.{kind}"])
+
+        def error(message: str, *path: str | int) -> StageError:
+            return StageError(message, stage, (*where, *path))
+
         short = a.string("name", required=True)
         full = a.string("prefix", blank=True) + short
         if not is_valid_metric_name(full):
-            raise a.error(f"invalid metric name {full!r}")
+            raise error(f"invalid metric name {full!r}", "name")
+        max_idle_ns = a.duration_ns("max_idle_duration")
+        if max_idle_ns < _NS:
+            raise error(
+                "max_idle_duration must be greater or equal than 1s",
+                "max_idle_duration",
+            )
         action = a.string("action")
-        actions = _METRIC_ACTIONS[f"metric.{kind}"]
-        if kind != "histogram" and action not in actions:
-            raise a.error(f"action must be one of {', '.join(actions)}")
         match_all = a.boolean("match_all")
         value = a.string("value")
         count_bytes = a.boolean("count_entry_bytes")
-        if match_all and value:
-            raise a.error("match_all and value cannot both be set")
-        if count_bytes and not (match_all or action == "add"):
-            raise a.error("count_entry_bytes needs match_all = true or action = add")
+        if kind == "counter":
+            if action not in ("inc", "add"):
+                raise error(
+                    "the 'action' counter field must be either 'inc' or 'add'", "action"
+                )
+            if match_all and value:
+                raise error(
+                    "a 'counter' metric supports either 'match_all' or a 'value', "
+                    "but not both"
+                )
+            if count_bytes and (not match_all or action != "add"):
+                raise error(
+                    "the 'count_entry_bytes' counter field must be specified along "
+                    "with match_all set to true or action set to 'add'"
+                )
+        elif kind == "gauge" and action not in ("set", "inc", "dec", "add", "sub"):
+            raise error(
+                "the 'action' gauge field must be one of the following values: "
+                "[set, inc, dec, add, sub]",
+                "action",
+            )
         buckets: tuple[float, ...] = ()
         if kind == "histogram":
             raw_buckets = raw.get("buckets")
-            if not isinstance(raw_buckets, Sequence) or not raw_buckets:
-                raise a.error("buckets must be a non-empty list of numbers")
-            if not all(
+            if not isinstance(raw_buckets, Sequence) or not all(
                 isinstance(b, int | float) and not isinstance(b, bool)
                 for b in raw_buckets
             ):
-                raise a.error("buckets must be a non-empty list of numbers")
-            buckets = tuple(sorted(float(b) for b in raw_buckets))
-        max_idle_ns = a.duration_ns("max_idle_duration")
-        if max_idle_ns < _NS:
-            raise a.error("max_idle_duration less than 1s not allowed")
+                raise error("buckets must be a list of numbers", "buckets")
+            buckets = tuple(float(b) for b in raw_buckets) or _DEFAULT_BUCKETS
+            if buckets[-1] == float("inf"):
+                buckets = buckets[:-1]  # client_golang adds +Inf itself
+            for i in range(len(buckets) - 1):
+                if buckets[i] >= buckets[i + 1]:
+                    # client_golang panics on the first update (Alloy crashes).
+                    raise error(
+                        "histogram buckets must be in increasing order: "
+                        f"{buckets[i]} >= {buckets[i + 1]}",
+                        "buckets",
+                        i + 1,
+                    )
         return MetricSpec(
             kind=kind,
             name=full,
@@ -460,8 +562,13 @@ class _Builder:
     def tenant(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
         given = [k for k in ("label", "source", "value") if a.string(k)]
-        if len(given) != 1:
-            raise a.error("exactly one of 'label', 'source' or 'value' must be set")
+        if not given:
+            raise a.error("label, source or value config are required")
+        if len(given) > 1:
+            raise a.error(
+                "label, source and value are mutually exclusive: you should set "
+                "source, value or label but not all"
+            )
         if given[0] == "value":
             return StaticLabelsStage({TENANT_LABEL: a.string("value")})
         if given[0] == "label":
@@ -488,7 +595,7 @@ class _Builder:
             raise a.error(
                 "drop stage config must contain `source` if `value` is specified"
             )
-        regex = compile_regex(expression, name) if expression else None
+        regex = _regex(a, "expression", expression) if expression else None
         return DropStage(
             sources=tuple(source.split(",")) if source else (),
             separator=a.string("separator", blank=True),
@@ -529,19 +636,150 @@ class _Builder:
 
     def multiline(self, name: str, raw: Mapping[str, Any]) -> Stage:
         a = StageArgs(name, raw, STAGE_ARGS[name])
-        firstline = compile_regex(
-            a.string("firstline", required=True), name, "firstline"
-        )
+        firstline = _regex(a, "firstline", a.string("firstline", required=True))
         max_lines = a.integer("max_lines")
-        if max_lines < 1:
-            raise a.error("max_lines must be at least 1")
+        if max_lines < 0:
+            raise a.error("max_lines must not be negative", "max_lines")
         max_wait_ns = a.duration_ns("max_wait_time")
         if max_wait_ns <= 0:
-            raise a.error("max_wait_time must be greater than 0")
-        return MultilineStage(firstline, max_lines, max_wait_ns)
+            raise a.error("max_wait_time must be greater than 0", "max_wait_time")
+        return MultilineStage(
+            firstline, max_lines, max_wait_ns, a.boolean("trim_newlines")
+        )
+
+    def cri(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = StageArgs(name, raw, STAGE_ARGS[name])
+        max_partial_lines = a.integer("max_partial_lines")
+        if max_partial_lines <= 0:
+            raise a.error(
+                "max_partial_lines must be greater than 0", "max_partial_lines"
+            )
+        max_size = a.integer("max_partial_line_size")
+        if max_size < 0:
+            raise a.error(
+                "max_partial_line_size must not be negative", "max_partial_line_size"
+            )
+        return CriStage(
+            compile_format("RFC3339Nano", None),
+            max_partial_lines,
+            max_size,
+            a.boolean("max_partial_line_size_truncate"),
+            _counter(
+                self._registry,
+                "loki_process_cri_partial_lines_flushed_total",
+                "A count of partial lines that were flushed prematurely due to the "
+                "max_partial_lines limit being exceeded",
+                (),
+            ),
+            _counter(
+                self._registry,
+                "loki_process_cri_lines_truncated_total",
+                "A count of lines that were truncated due to the "
+                "max_partial_line_size limit",
+                (),
+            ),
+        )
+
+    def truncate(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = StageArgs(name, raw, STAGE_ARGS[name], blocks=frozenset({"rule"}))
+        rules: list[TruncateRule] = []
+        for index, args in enumerate(_blocks(a, raw, "rule")):
+            rules.append(self._truncate_rule(name, args, index))
+        if not rules:
+            raise a.error('missing required block "rule"')
+        counter = _counter(
+            self._registry,
+            "loki_process_truncated_fields_total",
+            "A count of all log lines, labels, extracted values, or "
+            "structured_metadata truncated as a result of a pipeline stage",
+            ("field",),
+        )
+        return TruncateStage(rules, counter)
+
+    def _truncate_rule(
+        self, stage: str, raw: Mapping[str, Any], index: int
+    ) -> TruncateRule:
+        a = StageArgs(stage, raw, RULE_ARGS)
+
+        def error(message: str, *path: str | int) -> StageError:
+            return StageError(message, stage, ("rule", index, *path))
+
+        if not a.has("limit"):
+            raise error('missing required attribute "limit"')
+        limit = a.byte_size("limit")
+        if limit <= 0:
+            raise error("limit must be greater than zero", "limit")
+        source_type = a.string("source_type", blank=True)
+        if source_type not in ("line", "label", "structured_metadata", "extracted"):
+            raise error(f"unknown source_type: {source_type}", "source_type")
+        sources = a.string_list("sources")
+        if source_type == "line" and sources:
+            raise error("sources cannot be set when source_type is 'line'", "sources")
+        suffix = a.string("suffix")
+        if suffix and limit <= len(suffix.encode()):
+            raise error(
+                "suffix length cannot be greater than or equal to limit", "suffix"
+            )
+        return TruncateRule(limit, suffix, tuple(sources), source_type)
+
+    def luhn(self, name: str, raw: Mapping[str, Any]) -> Stage:
+        a = StageArgs(name, raw, STAGE_ARGS[name])
+        source = _source_or_line(a)
+        min_length = a.integer("min_length")
+        return LuhnStage(
+            a.string("replacement", blank=True),
+            source,
+            min_length if min_length >= 1 else 13,
+            a.string("delimiters"),
+        )
+
+
+def _source_or_line(a: StageArgs) -> str | None:
+    """``source`` where Alloy reads an unset one as the line and refuses ``""``."""
+    if not a.has("source"):
+        return None
+    source = a.string("source")
+    if not source:
+        raise a.error("empty source", "source")
+    return source
+
+
+def _regex(a: StageArgs, key: str, pattern: str) -> re.Pattern[str]:
+    try:
+        return compile_regex(pattern, a.stage, key)
+    except StageError as exc:
+        raise a.error(exc.message, key) from None
+
+
+def _template(a: StageArgs, key: str, prefix: str) -> GoTemplate:
+    try:
+        return compile_go_template(a.string(key))
+    except ValueError as exc:
+        raise a.error(f"{prefix}{exc}", key) from None
+
+
+def _nonempty_list(a: StageArgs, message: str) -> list[str]:
+    values = a.string_list("values")
+    if not values:
+        raise a.error(message, "values")
+    return values
+
+
+def _blocks(a: StageArgs, raw: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+    """The nested blocks called ``name`` (a list of argument maps)."""
+    blocks = raw.get(name) or []
+    if isinstance(blocks, Mapping):
+        blocks = [blocks]
+    if not isinstance(blocks, Sequence) or isinstance(blocks, str):
+        raise a.error(f"{name!r} must be a list of blocks", name)
+    for block in blocks:
+        if not isinstance(block, Mapping):
+            raise a.error(f"{name!r} must be a list of blocks", name)
+    return list(blocks)
 
 
 _BUILDERS: Final = {
+    "stage.cri": _Builder.cri,
     "stage.decolorize": _Builder.decolorize,
     "stage.docker": _Builder.docker,
     "stage.drop": _Builder.drop,
@@ -551,22 +789,27 @@ _BUILDERS: Final = {
     "stage.labels": _Builder.labels,
     "stage.limit": _Builder.limit,
     "stage.logfmt": _Builder.logfmt,
+    "stage.luhn": _Builder.luhn,
     "stage.match": _Builder.match,
     "stage.metrics": _Builder.metrics,
     "stage.multiline": _Builder.multiline,
     "stage.output": _Builder.output,
     "stage.pack": _Builder.pack,
+    "stage.pattern": _Builder.pattern,
     "stage.regex": _Builder.regex,
     "stage.replace": _Builder.replace,
     "stage.sampling": _Builder.sampling,
     "stage.static_labels": _Builder.static_labels,
     "stage.structured_metadata": _Builder.structured_metadata,
+    "stage.structured_metadata_drop": _Builder.structured_metadata_drop,
     "stage.template": _Builder.template,
     "stage.tenant": _Builder.tenant,
     "stage.timestamp": _Builder.timestamp,
+    "stage.truncate": _Builder.truncate,
 }
 
 #: The ``stage.*`` blocks minilog implements.
 STAGE_NAMES: Final[frozenset[str]] = frozenset(_BUILDERS)
 
 assert set(STAGE_ARGS) == STAGE_NAMES, "every stage needs its arguments"
+assert set(NESTED_ARGS) <= STAGE_NAMES

@@ -26,6 +26,7 @@ __all__ = [
     "compile_regex",
     "extracted_value",
     "finish",
+    "go_find_all",
     "go_string",
     "hand_on",
     "json_string",
@@ -247,3 +248,27 @@ def compile_regex(
         return re.compile(translate("(?-s:" + pattern + ")"))
     except Re2Error as exc:
         raise StageError(f"invalid {what} {pattern!r}: {exc}", stage_name) from None
+
+
+def go_find_all(regex: re.Pattern[str], text: str, n: int = -1) -> list[re.Match[str]]:
+    """Go's ``FindAll*``: successive matches, an empty match right after a previous
+    match ignored (Python's ``finditer`` keeps those)."""
+    out: list[re.Match[str]] = []
+    pos = 0
+    prev_end = -1
+    end = len(text)
+    while (n < 0 or len(out) < n) and pos <= end:
+        m = regex.search(text, pos)
+        if m is None:
+            break
+        accept = True
+        if m.end() == pos:
+            if m.start() == prev_end:
+                accept = False
+            pos += 1
+        else:
+            pos = m.end()
+        prev_end = m.end()
+        if accept:
+            out.append(m)
+    return out

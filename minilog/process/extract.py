@@ -1,10 +1,12 @@
 """``loki.process`` stages that extract values from the line: ``stage.json``,
-``stage.logfmt``, ``stage.regex`` (Alloy's ``loki/process/stages``; pure).
+``stage.logfmt``, ``stage.regex``, ``stage.pattern`` (Alloy's ``loki/process/stages``;
+pure).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -15,6 +17,7 @@ from minilog.process.core import (
 )
 from minilog.process.parsers import (
     JmesPath,
+    Pattern,
     jmes_search,
     logfmt_scan,
     logfmt_value,
@@ -27,24 +30,36 @@ from minilog.process.stage import (
     source_text,
 )
 
-__all__ = ["JsonStage", "LogfmtStage", "RegexStage"]
+__all__ = ["JsonStage", "LogfmtStage", "PatternStage", "RegexStage"]
 
 
 class JsonStage(Stage):
-    """``stage.json``: JMESPath expressions over the line (or a value) as JSON."""
+    """``stage.json``: JMESPath expressions over the line (or a value) as JSON, and
+    (``regex``) the top-level keys whose names match."""
 
     name = "stage.json"
 
     def __init__(
-        self, expressions: dict[str, JmesPath], source: str | None, drop_malformed: bool
+        self,
+        expressions: dict[str, JmesPath],
+        source: str | None,
+        drop_malformed: bool,
+        regex: re.Pattern[str] | None = None,
     ) -> None:
         # A one-key path is looked up directly: the common case, no JMESPath walk.
         self._exprs = tuple(
-            (name, path[0] if len(path) == 1 and type(path[0]) is str else None, path)
+            (
+                name,
+                path[0]
+                if type(path) is tuple and len(path) == 1 and type(path[0]) is str
+                else None,
+                path,
+            )
             for name, path in expressions.items()
         )
         self._source = source
         self._drop_malformed = drop_malformed
+        self._regex = regex
 
     def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
         entries = seg.entries
@@ -52,6 +67,7 @@ class JsonStage(Stage):
         source = self._source
         seed_value = MISSING if source is None else seg.seed.get(source, MISSING)
         exprs = self._exprs
+        regex = self._regex
         loads = orjson.loads
         dropped: list[int] = []
         for i, entry in enumerate(entries):
@@ -75,11 +91,35 @@ class JsonStage(Stage):
                 if key is not None and data is not None:
                     result = data.get(key)
                 else:
-                    result = jmes_search(path, data)
-                ov[name] = (
-                    result if isinstance(result, SCALARS) else json_string(result)
-                )
+                    try:
+                        result = jmes_search(path, data)
+                    except ValueError:
+                        continue  # Alloy skips an expression that fails to search
+                ov[name] = result if isinstance(result, SCALARS) else _go_json(result)
+            if regex is not None and data is not None:
+                search = regex.search
+                for key, value in data.items():
+                    if search(key) is not None:
+                        ov[key] = (
+                            value if isinstance(value, SCALARS) else _go_json(value)
+                        )
         emit_without(seg, dropped, out)
+
+
+def _go_json(value: Any) -> str:
+    """A decoded object or array as Alloy marshals it back: Go decoded every number
+    into a float64, so an integral one prints without a fraction (``1.0`` -> ``1``)."""
+    return json_string(_integral_floats(value))
+
+
+def _integral_floats(value: Any) -> Any:
+    if type(value) is float:
+        return int(value) if value.is_integer() and abs(value) < 1e21 else value
+    if type(value) is dict:
+        return {k: _integral_floats(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_integral_floats(v) for v in value]
+    return value
 
 
 class LogfmtStage(Stage):
@@ -115,12 +155,17 @@ class LogfmtStage(Stage):
                 if stop:
                     break  # Alloy keeps what was decoded before a syntax error
                 names = inverse.get(key)
+                matched = regex is not None and regex.search(key) is not None
+                if names is None and not matched:
+                    continue
+                value = logfmt_value(raw)
+                if value is None:
+                    break  # an invalid quoted value is a syntax error too
                 if names is not None:
-                    value = logfmt_value(raw)
                     for name in names:
                         ov[name] = value
-                if regex is not None and regex.search(key) is not None:
-                    ov[key] = logfmt_value(raw)
+                if matched:
+                    ov[key] = value
         out.append(seg)
 
 
@@ -169,5 +214,46 @@ class RegexStage(Stage):
                 keys.append(tuple([m.group(j) or "" for j in label_indexes]))
         if label_indexes:
             emit_grouped(seg, keys, self._label_names, out)
+        else:
+            out.append(seg)
+
+
+class PatternStage(Stage):
+    """``stage.pattern``: the named captures of a Loki pattern into the extracted map.
+
+    With ``labels_from_groups`` the captures also set labels. A line the pattern's
+    leading literal does not start is left alone; one that ends early fills the
+    captures it reached, as Loki's matcher does.
+    """
+
+    name = "stage.pattern"
+
+    def __init__(
+        self, pattern: Pattern, source: str | None, labels_from_groups: bool
+    ) -> None:
+        self._pattern = pattern
+        self._source = source
+        self._labels = labels_from_groups
+
+    def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        ovs = seg.overlays()
+        source = self._source
+        seed_value = MISSING if source is None else seg.seed.get(source, MISSING)
+        matches = self._pattern.matches
+        names = self._pattern.names
+        keys: list[tuple[str | None, ...]] = []
+        unmatched: tuple[str | None, ...] = (None,) * len(names)
+        for i, entry in enumerate(seg.entries):
+            ov = ovs[i]
+            text = entry.line if source is None else source_text(ov, source, seed_value)
+            found = None if text is None else matches(text)
+            if not found:
+                keys.append(unmatched)
+                continue
+            for name, value in zip(names, found, strict=False):
+                ov[name] = value
+            keys.append(tuple(found) + (None,) * (len(names) - len(found)))
+        if self._labels:
+            emit_grouped(seg, keys, names, out)
         else:
             out.append(seg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import deque
 from collections.abc import Sequence
 
 from prometheus_client import Counter
@@ -119,34 +120,73 @@ class SamplingStage(Stage):
 
 
 class _TokenBucket:
-    """``golang.org/x/time/rate.Limiter``'s ``Allow``, for a batch arriving at once."""
+    """``golang.org/x/time/rate.Limiter``: ``Allow`` for a batch arriving at once, and
+    ``Wait``'s reservations."""
 
-    __slots__ = ("_burst", "_last_ns", "_per_ns", "_tokens")
+    __slots__ = ("_burst", "_last_ns", "_rate", "_tokens")
 
     def __init__(self, rate: float, burst: int) -> None:
-        self._per_ns = rate / 1e9
+        self._rate = rate
         self._burst = float(burst)
         self._tokens = float(burst)
         self._last_ns: int | None = None
 
+    def _advance(self, now_ns: int) -> float:
+        last = self._last_ns
+        if last is None:
+            return self._burst
+        if now_ns < last:
+            last = now_ns
+        return min(self._burst, self._tokens + (now_ns - last) / 1e9 * self._rate)
+
     def take(self, wanted: int, now_ns: int) -> int:
-        """How many of ``wanted`` entries arriving at ``now_ns`` may pass."""
-        if self._last_ns is not None and now_ns > self._last_ns:
-            elapsed = now_ns - self._last_ns
-            self._tokens = min(self._burst, self._tokens + elapsed * self._per_ns)
-        if self._last_ns is None or now_ns > self._last_ns:
+        """How many of ``wanted`` entries arriving at ``now_ns`` may pass
+        (``Allow``)."""
+        tokens = self._advance(now_ns)
+        granted = min(wanted, int(tokens))
+        if granted:
+            self._tokens = tokens - granted
             self._last_ns = now_ns
-        granted = min(wanted, int(self._tokens))
-        self._tokens -= granted
         return granted
+
+    def reserve(self, wanted: int, now_ns: int) -> list[int]:
+        """When each of ``wanted`` entries arriving at ``now_ns`` may go (``Wait``: a
+        token is reserved at once, the wait is how long until the bucket covers it)."""
+        tokens = self._advance(now_ns)
+        times: list[int] = []
+        ns_per_token = 1e9 / self._rate
+        for _ in range(wanted):
+            tokens -= 1
+            times.append(
+                now_ns if tokens >= 0 else now_ns + int(-tokens * ns_per_token)
+            )
+        self._tokens = tokens
+        self._last_ns = now_ns
+        return times
+
+
+class _Held:
+    """Entries ``stage.limit`` holds until their reserved times."""
+
+    __slots__ = ("segment", "start", "times")
+
+    def __init__(self, segment: Segment, times: list[int]) -> None:
+        self.segment = segment
+        self.times = times
+        self.start = 0
 
 
 class LimitStage(Stage):
-    """``stage.limit`` with ``drop = true``: a token bucket (``rate``/s, ``burst``).
+    """``stage.limit``: a token bucket (``rate``/s, ``burst``).
 
-    With ``by_label_name``, one bucket per value of that label (at most
-    ``max_distinct_labels`` remembered); entries without the label are not limited.
-    Alloy's ``drop = false`` blocks the pipeline instead, which a pure stage cannot do.
+    With ``drop = true``, entries over the limit are dropped and counted
+    (``ratelimit_drop_stage``); with ``by_label_name``, one bucket per value of that
+    label (at most ``max_distinct_labels`` remembered) and entries without the label are
+    not limited. With ``drop = false`` (Alloy's default) each entry waits for its token,
+    in order: the stage holds the entries whose reserved time has not come (``flush``
+    sends them on when it has), and ``backlog`` tells the component how many wait, so
+    that it holds back its sources meanwhile, as Alloy's blocked pipeline does. Entries
+    still waiting at shutdown are sent (Alloy drops them).
     """
 
     name = "stage.limit"
@@ -159,6 +199,7 @@ class LimitStage(Stage):
         max_distinct: int,
         dropped: Counter,
         dropped_by_label: Counter | None,
+        drop: bool = True,
     ) -> None:
         self._rate = rate
         self._burst = burst
@@ -166,12 +207,24 @@ class LimitStage(Stage):
         self._max_distinct = max_distinct
         self._dropped = dropped
         self._dropped_by_label = dropped_by_label
+        self._drop = drop
+        self.holds = not drop
         self._bucket = _TokenBucket(rate, burst)
         # Loki's generational map: at max size the new generation becomes the old one.
         self._new: dict[str, _TokenBucket] = {}
         self._old: dict[str, _TokenBucket] = {}
+        self._held: deque[_Held] = deque()
+        self._backlog = 0
+
+    @property
+    def backlog(self) -> int:
+        """How many entries wait for a token."""
+        return self._backlog
 
     def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        if not self._drop:
+            self._wait(seg, now_ns, out)
+            return
         bucket = self._bucket
         value = ""
         if self._by_label:
@@ -190,6 +243,63 @@ class LimitStage(Stage):
         if self._dropped_by_label is not None:
             self._dropped_by_label.labels(self._by_label, value).inc(n - granted)
         emit_without(seg, list(range(granted, n)), out)
+
+    def _wait(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        # Entries reserved earlier go first, so that the order is kept.
+        out.extend(self._release(now_ns, force=False))
+        times = self._bucket.reserve(len(seg.entries), now_ns)
+        if not self._held:
+            ready = 0
+            while ready < len(times) and times[ready] <= now_ns:
+                ready += 1
+            if ready == len(times):
+                out.append(seg)
+                return
+            if ready:
+                hand_on(seg.delivery, 2)
+                out.append(seg.subset(list(range(ready))))
+                seg = seg.subset(list(range(ready, len(times))))
+                times = times[ready:]
+        self._held.append(_Held(seg, times))
+        self._backlog += len(times)
+
+    def _release(self, now_ns: int, force: bool) -> list[Segment]:
+        due: list[Segment] = []
+        held = self._held
+        while held:
+            item = held[0]
+            times = item.times
+            end = len(times)
+            if not force:
+                end = item.start
+                while end < len(times) and times[end] <= now_ns:
+                    end += 1
+                if end == item.start:
+                    break
+            seg = item.segment
+            if item.start == 0 and end == len(times):
+                due.append(seg)
+                held.popleft()
+            else:
+                if end == len(times):
+                    held.popleft()
+                else:
+                    hand_on(seg.delivery, 2)  # the rest keeps holding a reference
+                due.append(seg.subset(list(range(item.start, end))))
+                item.start = end
+            self._backlog -= len(due[-1].entries)
+            if end < len(times):
+                break
+        return due
+
+    def flush(self, now_ns: int, force: bool) -> list[Segment]:
+        return self._release(now_ns, force)
+
+    def next_deadline_ns(self) -> int | None:
+        if not self._held:
+            return None
+        item = self._held[0]
+        return item.times[item.start]
 
     def _bucket_for(self, value: str) -> _TokenBucket:
         bucket = self._new.get(value)
@@ -217,10 +327,15 @@ class MatchStage(Stage):
         self._selector = selector
         self._stages = tuple(stages)
         self._dropped = drop_counter
+        self.holds = any(stage.holds for stage in self._stages)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
         return self._stages
+
+    @property
+    def backlog(self) -> int:
+        return sum(stage.backlog for stage in self._stages)
 
     def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
         selector = self._selector

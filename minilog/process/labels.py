@@ -1,7 +1,7 @@
 """``loki.process`` stages that set labels and structured metadata: ``stage.labels``,
 ``stage.static_labels``, ``stage.tenant`` (a label copy), ``stage.label_drop``,
-``stage.label_keep``, ``stage.structured_metadata`` (pure; label-only stages run once
-per segment).
+``stage.label_keep``, ``stage.structured_metadata``, ``stage.structured_metadata_drop``
+(pure; label-only stages run once per segment).
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from minilog.model import Metadata
+from minilog.model import LogEntry, Metadata
 from minilog.process.core import (
     MISSING,
     Segment,
-    extracted_value,
     go_string,
     new_entry,
 )
@@ -30,6 +29,7 @@ __all__ = [
     "LabelKeepStage",
     "LabelsStage",
     "StaticLabelsStage",
+    "StructuredMetadataDropStage",
     "StructuredMetadataStage",
 ]
 
@@ -137,17 +137,18 @@ class LabelKeepStage(Stage):
 class StructuredMetadataStage(Stage):
     """``stage.structured_metadata``: extracted values (and labels) as metadata.
 
-    As in Alloy, a configured source that is also a current label is moved from the
-    labels into the metadata, as are labels matching ``regex``. Unlike Alloy, a pair
-    identical to one already added from the extracted map (a label seeded into it) is
-    not added twice.
+    As Alloy (since v1.16), a name already in the entry's metadata gets the new value in
+    place: one value per name reaches Loki. Alloy's order: the configured values from
+    the extracted map, extracted keys matching ``regex``, then configured sources that
+    are current labels and labels matching ``regex``, which are also removed from the
+    label set (so a label seeded into the extracted map ends up once, with the label's
+    value).
     """
 
     name = "stage.structured_metadata"
 
     def __init__(self, values: dict[str, str], regex: re.Pattern[str] | None) -> None:
         self._items = tuple(values.items())
-        self._sources = frozenset(values.values())
         self._regex = regex
 
     def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
@@ -169,59 +170,80 @@ class StructuredMetadataStage(Stage):
         seed = seg.seed
         ex = seg.extracted
         if ex is None:
-            common = self._pairs_from({}, seed, label_pairs)
-            if common:
-                seg.entries = [
-                    new_entry((e.timestamp_ns, e.line, e.structured_metadata + common))
-                    for e in seg.entries
-                ]
-            out.append(seg)
-            return
-        if regex is not None or label_pairs:
-            adds = [self._pairs_from(ov, seed, label_pairs) for ov in ex]
+            common = self._pairs_from({}, seed)
+            seg.entries = [self._with(e, common, label_pairs) for e in seg.entries]
         else:
-            # The common case, inlined: values by name, no regex, no labels moved.
-            sourced = tuple(
-                (name, src, seed.get(src, MISSING)) for name, src in self._items
-            )
-            adds = []
-            for ov in ex:
-                pairs: list[tuple[str, str]] = []
-                for name, src, seed_value in sourced:
-                    value = ov.get(src, seed_value)
-                    if value is MISSING:
-                        continue
-                    text = value if type(value) is str else go_string(value)
-                    if text is not None:
-                        pairs.append((name, text))
-                adds.append(tuple(pairs))
-        seg.entries = [
-            new_entry((e.timestamp_ns, e.line, e.structured_metadata + add))
-            if add
-            else e
-            for e, add in zip(seg.entries, adds, strict=True)
-        ]
+            seg.entries = [
+                self._with(e, self._pairs_from(ov, seed), label_pairs)
+                for e, ov in zip(seg.entries, ex, strict=True)
+            ]
         out.append(seg)
 
     def _pairs_from(
-        self,
-        ov: dict[str, Any],
-        seed: Mapping[str, str],
-        label_pairs: list[tuple[str, str]],
-    ) -> Metadata:
+        self, ov: dict[str, Any], seed: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """The pairs an entry's extracted values give, in Alloy's order."""
         pairs: list[tuple[str, str]] = []
         for name, src in self._items:
-            text = go_string(extracted_value(ov, seed, src))
+            value = ov.get(src, MISSING) if src in ov else seed.get(src, MISSING)
+            if value is MISSING:
+                continue
+            text = value if type(value) is str else go_string(value)
             if text is not None:
                 pairs.append((name, text))
         if self._regex is not None:
             search = self._regex.search
             for key, value in {**seed, **ov}.items():
-                if search(key) is not None:
+                if value is not MISSING and search(key) is not None:
                     text = go_string(value)
                     if text is not None:
                         pairs.append((key, text))
-        if label_pairs:
-            seen = set(pairs)
-            pairs.extend(p for p in label_pairs if p not in seen)
-        return tuple(pairs)
+        return pairs
+
+    @staticmethod
+    def _with(
+        entry: LogEntry,
+        pairs: list[tuple[str, str]],
+        label_pairs: list[tuple[str, str]],
+    ) -> LogEntry:
+        if not pairs and not label_pairs:
+            return entry
+        if not entry.structured_metadata and not label_pairs and len(pairs) == 1:
+            return new_entry((entry.timestamp_ns, entry.line, (pairs[0],)))
+        metadata = list(entry.structured_metadata)
+        index: dict[str, int] = {}
+        for i, (name, _) in enumerate(metadata):
+            index.setdefault(name, i)
+        for pair in (*pairs, *label_pairs):
+            at = index.get(pair[0])
+            if at is None:
+                index[pair[0]] = len(metadata)
+                metadata.append(pair)
+            else:
+                metadata[at] = pair
+        return new_entry((entry.timestamp_ns, entry.line, tuple(metadata)))
+
+
+class StructuredMetadataDropStage(Stage):
+    """``stage.structured_metadata_drop``: remove the named metadata (every pair)."""
+
+    name = "stage.structured_metadata_drop"
+
+    def __init__(self, values: Sequence[str]) -> None:
+        self._drop = frozenset(values)
+
+    def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
+        drop = self._drop
+        seg.entries = [
+            new_entry(
+                (
+                    e.timestamp_ns,
+                    e.line,
+                    tuple(p for p in e.structured_metadata if p[0] not in drop),
+                )
+            )
+            if any(p[0] in drop for p in e.structured_metadata)
+            else e
+            for e in seg.entries
+        ]
+        out.append(seg)

@@ -7,8 +7,8 @@ per segment where it can. Collectors register on the injected registry only.
 
 from __future__ import annotations
 
-import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Final
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from minilog._go import parse_duration_ns
+from minilog._go import format_float, parse_duration_ns
 from minilog.process.core import (
     MISSING,
     Segment,
@@ -75,27 +75,48 @@ def go_float(value: Any) -> float | None:
 class SeriesCollector:
     """A metric whose series are keyed by whole label sets (Alloy's ``metric`` package).
 
-    A ``prometheus_client`` collector: ``collect`` reports every live series.
+    A ``prometheus_client`` collector: ``collect`` reports every live series under the
+    metric's own name, as Alloy does. A series not updated for ``max_idle_duration``
+    (whole seconds, as Alloy counts them) is dropped, on scrape and as entries pass.
+    A counter whose name does not end in ``_total`` is typed ``untyped``: the Python
+    client's text format would otherwise rename it ``<name>_total``.
     """
 
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
-        # The text format adds "_total" to a counter family's name: keep it out of it.
         family = spec.name
-        if spec.kind == "counter" and family.endswith("_total"):
-            family = family[: -len("_total")]
+        kind = spec.kind
+        if kind == "counter":
+            if family.endswith("_total"):
+                family = family[: -len("_total")]
+            else:
+                kind = "unknown"
         self._family = family
+        self._kind = kind
+        self._max_idle_s = spec.max_idle_ns // _NS
         self._values: dict[Key, float] = {}
         self._histograms: dict[Key, list[float]] = {}  # bucket counts, then sum, count
-        self._updated: dict[Key, int] = {}
+        self._updated: dict[Key, int] = {}  # Unix seconds
+        # The pipeline's time at the last update, and the monotonic clock then: a
+        # scrape's "now" is the pipeline's time plus what passed since.
+        self._seen = (0, 0)
+
+    def _touch(self, key: Key, now_ns: int) -> None:
+        self._updated[key] = now_ns // _NS
+        self._seen = (now_ns, time.monotonic_ns())
+
+    def now_ns(self) -> int:
+        """The pipeline's time now, as far as this collector can tell."""
+        at, mono = self._seen
+        return at + (time.monotonic_ns() - mono)
 
     def add(self, key: Key, amount: float, now_ns: int) -> None:
         self._values[key] = self._values.get(key, 0.0) + amount
-        self._updated[key] = now_ns
+        self._touch(key, now_ns)
 
     def set(self, key: Key, value: float, now_ns: int) -> None:
         self._values[key] = value
-        self._updated[key] = now_ns
+        self._touch(key, now_ns)
 
     def observe(self, key: Key, values: Iterable[float], now_ns: int) -> None:
         buckets = self.spec.buckets
@@ -108,42 +129,40 @@ class SeriesCollector:
                     state[i] += 1
             state[-2] += value
             state[-1] += 1
-        self._updated[key] = now_ns
+        self._touch(key, now_ns)
 
     def expire(self, now_ns: int) -> None:
         """Forget series not updated for ``max_idle_duration``."""
-        limit = now_ns - self.spec.max_idle_ns
-        stale = [key for key, at in self._updated.items() if at < limit]
+        now_s = now_ns // _NS
+        limit = self._max_idle_s
+        stale = [key for key, at in self._updated.items() if now_s - at >= limit]
         for key in stale:
             del self._updated[key]
             self._values.pop(key, None)
             self._histograms.pop(key, None)
 
     def describe(self) -> list[Metric]:
-        return [Metric(self._family, self.spec.description, self.spec.kind)]
+        return [Metric(self._family, self.spec.description, self._kind)]
 
     def collect(self) -> list[Metric]:
+        if self._updated:
+            self.expire(self.now_ns())
         spec = self.spec
-        metric = Metric(self._family, spec.description, spec.kind)
+        metric = Metric(self._family, spec.description, self._kind)
         if spec.kind == "histogram":
             for key, state in self._histograms.items():
                 labels = dict(key)
                 for bound, count in zip(spec.buckets, state, strict=False):
-                    le = {**labels, "le": _float_text(bound)}
+                    le = {**labels, "le": format_float(bound)}
                     metric.add_sample(spec.name + "_bucket", le, count)
                 total = {**labels, "le": "+Inf"}
                 metric.add_sample(spec.name + "_bucket", total, state[-1])
                 metric.add_sample(spec.name + "_sum", labels, state[-2])
                 metric.add_sample(spec.name + "_count", labels, state[-1])
             return [metric]
-        suffix = "_total" if spec.kind == "counter" else ""
         for key, value in self._values.items():
-            metric.add_sample(metric.name + suffix, dict(key), value)
+            metric.add_sample(spec.name, dict(key), value)
         return [metric]
-
-
-def _float_text(value: float) -> str:
-    return "+Inf" if value == math.inf else repr(float(value))
 
 
 def register_collector(
@@ -187,16 +206,18 @@ class MetricsStage(Stage):
     ) -> None:
         spec = collector.spec
         if spec.match_all:
+            # Every entry counts, whatever the extracted map holds.
             if spec.count_entry_bytes:
                 size = sum(len(e.line.encode()) for e in seg.entries)
                 collector.add(key, float(size), now_ns)
-            else:
+            elif spec.action == "inc":
                 collector.add(key, float(len(seg.entries)), now_ns)
+            # "add" without count_entry_bytes has no value to add: Alloy adds nothing.
             return
         values = list(self._matching(spec, seg))
         if not values:
             return
-        to_float = self._float
+        to_float = go_float
         if spec.kind == "histogram":
             floats = [f for f in map(to_float, values) if f is not None]
             if floats:
@@ -214,12 +235,15 @@ class MetricsStage(Stage):
                     collector.set(key, f, now_ns)
         else:
             total = 0.0
+            changed = False
             for value in values:
                 f = to_float(value)
-                # A counter only grows: Alloy skips what Prometheus would refuse.
+                # A counter only grows: Alloy would panic where minilog skips.
                 if f is not None and not (spec.kind == "counter" and f < 0):
                     total += f
-            collector.add(key, -total if action == "sub" else total, now_ns)
+                    changed = True
+            if changed:
+                collector.add(key, -total if action == "sub" else total, now_ns)
 
     def _matching(self, spec: MetricSpec, seg: Segment) -> Iterable[Any]:
         """The source values of the entries that update ``spec``."""
@@ -232,9 +256,6 @@ class MetricsStage(Stage):
             if spec.value and go_string(value) != spec.value:
                 continue
             yield value
-
-    def _float(self, value: Any) -> float | None:
-        return go_float(value)
 
 
 def is_valid_metric_name(name: str) -> bool:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any
 
 from minilog.model import Delivery, LogEntry
 from minilog.process.core import (
@@ -71,24 +71,30 @@ class MultilineStage(Stage):
     """``stage.multiline``: merge the lines of a block, per stream, into one entry.
 
     A line matching ``firstline`` starts a block; others join the current one with
-    ``\\n``. Until a stream's first start line, lines pass through. A block is sent on
-    at the next start line, at ``max_lines``, or when no line arrived for ``max_wait``
-    (``flush``). The block keeps its start line's time, structured metadata and
-    extracted values. Entries held in a block keep a reference to their delivery until
-    the block is sent.
+    ``\\n`` (with ``trim_newlines``, Alloy v1.12's default, each line's trailing
+    ``\\r``/``\\n`` characters are cut first). Until a stream's first start line, lines
+    pass through. A block is sent on at the next start line, at ``max_lines``, or when
+    no line arrived for ``max_wait`` (``flush``); a stream idle that long is forgotten,
+    as Alloy's timer does, so its next lines pass through until a start line. The block
+    keeps its start line's time, labels, structured metadata and extracted values (a
+    block cut at ``max_lines`` goes on with them). Entries held in a block keep a
+    reference to their delivery until the block is sent.
     """
 
     name = "stage.multiline"
-    #: Streams idle this long are forgotten (Alloy keeps them forever; label churn would
-    #: leak).
-    IDLE_FORGET_NS: ClassVar[int] = 3600 * 1_000_000_000
+    holds = True
 
     def __init__(
-        self, firstline: re.Pattern[str], max_lines: int, max_wait_ns: int
+        self,
+        firstline: re.Pattern[str],
+        max_lines: int,
+        max_wait_ns: int,
+        trim_newlines: bool = True,
     ) -> None:
         self._firstline = firstline
         self._max_lines = max_lines
         self._max_wait_ns = max_wait_ns
+        self._trim = trim_newlines
         self._streams: dict[tuple[tuple[str, str], ...], _Block] = {}
 
     @property
@@ -103,17 +109,21 @@ class MultilineStage(Stage):
         delivery = seg.delivery
         passthrough: list[int] = []
         flushed: list[Segment] = []
+        trim = self._trim
         for i, entry in enumerate(seg.entries):
             line = entry.line
+            if block is not None and now_ns - block.last_ns >= self._max_wait_ns:
+                # Alloy's timer would have sent the block and forgotten the stream.
+                if block.lines:
+                    _collect(flushed, self._send(block))
+                del self._streams[key]
+                block = None
             is_first = search(line) is not None
             if block is None:
                 if not is_first:
                     passthrough.append(i)
                     continue
                 block = self._streams[key] = _Block()
-            elif block.lines and now_ns - block.last_ns >= self._max_wait_ns:
-                # Alloy's timer would have sent it before this line arrived.
-                _collect(flushed, self._send(block))
             if is_first:
                 if block.lines:
                     _collect(flushed, self._send(block))
@@ -121,14 +131,14 @@ class MultilineStage(Stage):
                 block.labels = seg.labels
                 block.seed = seg.seed
                 block.extracted = None if ex is None else ex[i]
-            block.lines.append(line)
+            block.lines.append(line.rstrip("\r\n") if trim else line)
             block.last_ns = now_ns
             if delivery is not None and not any(
                 d is delivery for d in block.deliveries
             ):
                 delivery.retain()
                 block.deliveries.append(delivery)
-            if len(block.lines) >= self._max_lines:
+            if len(block.lines) == self._max_lines:  # 0: no limit, as in Alloy
                 _collect(flushed, self._send(block))
         if len(passthrough) == len(seg.entries):
             out.append(seg)
@@ -158,11 +168,10 @@ class MultilineStage(Stage):
         idle: list[tuple[tuple[str, str], ...]] = []
         for key, block in self._streams.items():
             waited = now_ns - block.last_ns
-            if block.lines:
-                if force or waited >= self._max_wait_ns:
-                    due.append(self._send(block))
-            elif waited >= self.IDLE_FORGET_NS:
+            if waited >= self._max_wait_ns:
                 idle.append(key)
+            if block.lines and (force or waited >= self._max_wait_ns):
+                due.append(self._send(block))
         for key in idle:
             del self._streams[key]
         return due

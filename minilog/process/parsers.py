@@ -1,4 +1,6 @@
-"""Parsers the stages need: JMESPath and Go-template subsets, logfmt, Go strings, LogQL.
+"""Parsers the stages need: JMESPath (the ``jmespath`` library, with a fast path for
+plain paths), logfmt (go-logfmt's decoder), Loki's ``pattern`` expressions, Go strings,
+LogQL selectors; Go templates are ``gotemplate``'s.
 
 Owns the grammar of each; the stages own what is done with the results. Errors in
 configuration text raise ``ValueError`` with a message (the builder names the stage);
@@ -7,97 +9,100 @@ bad log lines never raise. Pure.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
+import jmespath
+import jmespath.exceptions
 
 from minilog._go import unquote
 from minilog._re2 import compile_re2, translate
 from minilog.errors import EscapeError, Re2Error
+from minilog.labels import is_valid_label_name
 
 __all__ = [
     "JmesPath",
     "LineFilter",
     "Matcher",
+    "Pattern",
     "Selector",
-    "Template",
     "compile_jmespath",
-    "compile_template",
+    "compile_pattern",
     "go_unquote",
     "jmes_search",
     "logfmt_scan",
     "logfmt_value",
     "parse_selector",
-    "template_fields",
 ]
 
 # ---------------------------------------------------------------------------- JMESPath
 
-#: A compiled path: object keys (str) and array indexes (int), applied in order.
-JmesPath = tuple[str | int, ...]
-
-_JMES_TOKEN: Final = re.compile(
-    r"""\s*(?:
-        (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-      | (?P<quoted>"(?:[^"\\]|\\.)*")
-      | \[\s*(?P<index>-?[0-9]+)\s*\]
-      | (?P<dot>\.)
-    )""",
-    re.VERBOSE,
-)
+#: A compiled expression: a plain path (object keys and array indexes, applied in
+#: order) searched without the library, or the library's compiled expression.
+JmesPath = tuple[str | int, ...] | Any
 
 
 def compile_jmespath(expression: str) -> JmesPath:
-    """Compile the JMESPath subset minilog supports: ``a.b``, ``"a.b"``, ``a[0].b``.
+    """Compile a JMESPath expression (Alloy uses go-jmespath; minilog the ``jmespath``
+    library). A plain path such as ``a.b``, ``"a-b"`` or ``a[0].b`` becomes a tuple
+    searched directly, the per-line fast path.
 
     Raises:
-        ValueError: for anything else (wildcards, filters, functions, ...), or bad
-        syntax.
+        ValueError: the library's parse error.
     """
-    steps: list[str | int] = []
-    pos, n = 0, len(expression)
-    want_field = True  # at the start or after '.', a field name must follow
-    after_dot = False
-    while pos < n:
-        if expression[pos:].strip() == "":
-            break
-        m = _JMES_TOKEN.match(expression, pos)
-        if m is None:
-            raise ValueError(
-                f"unsupported JMESPath expression {expression!r} at offset {pos}: "
-                "minilog supports field names, quoted names, dots and [index]"
-            )
-        pos = m.end()
-        if m.group("dot") is not None:
-            if want_field:
-                raise ValueError(
-                    f"unexpected '.' in JMESPath expression {expression!r}"
-                )
-            want_field = after_dot = True
-            continue
-        if m.group("index") is not None:
-            if after_dot:
-                raise ValueError(f"expected a field name after '.' in {expression!r}")
-            steps.append(int(m.group("index")))
-            want_field = False
-            continue
-        if not want_field:
-            raise ValueError(
-                f"expected '.' or '[' in JMESPath expression {expression!r}"
-            )
-        quoted = m.group("quoted")
-        steps.append(orjson.loads(quoted) if quoted is not None else m.group("ident"))
-        want_field = after_dot = False
-    if not steps or after_dot:
-        raise ValueError(f"incomplete JMESPath expression {expression!r}")
-    return tuple(steps)
+    try:
+        compiled = jmespath.compile(expression)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise ValueError(_jmes_error(exc)) from None
+    path = _plain_path(compiled.parsed)
+    return compiled if path is None else path
+
+
+def _jmes_error(exc: Exception) -> str:
+    """The library's message on one line, with the offset it points at."""
+    message = str(exc).split("\n", 1)[0].rstrip(":")
+    offset = getattr(exc, "lex_position", None)
+    if offset is None:
+        offset = getattr(exc, "lexer_position", None)
+    return message if offset is None else f"{message} (at offset {offset})"
+
+
+def _plain_path(node: Mapping[str, Any]) -> tuple[str | int, ...] | None:
+    kind = node.get("type")
+    if kind == "field":
+        return (node["value"],)
+    if kind == "subexpression":
+        steps: list[str | int] = []
+        for child in node["children"]:
+            part = _plain_path(child)
+            if part is None:
+                return None
+            steps.extend(part)
+        return tuple(steps)
+    if kind == "index_expression":
+        left, right = node["children"]
+        head = _plain_path(left)
+        if head is None or right.get("type") != "index":
+            return None
+        return (*head, int(right["value"]))
+    return None
 
 
 def jmes_search(path: JmesPath, data: Any) -> Any:
-    """Evaluate a compiled path; missing keys, wrong types, bad indexes give None."""
+    """Evaluate a compiled expression; missing keys, wrong types, bad indexes give None.
+
+    Raises:
+        ValueError: the library failed (a function given the wrong types): Alloy then
+        skips that expression for the line.
+    """
+    if not isinstance(path, tuple):
+        try:
+            return path.search(data)
+        except jmespath.exceptions.JMESPathError as exc:
+            raise ValueError(str(exc)) from None
     cur = data
     for step in path:
         if type(step) is str:
@@ -117,12 +122,18 @@ def jmes_search(path: JmesPath, data: Any) -> Any:
 # ------------------------------------------------------------------------------ logfmt
 
 
-# One key, optionally '=' and a quoted or bare value, then a separator (a byte <= ' ')
-# or the end; otherwise, as a third group, the single character where go-logfmt stops.
+# go-logfmt's decoder as one regex: a key (bytes above ' ' but '=' and '"'), then '='
+# and a quoted value (which may be followed by anything: the decoder goes on with the
+# next key right after the quote) or a bare value followed by a separator (a byte
+# <= ' ') or the end, or no '=' and a separator; otherwise, as the third group, the
+# character where go-logfmt stops with a syntax error. Quoted values end at a line
+# end: the decoder reads line by line.
 _LOGFMT_SCAN: Final = re.compile(
-    r'([^\x00-\x20="]+)(?:=("(?:[^"\\]|\\.)*"|[^\x00-\x20="]*))?(?=[\x00-\x20]|\Z)'
-    r"|([^\x00-\x20])"
+    r'([^\x00-\x20="]+)(?:=("(?:[^"\\\n]|\\[^\n])*"|[^\x00-\x20="]*(?=[\x00-\x20]|\Z))'
+    r"|(?=[\x00-\x20]|\Z))|([^\x00-\x20])"
 )
+#: bufio.Scanner's limit: go-logfmt fails on a line this long (in bytes) or longer.
+_MAX_RECORD: Final = 64 * 1024
 
 
 def logfmt_scan(text: str) -> list[tuple[str, str, str]]:
@@ -132,25 +143,174 @@ def logfmt_scan(text: str) -> list[tuple[str, str, str]]:
     ``logfmt_value``. A non-empty ``stop`` marks where go-logfmt's decoder fails (a
     stray ``"`` or ``=``, an unterminated quote): only the triples before it count.
     """
+    if len(text) >= _MAX_RECORD:
+        text = _before_long_record(text)
     return _LOGFMT_SCAN.findall(text)
 
 
-def logfmt_value(raw: str) -> str:
-    """The value of a raw value from ``logfmt_scan`` (unquoted, unescaped)."""
+def _before_long_record(text: str) -> str:
+    """The lines before the first one too long for go-logfmt's line scanner (which
+    then stops), plus a stop marker; ``text`` itself when none is."""
+    offset = 0
+    for line in text.split("\n"):
+        if len(line.encode()) >= _MAX_RECORD:
+            return text[:offset] + "\n\x7f"
+        offset += len(line) + 1
+    return text
+
+
+def logfmt_value(raw: str) -> str | None:
+    """The value of a raw value from ``logfmt_scan`` (unquoted, unescaped), or None
+    where go-logfmt refuses the quoted value (the decoder stops there)."""
     if raw[:1] != '"':
         return raw
-    return _unquote_logfmt(raw)
-
-
-def _unquote_logfmt(raw: str) -> str:
     if "\\" not in raw:
         return raw[1:-1]
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # go-logfmt is laxer than JSON about unknown escapes; keep them as written.
-        return raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return value if isinstance(value, str) else raw[1:-1]
+    return _unquote_logfmt(raw[1:-1])
+
+
+_LOGFMT_ESCAPES: Final = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "'": "'",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
+
+
+def _unquote_logfmt(body: str) -> str | None:
+    """go-logfmt's ``unquoteBytes`` (JSON's escapes plus ``\\'``); None if invalid."""
+    out: list[str] = []
+    i, n = 0, len(body)
+    while i < n:
+        ch = body[i]
+        if ch == "\\":
+            if i + 1 >= n:
+                return None
+            letter = body[i + 1]
+            simple = _LOGFMT_ESCAPES.get(letter)
+            if simple is not None:
+                out.append(simple)
+                i += 2
+                continue
+            if letter != "u":
+                return None
+            code = _u4(body, i)
+            if code < 0:
+                return None
+            i += 6
+            if 0xD800 <= code < 0xE000:
+                low = _u4(body, i)
+                if 0xD800 <= code < 0xDC00 and 0xDC00 <= low < 0xE000:
+                    out.append(chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)))
+                    i += 6
+                    continue
+                code = 0xFFFD
+            out.append(chr(code))
+            continue
+        if ch == '"' or ch < " ":
+            return None
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _u4(text: str, i: int) -> int:
+    """The value of ``\\uXXXX`` at ``text[i:]``, or -1."""
+    if text[i : i + 2] != "\\u":
+        return -1
+    digits = text[i + 2 : i + 6]
+    if len(digits) != 4 or not all(c in "0123456789abcdefABCDEF" for c in digits):
+        return -1
+    return int(digits, 16)
+
+
+# ----------------------------------------------------------------------------- pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A Loki ``pattern`` expression: literals and ``<name>`` captures (``<_>``
+    captures without a name)."""
+
+    nodes: tuple[tuple[bool, str], ...]  # (is a capture, literal text or name)
+    names: tuple[str, ...]
+
+    def matches(self, line: str) -> list[str] | None:
+        """Loki's ``Matcher.Matches``: the named captures, in order; fewer when the
+        line ends early; None when the leading literal does not start the line."""
+        if not line or not self.nodes:
+            return None
+        nodes = self.nodes
+        rest = line
+        i = 0
+        if not nodes[0][0]:
+            literal = nodes[0][1]
+            if not rest.startswith(literal):
+                return None
+            rest = rest[len(literal) :]
+            i = 1
+        if i == len(nodes):
+            return None
+        captures: list[str] = []
+        while i < len(nodes):
+            name = nodes[i][1]
+            if i + 1 == len(nodes):  # ending on a capture
+                if name != "_":
+                    captures.append(rest)
+                return captures
+            literal = nodes[i + 1][1]
+            i += 2
+            found = rest.find(literal)
+            if found < 0:  # a capture that misses takes the rest
+                if name != "_":
+                    captures.append(rest)
+                return captures
+            if name != "_":
+                captures.append(rest[:found])
+            rest = rest[found + len(literal) :]
+        return captures
+
+
+_PATTERN_CAPTURE: Final = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def compile_pattern(text: str) -> Pattern:
+    """Parse and validate a Loki ``pattern`` expression as ``stage.pattern`` does.
+
+    Raises:
+        ValueError: no named capture, two captures in a row, a name used twice, or a
+        name that is not a label name.
+    """
+    nodes: list[tuple[bool, str]] = []
+    pos = 0
+    for m in _PATTERN_CAPTURE.finditer(text):
+        if m.start() > pos:
+            nodes.append((False, text[pos : m.start()]))
+        nodes.append((True, m.group(1)))
+        pos = m.end()
+    if pos < len(text):
+        nodes.append((False, text[pos:]))
+    names = tuple(name for capture, name in nodes if capture and name != "_")
+    if not names:
+        raise ValueError("at least one capture is required")
+    for (c1, n1), (c2, n2) in itertools.pairwise(nodes):
+        if c1 and c2:
+            raise ValueError(
+                f"found consecutive capture '<{n1}><{n2}>': invalid expression"
+            )
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate capture name ({name}): invalid expression")
+        seen.add(name)
+        if not is_valid_label_name(name):
+            raise ValueError(f"invalid capture label name '{name}'")
+    return Pattern(tuple(nodes), names)
 
 
 # -------------------------------------------------------------------------- Go strings
@@ -320,83 +480,3 @@ def parse_selector(text: str) -> Selector:
         regexes = tuple(_regex(v, anchored=False) for v in values) if "~" in op else ()
         filters.append(LineFilter(op, tuple(values), regexes))
     return Selector(tuple(matchers), tuple(filters))
-
-
-# ---------------------------------------------------------------------------- templates
-
-#: A compiled template: the data (extracted values as strings, plus ``Value``) to text,
-#: or None where Go's template execution fails.
-Template = Callable[[Mapping[str, str]], "str | None"]
-
-_ACTION: Final = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-_FIELD: Final = r"\.([A-Za-z_][A-Za-z0-9_]*)"
-_FUNCS: Final = "(ToUpper|ToLower|TrimSpace)"
-_FORMS: Final = (
-    (re.compile(rf"\s*{_FIELD}\s*"), None),
-    (re.compile(rf"\s*{_FIELD}\s*\|\s*{_FUNCS}\s*"), "pipe"),
-    (re.compile(rf"\s*{_FUNCS}\s+{_FIELD}\s*"), "call"),
-)
-_APPLY: Final[dict[str | None, Callable[[str], str]]] = {
-    None: str,
-    "ToUpper": str.upper,
-    "ToLower": str.lower,
-    "TrimSpace": str.strip,
-}
-
-
-def compile_template(text: str) -> Template:
-    """Compile the Go ``text/template`` subset of ``stage.replace``/``stage.template``.
-
-    Literal text and ``{{ .Field }}``, ``{{ .Field | ToUpper }}`` or
-    ``{{ ToLower .Field }}`` actions (``ToUpper``, ``ToLower``, ``TrimSpace``); a
-    missing field prints ``<no value>`` as in Go. Anything else raises ``ValueError``.
-    """
-    parts: list[tuple[str, str, Callable[[str], str]]] = []  # literal, field, function
-    pos = 0
-    for m in _ACTION.finditer(text):
-        field, func = _template_action(m.group(1))
-        parts.append((text[pos : m.start()], field, _APPLY[func]))
-        pos = m.end()
-    if "{{" in text[pos:] or "}}" in text[pos:]:
-        raise ValueError(f"unbalanced template delimiters in {text!r}")
-    tail = text[pos:]
-    if not parts:
-        return lambda _data: tail
-
-    def render(data: Mapping[str, str]) -> str | None:
-        out: list[str] = []
-        for literal, field, func in parts:
-            out.append(literal)
-            value = data.get(field)
-            if value is not None:
-                out.append(func(value))
-            elif func is str:
-                out.append("<no value>")  # how Go prints a missing map key
-            else:
-                return None  # Go fails: a missing key is not a string argument
-        out.append(tail)
-        return "".join(out)
-
-    return render
-
-
-def _template_action(action: str) -> tuple[str, str | None]:
-    for pattern, form in _FORMS:
-        m = pattern.fullmatch(action)
-        if m is None:
-            continue
-        if form is None:
-            return m.group(1), None
-        if form == "pipe":
-            return m.group(1), m.group(2)
-        return m.group(2), m.group(1)
-    raise ValueError(
-        f"unsupported template action {{{{{action}}}}}: minilog supports "
-        "{{ .Field }}, {{ .Field | F }} and {{ F .Field }} with F one of ToUpper, "
-        "ToLower, TrimSpace"
-    )
-
-
-def template_fields(text: str) -> frozenset[str]:
-    """The fields a template (valid for ``compile_template``) refers to."""
-    return frozenset(_template_action(m.group(1))[0] for m in _ACTION.finditer(text))

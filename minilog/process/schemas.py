@@ -15,13 +15,33 @@ from typing import Final
 from prometheus_client import CollectorRegistry
 
 from minilog.config import Block, Scope
-from minilog.config.ast import Stmt
+from minilog.config.ast import (
+    ArrayExpr,
+    Attribute,
+    Expr,
+    ObjectExpr,
+    Pos,
+    Stmt,
+    start_pos,
+)
 from minilog.config.schema import Attr, BlockSpec, Schema, decode_block
 from minilog.errors import ConfigError, Diagnostic, StageError
-from minilog.process.arguments import METRIC_ARGS, NO_DEFAULT, STAGE_ARGS, StageArg
+from minilog.process.arguments import (
+    NESTED_ARGS,
+    NO_DEFAULT,
+    OUT_OF_SCOPE,
+    STAGE_ARGS,
+    StageArg,
+)
 from minilog.process.build import STAGE_NAMES, StageSpec, build_pipeline
 
-__all__ = ["STAGE_BLOCKS", "STAGE_GROUP", "STAGE_SCHEMAS", "decode_stages"]
+__all__ = [
+    "STAGE_BLOCKS",
+    "STAGE_GROUP",
+    "STAGE_SCHEMAS",
+    "decode_stages",
+    "error_pos",
+]
 
 _MATCH: Final = "stage.match"
 
@@ -47,10 +67,13 @@ _BLOCKS: list[BlockSpec] = []
 
 _NESTED: Final[Mapping[str, Sequence[BlockSpec]]] = {
     _MATCH: _BLOCKS,
-    "stage.metrics": [
-        BlockSpec(name, _schema(args), repeated=True)
-        for name, args in METRIC_ARGS.items()
-    ],
+    **{
+        stage: [
+            BlockSpec(name, _schema(args), repeated=True, required=required)
+            for name, (args, required) in blocks.items()
+        ]
+        for stage, blocks in NESTED_ARGS.items()
+    },
 }
 
 #: Each supported stage's arguments (from ``STAGE_ARGS``, the one table of names, types
@@ -100,15 +123,11 @@ def _decode(
         pos = stmt.pos
         schema = STAGE_SCHEMAS.get(name)
         if schema is None:
-            supported = ", ".join(sorted(STAGE_NAMES))
-            diagnostics.append(
-                Diagnostic(
-                    pos.file,
-                    pos.line,
-                    pos.col,
-                    f'unsupported stage "{name}" (supported: {supported})',
-                )
-            )
+            reason = OUT_OF_SCOPE.get(name)
+            if reason is None:
+                supported = ", ".join(sorted(STAGE_NAMES))
+                reason = f'unsupported stage "{name}" (supported: {supported})'
+            diagnostics.append(Diagnostic(pos.file, pos.line, pos.col, reason))
             continue
         attrs = stmt.body
         nested: list[StageSpec] = []
@@ -133,7 +152,49 @@ def _decode(
             # Build it alone so that an invalid argument is reported at its block.
             build_pipeline([(name, args)], registry=CollectorRegistry())
         except StageError as exc:
-            diagnostics.append(Diagnostic(pos.file, pos.line, pos.col, str(exc)))
+            at = error_pos(stmt, exc)
+            diagnostics.append(Diagnostic(at.file, at.line, at.col, str(exc)))
             continue
         specs.append((name, args))
     return specs
+
+
+def error_pos(block: Block, exc: StageError) -> Pos:
+    """Where in ``block`` the argument ``exc.path`` names is written: the attribute's
+    value, the map entry or list element inside it, in nested blocks by name and
+    index; the block itself when the path is empty or not found."""
+    path = exc.path
+    body: Sequence[Stmt] = block.body
+    pos = block.pos
+    expr: Expr | None = None
+    i = 0
+    while i < len(path):
+        step = path[i]
+        if expr is None:
+            nested = [s for s in body if isinstance(s, Block) and s.full_name == step]
+            if nested and i + 1 < len(path) and isinstance(path[i + 1], int):
+                index = int(path[i + 1])
+                if index >= len(nested):
+                    break
+                body, pos = nested[index].body, nested[index].pos
+                i += 2
+                continue
+            found = [s for s in body if isinstance(s, Attribute) and s.name == step]
+            if not found:
+                break
+            expr = found[0].value
+            pos = start_pos(expr)
+        elif isinstance(expr, ObjectExpr):
+            field = next((f for f in expr.fields if f.key == step), None)
+            if field is None:
+                break
+            expr, pos = field.value, field.pos
+        elif isinstance(expr, ArrayExpr) and isinstance(step, int):
+            if step >= len(expr.elements):
+                break
+            expr = expr.elements[step]
+            pos = start_pos(expr)
+        else:
+            break
+        i += 1
+    return pos

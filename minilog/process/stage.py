@@ -42,9 +42,17 @@ class Stage:
     """
 
     name: ClassVar[str] = ""
+    #: Whether the stage can hold entries back until a deadline (``flush``): the
+    #: component then runs a timer for it.
+    holds: bool = False
 
     def apply(self, seg: Segment, now_ns: int, out: list[Segment]) -> None:
         raise NotImplementedError
+
+    @property
+    def backlog(self) -> int:
+        """Entries held back that their sources should wait for (``stage.limit``)."""
+        return 0
 
     def flush(self, now_ns: int, force: bool) -> list[Segment]:
         """Entries held back (multiline blocks) that are due; ``force`` flushes all."""

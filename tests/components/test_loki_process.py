@@ -200,10 +200,10 @@ async def test_json_labels_timestamp_multiline_metrics_end_to_end() -> None:
     reg = comp.opts.registry
     info = {"service": "api", "level": "info"}
     error = {"service": "api", "level": "error"}
-    assert reg.get_sample_value("loki_process_custom_lines_total", info) == 1
-    assert reg.get_sample_value("loki_process_custom_lines_total", error) == 1
-    assert reg.get_sample_value("loki_process_custom_errors_total", error) == 1
-    assert reg.get_sample_value("loki_process_custom_errors_total", info) is None
+    assert reg.get_sample_value("loki_process_custom_lines", info) == 1
+    assert reg.get_sample_value("loki_process_custom_lines", error) == 1
+    assert reg.get_sample_value("loki_process_custom_errors", error) == 1
+    assert reg.get_sample_value("loki_process_custom_errors", info) is None
     assert reg.get_sample_value("loki_process_custom_msg_len_sum", info) == 12
     assert reg.get_sample_value("loki_process_custom_msg_len_count", error) is None
 
@@ -337,8 +337,8 @@ async def test_two_components_with_the_same_metric_names_do_not_clash() -> None:
     await one.send(batch({"c": "one"}, "a", "b"))
     await two.send(batch({"c": "two"}, "a"))
     text = generate_latest(shared).decode()
-    assert 'loki_process_custom_seen_total{c="one"} 2.0' in text
-    assert 'loki_process_custom_seen_total{c="two"} 1.0' in text
+    assert 'loki_process_custom_seen{c="one"} 2.0' in text
+    assert 'loki_process_custom_seen{c="two"} 1.0' in text
 
 
 async def test_update_rebuilds_stages_and_flushes_what_the_old_ones_held() -> None:
@@ -355,11 +355,11 @@ async def test_update_rebuilds_stages_and_flushes_what_the_old_ones_held() -> No
     reg = comp.opts.registry
     labels = {"s": "x", "level": "error"}
     # The old pipeline's series went with it; the new one counts from zero.
-    assert reg.get_sample_value("loki_process_custom_lines_total", labels) is None
+    assert reg.get_sample_value("loki_process_custom_lines", labels) is None
     # The next start line completes INFO's block: the new stages count it.
     await comp.send(batch({"s": "x"}, INFO, ERROR_HEAD))
     info = {"s": "x", "level": "info"}
-    assert reg.get_sample_value("loki_process_custom_lines_total", info) == 1
+    assert reg.get_sample_value("loki_process_custom_lines", info) == 1
     await comp.update(prepare(FULL_CONFIG % {"wait": "3h"}, exports))
     assert [b.entries[0].line for b in sink.batches] == [ERROR_HEAD, INFO, ERROR_HEAD]
 
@@ -414,13 +414,13 @@ def test_bad_stage_arguments_are_positioned_diagnostics() -> None:
     assert all(r.startswith("test.alloy:") for r in rendered)
     where = {(d.line, d.column) for d in diags}
     assert (4, 19) in where  # expressions: the wrong type, at its value
-    assert (6, 3) in where  # the bad firstline regex, at its stage block
-    assert (18, 3) in where  # action_on_failure, at stage.timestamp
+    assert (7, 17) in where  # the bad firstline regex, at its value
+    assert (21, 25) in where  # action_on_failure, at its value
     assert (23, 3) in where  # the unknown stage
     by_line = {d.line: d.message for d in diags}
-    assert "firstline" in by_line[6]
+    assert "firstline" in by_line[7]
     assert "stage.nonsense" in by_line[23]
-    assert "stage.multiline" in rendered[[d.line for d in diags].index(6)]
+    assert "stage.multiline" in rendered[[d.line for d in diags].index(7)]
     # metric.gauge without its required name: reported inside the nested block.
     assert any(14 <= d.line <= 16 and "name" in d.message for d in diags)
 
@@ -434,7 +434,7 @@ def test_nested_metric_blocks_decode_in_order() -> None:
     assert multiline["max_wait_time"] == pytest.approx(3.0)
 
 
-def test_a_bad_metric_action_is_reported_at_its_metrics_stage() -> None:
+def test_a_bad_metric_action_is_reported_at_its_argument() -> None:
     text = """loki.process "p" {
   forward_to = []
   stage.static_labels {
@@ -450,8 +450,8 @@ def test_a_bad_metric_action_is_reported_at_its_metrics_stage() -> None:
     with pytest.raises(ConfigError) as info:
         prepare(text)
     (diag,) = info.value.diagnostics
-    assert str(diag).startswith("test.alloy:6:3: stage.metrics")
-    assert "inc, add" in diag.message
+    assert str(diag).startswith("test.alloy:9:16: stage.metrics")  # the value
+    assert "'inc' or 'add'" in diag.message
 
 
 def test_one_metric_name_in_two_metrics_stages_is_a_positioned_error() -> None:
@@ -473,7 +473,8 @@ def test_one_metric_name_in_two_metrics_stages_is_a_positioned_error() -> None:
     with pytest.raises(ConfigError) as info:
         prepare(text)
     (diag,) = info.value.diagnostics
-    assert (diag.path, diag.line, diag.column) == ("test.alloy", 9, 3)
+    # At the second definition's name.
+    assert (diag.path, diag.line, diag.column) == ("test.alloy", 11, 16)
     assert "loki_process_custom_dup" in diag.message
 
 
@@ -498,7 +499,69 @@ async def test_agent_runs_two_components_defining_the_same_metric(
         await agent.aclose()
     for cid, count in (("loki.process.p", "2.0"), ("loki.process.q", "1.0")):
         sample = (
-            f'loki_process_custom_seen_total{{c="x",component_id="{cid}",'
+            f'loki_process_custom_seen{{c="x",component_id="{cid}",'
             f'component_path="/"}} {count}'
         )
         assert sample in text
+
+
+# ------------------------------------------------------------ stage.limit, waiting
+
+LIMIT_CONFIG = """loki.process "p" {
+  forward_to = [sink.s.receiver]
+
+  stage.multiline {
+    firstline     = "^START"
+    max_wait_time = "30ms"
+  }
+  stage.limit {
+    rate  = 50
+    burst = 2
+  }
+}"""
+
+
+async def test_limit_without_drop_holds_the_sender_back_without_blocking() -> None:
+    """drop = false: entries over the rate wait for their tokens and the sender waits
+    with them (backpressure toward the source), while the event loop, the flush timer
+    and other senders go on; nothing is lost and the order is kept."""
+    sink = Recorder()
+    comp = build(LIMIT_CONFIG, {"sink.s": {"receiver": sink}})
+    task = asyncio.create_task(comp.run())
+    receiver = comp.exports()["receiver"]
+    try:
+        lines = [f"START {i}" for i in range(6)]
+        # Each start line sends the block before it on; the last is held.
+        sending = asyncio.create_task(receiver.send(batch({"s": "a"}, *lines)))
+        first = await sink.next()
+        assert [e.line for e in first.entries] == ["START 0", "START 1"]
+        assert not sending.done()  # three blocks still wait for their tokens
+        # The loop is free: another stream's block is flushed by the timer meanwhile.
+        other = asyncio.create_task(receiver.send(batch({"s": "b"}, "START x")))
+        got = [e.line for e in first.entries]
+        while len(got) < 7:
+            got.extend(e.line for e in (await sink.next()).entries)
+        await sending
+        await other
+    finally:
+        await stop(task)
+    assert [line for line in got if line != "START x"] == lines
+    assert "START x" in got
+    assert comp.pipeline.backlog() == 0
+
+
+async def test_limit_waiting_entries_are_sent_at_shutdown() -> None:
+    sink = Recorder()
+    config = LIMIT_CONFIG.replace("rate  = 50", "rate  = 0.001")
+    comp = build(config, {"sink.s": {"receiver": sink}})
+    task = asyncio.create_task(comp.run())
+    receiver = comp.exports()["receiver"]
+    sending = asyncio.create_task(
+        receiver.send(batch({"s": "a"}, "START 0", "START 1", "START 2", "START 3"))
+    )
+    first = await sink.next()
+    assert [e.line for e in first.entries] == ["START 0", "START 1"]
+    await stop(task)
+    await sending  # released by the shutdown, not stuck
+    rest = [e.line for b in sink.batches for e in b.entries]
+    assert rest == ["START 2", "START 3"]

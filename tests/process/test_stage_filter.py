@@ -189,7 +189,7 @@ def test_limit_by_label_has_one_bucket_per_value() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ({"rate": 5, "burst": 10}, "drop = true"),
+        ({"rate": 5, "burst": 10, "by_label_name": "ns"}, "drop must be true"),
         ({"rate": 0, "burst": 10, "drop": True}, "rate or burst"),
         ({"rate": 5, "burst": 0, "drop": True}, "rate or burst"),
     ],

@@ -85,8 +85,12 @@ def test_labels_from_structured_metadata() -> None:
     "stage", ["stage.labels", "stage.static_labels", "stage.structured_metadata"]
 )
 def test_invalid_label_names_are_refused(stage: str) -> None:
-    with pytest.raises(StageError, match="invalid label name"):
-        build_pipeline([(stage, {"values": {"bad-name": "x"}})])
+    """Alloy v1.18 validates label names as UTF-8 (prometheus/common's default):
+    only an empty (or invalid UTF-8) name is refused; ``bad-name`` is accepted."""
+    with pytest.raises(StageError, match="invalid label name") as info:
+        build_pipeline([(stage, {"values": {"": "x"}})])
+    assert info.value.path == ("values", "")
+    build_pipeline([(stage, {"values": {"app.kubernetes.io/name": "x"}})])
 
 
 def test_labels_source_type_must_be_known() -> None:
@@ -115,7 +119,6 @@ def test_labels_source_type_must_be_known() -> None:
             {"container": "shop"},
             id="keep",
         ),
-        pytest.param("stage.label_keep", {}, {}, id="keep-nothing"),
         pytest.param(
             "stage.tenant",
             {"value": "team-a"},
@@ -145,8 +148,19 @@ def test_tenant_from_extracted_source() -> None:
 
 
 def test_tenant_needs_exactly_one_way() -> None:
-    with pytest.raises(StageError, match="exactly one"):
+    with pytest.raises(StageError, match="mutually exclusive"):
         build_pipeline([("stage.tenant", {"value": "a", "label": "b"})])
+    with pytest.raises(StageError, match="are required"):
+        build_pipeline([("stage.tenant", {})])
+
+
+@pytest.mark.parametrize(
+    "stage", ["stage.label_keep", "stage.label_drop", "stage.structured_metadata_drop"]
+)
+def test_label_lists_must_not_be_empty(stage: str) -> None:
+    """Alloy refuses an empty (or missing) ``values`` list for these."""
+    with pytest.raises(StageError, match="cannot be empty"):
+        build_pipeline([(stage, {"values": []})])
 
 
 def test_label_only_stages_do_no_per_line_work() -> None:

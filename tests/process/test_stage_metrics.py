@@ -77,7 +77,7 @@ def test_metrics_from_extracted_values() -> None:
                     {
                         "name": "response_time_seconds",
                         "source": "response_time",
-                        "buckets": [0.01, 0.001, 1],
+                        "buckets": [0.001, 0.01, 1],
                     },
                 ],
             },
@@ -97,7 +97,7 @@ def test_metrics_from_extracted_values() -> None:
     assert sample(registry, hist + "_count", **LABELS) == 3
     assert sample(registry, hist + "_sum", **LABELS) == pytest.approx(2.2005)
     assert sample(registry, hist + "_bucket", le="0.001", **LABELS) == 1
-    assert sample(registry, hist + "_bucket", le="1.0", **LABELS) == 2
+    assert sample(registry, hist + "_bucket", le="1", **LABELS) == 2  # Go's %g
     assert sample(registry, hist + "_bucket", le="+Inf", **LABELS) == 3
 
 
@@ -138,7 +138,7 @@ def test_metrics_gauge_actions_and_idle_series_expire() -> None:
                     {"name": "x", "action": "inc", "match_all": True, "value": "a"}
                 ]
             },
-            "match_all and value",
+            "either 'match_all' or a 'value'",
         ),
         (
             {
@@ -155,7 +155,7 @@ def test_metrics_gauge_actions_and_idle_series_expire() -> None:
                     {"name": "x", "action": "inc", "max_idle_duration": "500ms"}
                 ]
             },
-            "less than 1s",
+            "greater or equal than 1s",
         ),
         (
             {"metric.gauge": [{"name": "bad-name", "action": "inc"}]},
@@ -171,6 +171,23 @@ def test_metrics_gauge_actions_and_idle_series_expire() -> None:
             "Duplicated",
         ),
         ({"metric.summary": [{"name": "x"}]}, "unsupported argument"),
+        (
+            {"metric.histogram": [{"name": "x", "buckets": [1, 0.5]}]},
+            "increasing order",
+        ),
+        (
+            {
+                "metric.counter": [
+                    {
+                        "name": "x",
+                        "action": "inc",
+                        "match_all": True,
+                        "count_entry_bytes": True,
+                    }
+                ]
+            },
+            "count_entry_bytes",
+        ),
     ],
 )
 def test_metrics_validation(blocks: dict[str, Any], message: str) -> None:
