@@ -26,7 +26,11 @@ from minilog.loki.push import (
     url_without_userinfo,
 )
 
-__all__ = ["EndpointConfig", "pusher_for"]
+__all__ = ["DEFAULT_BATCH_LINGER_S", "EndpointConfig", "pusher_for"]
+
+#: How long a batch stays open before it may leave early (adaptive batching).
+#: PLACEHOLDER: the reason is written once the figures are in.
+DEFAULT_BATCH_LINGER_S = 0.05
 
 
 # Not slotted: a frozen dataclass without slots keeps each field's default as a class
@@ -44,6 +48,12 @@ class EndpointConfig:
     entries stay queued and are retried every ``max_backoff_period`` at most, sooner
     when a probe sees Loki answer. 0: never reported. (Alloy drops the batch then.)
     ``retry_on_http_429 = false`` drops what Loki refused with a 429, as Alloy does.
+
+    minilog extensions (Alloy has neither): ``adaptive_batching`` lets a batch leave
+    before ``batch_wait`` when that costs nothing: once it has been open
+    ``batch_linger``, while no request of the endpoint is in flight and it is not
+    backing off (see ``write.batch``); ``false`` is exact Alloy batching (a batch
+    leaves when full or ``batch_wait`` old).
 
     ``repr`` shows no secret: the URL without userinfo, no token, no header value.
     """
@@ -65,6 +75,8 @@ class EndpointConfig:
     retry_on_http_429: bool = True
     queue_capacity: int = 10 << 20
     drain_timeout: float = 15.0
+    adaptive_batching: bool = True
+    batch_linger: float = DEFAULT_BATCH_LINGER_S
 
     def __post_init__(self) -> None:
         problems = []
@@ -87,6 +99,8 @@ class EndpointConfig:
             problems.append("endpoint max_backoff_retries must be >= 0")
         if self.drain_timeout < 0:
             problems.append("endpoint drain_timeout must be >= 0")
+        if not self.batch_linger >= 0:
+            problems.append("endpoint batch_linger must be >= 0")
         credentials = (self.basic_auth, self.bearer_token, self.bearer_token_file)
         if sum(map(bool, credentials)) > 1:
             problems.append(ONE_CREDENTIAL)
