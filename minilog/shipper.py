@@ -181,10 +181,10 @@ class Shipper:
             accepted = await delivered
 
     Lines are batched (``batch_size`` bytes or ``batch_wait`` seconds, whichever
-    comes first; sooner, after ``batch_linger``, while no request is in flight),
-    compressed and pushed. While Loki cannot be reached or
-    answers 429/5xx, lines are kept and retried until it takes them, however long that
-    is (``max_backoff_retries`` only says when the endpoint is reported as failing);
+    comes first; after ``batch_linger`` while no request is in flight), compressed
+    and pushed. While Loki cannot be reached or answers 429/5xx, lines are kept and
+    retried until it takes them, however long that is (``max_backoff_retries`` only
+    says when the endpoint is reported as failing);
     what Loki refuses for good (another 4xx) is dropped, counted by reason and logged.
     Memory is bounded by ``queue_capacity``: when it is full ``send`` waits and
     ``send_nowait`` raises ``WouldBlockError``; lines of a stream Loki refused for now

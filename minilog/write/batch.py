@@ -155,7 +155,7 @@ class Batcher:
         tenant_id: str = "",
         clock: Callable[[], float] = time.monotonic,
         on_drop: DropCallback | None = None,
-        linger: float | None = None,
+        linger: float | None = EndpointConfig.batch_linger,
     ) -> None:
         self.batch_size = batch_size
         self.batch_wait = batch_wait

@@ -26,16 +26,7 @@ from minilog.loki.push import (
     url_without_userinfo,
 )
 
-__all__ = ["DEFAULT_BATCH_LINGER_S", "EndpointConfig", "pusher_for"]
-
-#: How long a batch stays open before it may leave early (adaptive batching). A line
-#: waits about half the linger, plus ~10 ms to be read, encoded and appended by Loki:
-#: 100 ms keeps the median well under 100 ms (about where a response stops feeling
-#: instantaneous) and the 99th percentile near 150 ms, with the fewest requests that
-#: does: a busy endpoint sends about one per linger and tenant, 9.4 a second at
-#: 10,000 lines/s against 16 with 50 ms and 260 with none, and each one costs Loki
-#: fixed work (``benchmarks/bench_latency.py``; the figures are in the README).
-DEFAULT_BATCH_LINGER_S = 0.1
+__all__ = ["EndpointConfig", "pusher_for"]
 
 
 # Not slotted: a frozen dataclass without slots keeps each field's default as a class
@@ -81,7 +72,12 @@ class EndpointConfig:
     queue_capacity: int = 10 << 20
     drain_timeout: float = 15.0
     adaptive_batching: bool = True
-    batch_linger: float = DEFAULT_BATCH_LINGER_S
+    # A line waits about half the linger, plus ~10 ms to be read, encoded and appended
+    # by Loki: 100 ms keeps the median well under 100 ms (about where a response stops
+    # feeling instantaneous) with the fewest requests that does, about one per linger
+    # and tenant: at 10,000 lines/s 9 a second, against 16 with 50 ms and 260 with none,
+    # each costing Loki fixed work (benchmarks/bench_latency.py; figures in the README).
+    batch_linger: float = 0.1
 
     def __post_init__(self) -> None:
         problems = []
