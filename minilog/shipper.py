@@ -180,10 +180,11 @@ class Shipper:
             await shipper.send(None, "order 42 paid", on_delivery=delivered)
             accepted = await delivered
 
-    Lines are batched per stream (``batch_size`` bytes or ``batch_wait`` seconds,
-    whichever comes first), compressed and pushed. While Loki cannot be reached or
-    answers 429/5xx, lines are kept and retried until it takes them, however long that
-    is (``max_backoff_retries`` only says when the endpoint is reported as failing);
+    Lines are batched (``batch_size`` bytes or ``batch_wait`` seconds, whichever
+    comes first; after ``batch_linger`` while no request is in flight), compressed
+    and pushed. While Loki cannot be reached or answers 429/5xx, lines are kept and
+    retried until it takes them, however long that is (``max_backoff_retries`` only
+    says when the endpoint is reported as failing);
     what Loki refuses for good (another 4xx) is dropped, counted by reason and logged.
     Memory is bounded by ``queue_capacity``: when it is full ``send`` waits and
     ``send_nowait`` raises ``WouldBlockError``; lines of a stream Loki refused for now
@@ -198,6 +199,10 @@ class Shipper:
             bearer_token, bearer_token_file, tls_config, min_backoff_period,
             max_backoff_period, max_backoff_retries, retry_on_http_429, drain_timeout:
             as in Alloy's ``loki.write`` ``endpoint`` block (see ``EndpointConfig``).
+        adaptive_batching, batch_linger: minilog's extensions of that block: a batch
+            leaves before ``batch_wait`` once it is ``batch_linger`` old while no
+            request is in flight; ``adaptive_batching=False`` batches exactly as
+            Alloy.
         registry: where the ``loki_write_*`` metrics go (a private registry if
             ``None``).
     """
@@ -222,6 +227,8 @@ class Shipper:
         max_backoff_retries: int = EndpointConfig.max_backoff_retries,
         retry_on_http_429: bool = EndpointConfig.retry_on_http_429,
         drain_timeout: float = EndpointConfig.drain_timeout,
+        adaptive_batching: bool = EndpointConfig.adaptive_batching,
+        batch_linger: float = EndpointConfig.batch_linger,
         max_streams: int = 0,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -245,6 +252,8 @@ class Shipper:
             max_backoff_retries=max_backoff_retries,
             retry_on_http_429=retry_on_http_429,
             drain_timeout=drain_timeout,
+            adaptive_batching=adaptive_batching,
+            batch_linger=batch_linger,
         )
         self._writer = self._core.writer
         self.config = self._core.config

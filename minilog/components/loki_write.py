@@ -4,6 +4,11 @@ Maps Alloy's arguments (``endpoint`` blocks with ``basic_auth`` / ``tls_config``
 ``queue_config``, ``external_labels``, ``max_streams``) onto ``EndpointConfig``. An
 update that changes them builds a new writer, points the receiver at it, then drains the
 old one, so nothing upstream ever holds a closed writer and nothing queued is dropped.
+
+minilog extensions in the ``endpoint`` block (Alloy v1.18 has neither; accepted at the
+default stability level, as ``loki.source.api``'s are): ``adaptive_batching`` (a batch
+leaves before ``batch_wait`` when no request is in flight and it has been open
+``batch_linger``; ``false`` is exact Alloy batching) and ``batch_linger``.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ _ENDPOINT_SCHEMA = Schema(
         Attr("max_backoff_period", "duration", default=_DEFAULT["max_backoff_period"]),
         Attr("max_backoff_retries", "int", default=_DEFAULT["max_backoff_retries"]),
         Attr("retry_on_http_429", "bool", default=_DEFAULT["retry_on_http_429"]),
+        # minilog extensions: batches leave early when nothing is in flight.
+        Attr("adaptive_batching", "bool", default=_DEFAULT["adaptive_batching"]),
+        Attr("batch_linger", "duration", default=_DEFAULT["batch_linger"]),
     ],
     blocks=[
         BlockSpec("basic_auth", BASIC_AUTH_SCHEMA),
@@ -197,6 +205,8 @@ def _endpoint(ep: Mapping[str, Any], stability_level: str) -> EndpointConfig:
         retry_on_http_429=ep["retry_on_http_429"],
         queue_capacity=queue["capacity"],
         drain_timeout=queue["drain_timeout"],
+        adaptive_batching=ep["adaptive_batching"],
+        batch_linger=ep["batch_linger"],
     )
 
 

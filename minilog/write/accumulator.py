@@ -30,7 +30,6 @@ from minilog.write.config import EndpointConfig
 
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
-    "IDLE_LINGER_S",
     "THREAD_ENCODE_ENTRIES",
     "Accumulator",
     "ConfirmedStreams",
@@ -52,10 +51,6 @@ Encoder = Callable[[Sequence[tuple[str, Sequence[LogEntry]]]], bytes]
 #: Counting it keeps the queue's real memory under ``queue_capacity`` (line bytes alone
 #: let a queue of short lines take several times its bound).
 ENTRY_OVERHEAD_BYTES = 200
-#: How long the first batch after a quiet spell (``batch_wait`` without a new batch)
-#: waits: a new container's first lines reach Loki in well under a second even with
-#: Alloy's default ``batch_wait`` of 1 s, and steady traffic is batched as before.
-IDLE_LINGER_S = 0.05
 #: Batches with more entries are encoded in a worker thread, so a 1 MiB batch cannot
 #: stall the loop for its whole encode (the thread yields the GIL every switch
 #: interval).
@@ -242,7 +237,7 @@ class Accumulator:
 
     Args:
         config: the endpoint (``batch_size``, ``batch_wait``, ``tenant_id``,
-            ``queue_capacity``).
+            ``queue_capacity``, ``adaptive_batching``, ``batch_linger``).
         max_streams: per-batch stream limit (0 = unlimited).
         clock: monotonic seconds.
         on_drop: told of entries dropped here, as ``(tenant, reason, entries,
@@ -300,7 +295,7 @@ class Accumulator:
             tenant_id=config.tenant_id,
             clock=clock,
             on_drop=on_drop,
-            idle_linger=IDLE_LINGER_S,
+            linger=config.batch_linger if config.adaptive_batching else None,
         )
         self._on_drop = on_drop
         self._encode = encode
@@ -451,11 +446,11 @@ class Accumulator:
             self.inflight = item
         return item
 
-    def next_deadline(self) -> float | None:
-        return self.batcher.next_deadline()
+    def next_deadline(self, *, early: bool = False) -> float | None:
+        return self.batcher.next_deadline(early=early)
 
-    def cut_expired(self) -> int:
-        cut = self.batcher.cut_expired()
+    def cut_expired(self, *, early: bool = False) -> int:
+        cut = self.batcher.cut_expired(early=early)
         self._collect()
         return cut
 
@@ -608,6 +603,9 @@ class Accumulator:
             held.merge(incoming)
         self.wake_all()
         self.held_event.set()
+        # No request of the endpoint is in flight any more: a batch past its linger
+        # may leave now.
+        self.ready_event.set()
 
     # -- closing
 

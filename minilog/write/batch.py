@@ -82,8 +82,12 @@ class Batch:
     """
 
     tenant: str
-    #: Monotonic time at which the batch is due to be sent even if not full.
+    #: Monotonic time at which the batch is due to be sent even if not full
+    #: (``batch_wait`` after it opened).
     due: float
+    #: Monotonic time from which it may leave early, when the sender is idle
+    #: (``batch_linger`` after it opened; ``due`` without adaptive batching).
+    early: float = math.inf
     streams: dict[str, list[LogEntry]] = field(default_factory=dict)
     size_bytes: int = 0
     entry_count: int = 0
@@ -119,13 +123,16 @@ class Batch:
 
 class Batcher:
     """Alloy's per-shard batching: one open batch per tenant plus a FIFO of ready
-    batches.
+    batches, and minilog's early rule.
 
     A batch becomes ready when adding the next entry would take it over ``batch_size``
     (so it exceeds the size only when its first entry alone does), when it is older than
-    ``batch_wait`` (:meth:`cut_expired`), or on :meth:`cut_all`. Work is done per
-    ``StreamBatch``: one key lookup and one size pass; entries are walked one by one
-    only when a batch overflows in the middle of a ``StreamBatch``.
+    ``batch_wait`` (:meth:`cut_expired`), or on :meth:`cut_all`. With a ``linger``
+    (adaptive batching) it may also leave once it is ``linger`` old, but only when the
+    caller says leaving early costs nothing (``cut_expired(early=True)``: no request in
+    flight, no backoff): ``batch_wait`` stays the bound on how long an entry waits.
+    Work is done per ``StreamBatch``: one key lookup and one size pass; entries are
+    walked one by one only when a batch overflows in the middle of a ``StreamBatch``.
 
     Args:
         batch_size: soft byte bound of a batch (line and metadata bytes).
@@ -135,8 +142,8 @@ class Batcher:
         tenant_id: tenant of entries without a ``__tenant_id__`` label.
         clock: monotonic seconds.
         on_drop: told of entries dropped here, as ``(tenant, reason, entries, bytes)``.
-        idle_linger: when set, a batch opened after ``batch_wait`` without any is due
-            after this many seconds instead (``batch_wait`` stays the bound).
+        linger: seconds after which an open batch may leave early; ``None``: never
+            (exact Alloy batching). Capped at ``batch_wait``.
     """
 
     def __init__(
@@ -148,12 +155,11 @@ class Batcher:
         tenant_id: str = "",
         clock: Callable[[], float] = time.monotonic,
         on_drop: DropCallback | None = None,
-        idle_linger: float | None = None,
+        linger: float | None = EndpointConfig.batch_linger,
     ) -> None:
         self.batch_size = batch_size
         self.batch_wait = batch_wait
-        self.idle_linger = idle_linger
-        self._last_opened = -math.inf
+        self.linger = None if linger is None else min(linger, batch_wait)
         self.max_streams = max_streams
         self.tenant_id = tenant_id
         self._clock = clock
@@ -310,14 +316,8 @@ class Batcher:
     def _new_batch(self, tenant: str) -> Batch:
         now = self._clock()
         due = now + self.batch_wait
-        if self.idle_linger is not None and now - self._last_opened >= self.batch_wait:
-            # After a quiet spell there is nothing to batch with: the first lines of a
-            # new burst (a container that just started) go out after a short linger.
-            # Within a burst batches wait the full batch_wait, so this adds at most one
-            # request per quiet spell.
-            due = now + min(self.idle_linger, self.batch_wait)
-        self._last_opened = now
-        batch = Batch(tenant=tenant, due=due)
+        early = due if self.linger is None else now + self.linger
+        batch = Batch(tenant=tenant, due=due, early=early)
         self._open[tenant] = batch
         return batch
 
@@ -335,19 +335,26 @@ class Batcher:
         """The oldest ready batch, or ``None``."""
         return self._ready.popleft() if self._ready else None
 
-    def next_deadline(self) -> float | None:
-        """Clock time at which the oldest open batch becomes ready, or ``None`` if none
-        is open."""
+    def next_deadline(self, *, early: bool = False) -> float | None:
+        """Clock time at which the first open batch becomes ready (``early``: may
+        leave early), or ``None`` if none is open."""
         if not self._open:
             return None
+        if early:
+            return min(batch.early for batch in self._open.values())
         return min(batch.due for batch in self._open.values())
 
-    def cut_expired(self) -> int:
-        """Make every open batch older than ``batch_wait`` ready; returns how many."""
+    def cut_expired(self, *, early: bool = False) -> int:
+        """Make every open batch older than ``batch_wait`` ready, and with ``early``
+        every one older than the linger too; returns how many."""
         if not self._open:
             return 0
         now = self._clock()
-        expired = [t for t, b in self._open.items() if b.due <= now]
+        expired = [
+            tenant
+            for tenant, batch in self._open.items()
+            if batch.due <= now or (early and batch.early <= now)
+        ]
         for tenant in expired:
             self._cut(tenant)
         return len(expired)

@@ -254,7 +254,7 @@ class Sender:
             if self.draining and acc.cut_all():
                 continue
             acc.ready_event.clear()
-            deadline = acc.next_deadline()
+            deadline = acc.next_deadline(early=self.sends_early)
             if deadline is None:
                 await acc.ready_event.wait()
                 continue
@@ -265,10 +265,25 @@ class Sender:
                         await acc.ready_event.wait()
                 except TimeoutError:
                     pass
-            acc.cut_expired()
+            # Whatever happened meanwhile (a held stream's retry, an outage) is
+            # looked at again before a batch leaves early.
+            acc.cut_expired(early=self.sends_early)
 
     def wake(self) -> None:
         self.accumulator.ready_event.set()
+
+    @property
+    def sends_early(self) -> bool:
+        """Whether a batch past its linger may leave now (adaptive batching): no
+        request of this endpoint is in flight, a held stream's retry included, and
+        the endpoint is not backing off. Otherwise batches keep filling until
+        ``batch_wait``, or until the request in flight is done."""
+        acc = self.accumulator
+        if acc.batcher.linger is None or acc.inflight is not None:
+            return False
+        if self._outage is not None:
+            return False
+        return not any(held.inflight for held in acc.held.values())
 
     # -- sending a batch
 

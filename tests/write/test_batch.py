@@ -182,23 +182,81 @@ def test_age_makes_a_batch_ready() -> None:
     assert batcher.next_deadline() == 102.0  # the "late" tenant's batch
 
 
-def test_after_a_quiet_spell_the_first_batch_lingers_briefly() -> None:
+# -- adaptive batching: early sends after the linger, only when the sender says so
+
+
+def test_a_batch_leaves_early_after_its_linger_when_the_sender_is_idle() -> None:
     clock = FakeClock()  # starts at 100.0
-    batcher = Batcher(batch_wait=1.0, idle_linger=0.05, clock=clock)
-    batcher.add(StreamBatch({"a": "1"}, entries("first line of a new container")))
-    assert batcher.next_deadline() == 100.05
-    clock.now = 100.06
+    batcher = Batcher(batch_wait=1.0, linger=0.05, clock=clock)
+    batcher.add(StreamBatch({"a": "1"}, entries("first")))
+    assert batcher.next_deadline(early=True) == 100.05
+    assert batcher.next_deadline() == 101.0  # batch_wait stays the bound
+    clock.now = 100.049
+    assert batcher.cut_expired(early=True) == 0  # younger than the linger
+    clock.now = 100.05
+    assert batcher.cut_expired(early=True) == 1
+    (ready,) = drain(batcher)
+    assert ready.stream_items() == [('{a="1"}', entries("first"))]
+    # The next batch has a linger of its own, from when it opened.
+    clock.now = 100.3
+    batcher.add(StreamBatch({"a": "1"}, entries("second")))
+    assert batcher.next_deadline(early=True) == 100.35
+
+
+def test_while_a_request_is_in_flight_the_batch_fills_until_batch_wait() -> None:
+    clock = FakeClock()
+    batcher = Batcher(batch_wait=1.0, linger=0.05, clock=clock)
+    batcher.add(StreamBatch({"a": "1"}, entries("one")))
+    clock.now = 100.5  # past the linger, but the sender is busy: not early
+    assert batcher.cut_expired() == 0
+    batcher.add(StreamBatch({"a": "1"}, entries("two", start=2)))
+    clock.now = 100.999
+    assert batcher.cut_expired() == 0
+    assert batcher.open_count == 1 and batcher.ready_count == 0
+    clock.now = 101.0
     assert batcher.cut_expired() == 1
-    # Within the burst: the next batch waits the whole batch_wait.
-    clock.now = 100.5
-    batcher.add(StreamBatch({"a": "1"}, entries("more")))
-    assert batcher.next_deadline() == 101.5
-    clock.now = 101.5
-    assert batcher.cut_expired() == 1
-    # batch_wait without a new batch: quiet again.
-    clock.now = 103.0
-    batcher.add(StreamBatch({"a": "1"}, entries("after a pause")))
-    assert batcher.next_deadline() == 103.05
+    (ready,) = drain(batcher)
+    assert ready.stream_items() == [('{a="1"}', entries("one", "two"))]
+
+
+def test_the_request_done_a_batch_past_its_linger_leaves_at_once() -> None:
+    clock = FakeClock()
+    batcher = Batcher(batch_wait=1.0, linger=0.05, clock=clock)
+    batcher.add(StreamBatch({"a": "1"}, entries("waited")))
+    clock.now = 100.2  # the request in flight took 200 ms
+    assert batcher.next_deadline(early=True) == 100.05  # already passed
+    assert batcher.cut_expired(early=True) == 1
+
+
+def test_without_a_linger_batching_is_alloys() -> None:
+    clock = FakeClock()
+    batcher = Batcher(batch_size=10, batch_wait=1.0, linger=None, clock=clock)
+    batcher.add(StreamBatch({"a": "1"}, entries("abc")))
+    # Even a sender with nothing to do waits for batch_wait...
+    assert batcher.next_deadline(early=True) == 101.0
+    clock.now = 100.999
+    assert batcher.cut_expired(early=True) == 0
+    clock.now = 101.0
+    assert batcher.cut_expired(early=True) == 1
+    # ... or for the batch to fill.
+    batcher.add(StreamBatch({"a": "1"}, entries("0123456", "789")))
+    (_, full) = drain(batcher)
+    assert full.size_bytes == 10 and batcher.open_count == 0
+
+
+def test_each_tenant_lingers_on_its_own_and_the_linger_is_capped() -> None:
+    clock = FakeClock()
+    batcher = Batcher(batch_wait=0.2, linger=0.05, clock=clock)
+    batcher.add(StreamBatch({"a": "1"}, entries("x")))
+    clock.now = 100.03
+    batcher.add(StreamBatch({"__tenant_id__": "t2"}, entries("y")))
+    clock.now = 100.05
+    assert batcher.cut_expired(early=True) == 1
+    assert [b.tenant for b in drain(batcher)] == [""]
+    assert batcher.next_deadline(early=True) == 100.08
+    capped = Batcher(batch_wait=0.02, linger=0.05, clock=clock)
+    capped.add(StreamBatch({"a": "1"}, entries("z")))
+    assert capped.next_deadline(early=True) == capped.next_deadline() == 100.07
 
 
 def test_empty_stream_batch_is_settled_and_holds_nothing() -> None:
