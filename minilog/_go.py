@@ -15,8 +15,9 @@ Strings are Python ``str``; a byte that is not valid UTF-8 travels as a
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 from minilog.errors import EscapeError
 
@@ -26,6 +27,8 @@ __all__ = [
     "format_float",
     "format_float_f",
     "go_quote",
+    "go_type",
+    "go_value",
     "parse_base2_bytes",
     "parse_duration",
     "parse_duration_ns",
@@ -361,3 +364,45 @@ def format_float_f(value: float) -> str:
     if value != value or value in (float("inf"), float("-inf")):
         return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
     return format(Decimal(repr(value)), "f")
+
+
+def go_type(value: Any) -> str:
+    """Go's ``%T`` of a value as Alloy hands it to Go (numbers beyond int64 are
+    uint64; lists and maps are ``interface {}`` containers)."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if value <= 2**63 - 1 else "uint64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "[]interface {}"
+    if isinstance(value, Mapping):
+        return "map[string]interface {}"
+    return type(value).__name__
+
+
+def go_value(value: Any) -> str:
+    """Go's ``%v``: strings unquoted (a ``str`` subclass, such as a secret, as its
+    plain text), maps in key order as ``fmt`` prints them."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_float(value)
+    if isinstance(value, list | tuple):
+        return "[" + " ".join(go_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return (
+            "map[" + " ".join(f"{k}:{go_value(value[k])}" for k in sorted(value)) + "]"
+        )
+    return str(value)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any, Final, TypeVar
 
-from minilog._go import format_float, format_float_f, go_quote
+from minilog._go import format_float, format_float_f, go_quote, go_type, go_value
 
 __all__ = [
     "EXPERIMENTAL",
@@ -578,44 +578,8 @@ _VERB: Final = re.compile(
 )
 
 
-def _go_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        # Alloy hands numbers to fmt.Sprintf as int (uint64 beyond its range).
-        return "int" if value <= 2**63 - 1 else "uint64"
-    if isinstance(value, float):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "[]interface {}"
-    if isinstance(value, Mapping):
-        return "map[string]interface {}"
-    return type(value).__name__
-
-
-def _go_value(value: Any) -> str:
-    """Go's ``%v`` of a value converted from Alloy."""
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return format_float(value)
-    if isinstance(value, int | str):
-        return str.__str__(value) if isinstance(value, str) else str(value)
-    if isinstance(value, list | tuple):
-        return "[" + " ".join(_go_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return (
-            "map[" + " ".join(f"{k}:{_go_value(value[k])}" for k in sorted(value)) + "]"
-        )
-    return repr(value)
-
-
 def _bad_verb(verb: str, value: Any) -> str:
-    return f"%!{verb}({_go_type(value)}={_go_value(value)})"
+    return f"%!{verb}({go_type(value)}={go_value(value)})"
 
 
 def _pad(text: str, flags: str, width: str, *, numeric: bool) -> str:
@@ -642,7 +606,7 @@ def _format_int(value: int, verb: str, flags: str) -> str:
 def _format_one(verb: str, flags: str, width: str, prec: str | None, value: Any) -> str:
     numeric = False
     if verb == "v":
-        text = _go_value(value)
+        text = go_value(value)
     elif verb == "s":
         if not isinstance(value, str):
             return _bad_verb(verb, value)
@@ -724,7 +688,7 @@ def _sprintf(fmt: str, args: tuple[Any, ...]) -> str:
         argi += 1
     out.append(fmt[pos:])
     if not reordered and argi < len(args):
-        extra = ", ".join(f"{_go_type(a)}={_go_value(a)}" for a in args[argi:])
+        extra = ", ".join(f"{go_type(a)}={go_value(a)}" for a in args[argi:])
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
 

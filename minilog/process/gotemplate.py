@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from minilog._go import format_float, unquote_char
+from minilog._go import go_type as gocompat_type
+from minilog._go import go_value, unquote_char
 from minilog.errors import EscapeError
 
 __all__ = [
@@ -40,6 +41,10 @@ class _NoValue:
 
     def __repr__(self) -> str:
         return "NO_VALUE"
+
+    def __str__(self) -> str:
+        # How fmt prints an invalid reflect.Value nested in a slice or map.
+        return "<invalid reflect.Value>"
 
 
 #: Go's invalid ``reflect.Value``: what a missing map key evaluates to.
@@ -91,46 +96,12 @@ class GoFunc:
 
 def go_type(value: Any) -> str:
     """The Go type name of a value, for error messages."""
-    if value is NO_VALUE:
-        return "<invalid reflect.Value>"
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "[]interface {}"
-    if isinstance(value, dict):
-        return "map[string]interface {}"
-    return type(value).__name__
+    return "<invalid reflect.Value>" if value is NO_VALUE else gocompat_type(value)
 
 
 def _fmt_v(value: Any) -> str:
     """``%v`` of a value nested in a slice or map (strings unquoted)."""
-    if value is None:
-        return "<nil>"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return format_float(value)
-    if isinstance(value, list | tuple):
-        return "[" + " ".join(_fmt_v(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "map[" + " ".join(f"{k}:{_fmt_v(value[k])}" for k in sorted(value)) + "]"
-    if value is NO_VALUE:
-        return "<invalid reflect.Value>"
-    return str(value)
+    return "<invalid reflect.Value>" if value is NO_VALUE else go_value(value)
 
 
 def go_sprint(*values: Any) -> str:
