@@ -37,7 +37,7 @@ from minilog.docker.logfiles import Gap, LogFile, open_from, readable, successor
 from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.errors import DockerError
-from minilog.files.watch import DirectoryWatcher
+from minilog.fswatch import DirectoryWatcher
 from minilog.labels import format_labels
 from minilog.model import Delivery, LogsReceiver, StreamBatch, entries_size
 from minilog.relabel import RelabelRulesLike, docker_stream_labels
