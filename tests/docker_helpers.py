@@ -64,8 +64,10 @@ def start_container(
     labels: Mapping[str, str] | None = None,
     network_mode: str = "none",
     detach: bool = True,
+    log_options: Mapping[str, str] | None = None,
 ) -> Any:
     """Run ``cmd`` in ``TEST_IMAGE``; a string command runs under ``sh -c``.
+    ``log_options``: the json-file driver's ``--log-opt`` values (``max-size``, ...).
 
     Returns the docker SDK ``Container`` (started, not waited for). The caller removes
     it; prefer the ``docker_containers`` fixture, which does.
@@ -83,6 +85,11 @@ def start_container(
         labels={**(labels or {}), TEST_LABEL: "1"},
         network_mode=network_mode,
         detach=detach,
+        log_config=(
+            {"type": "json-file", "config": dict(log_options)}
+            if log_options is not None
+            else None
+        ),
     )
 
 
@@ -102,6 +109,7 @@ class ContainerStarter:
         labels: Mapping[str, str] | None = None,
         network_mode: str = "none",
         detach: bool = True,
+        log_options: Mapping[str, str] | None = None,
     ) -> Any:
         container = start_container(
             self.client,
@@ -111,6 +119,7 @@ class ContainerStarter:
             labels=labels,
             network_mode=network_mode,
             detach=detach,
+            log_options=log_options,
         )
         self.started.append(container)
         return container

@@ -6,8 +6,9 @@ What people use to keep passwords and tokens out of ``config.alloy``
 refuses it, as in Alloy.
 
 Change detection, as Alloy's: ``detector = "fsnotify"`` (the default) watches the
-file's directory with inotify (``watchfiles``) and also re-reads every
-``poll_frequency``, which is how Alloy recovers a watch lost to a deleted file;
+file's directory with inotify (``minilog.fswatch``, as the file tailers) and also
+re-reads every ``poll_frequency``, which is how Alloy recovers a watch lost to a deleted
+file (the watch is asked for again at every poll tick);
 ``"poll"`` re-reads every ``poll_frequency`` only. The directory, not the file, is
 watched, so a replace by rename (editors, Kubernetes secret volumes swapping a
 symlink) is seen too. Every event leads to a read after a short pause (Alloy's 30 ms,
@@ -35,6 +36,7 @@ from minilog.config.ast import Block
 from minilog.config.schema import attr
 from minilog.config.stdlib import Secret
 from minilog.errors import MinilogError
+from minilog.fswatch import DirectoryWatcher
 
 __all__ = ["DETECTORS", "LocalFile", "LocalFileArgs", "read_content"]
 
@@ -67,6 +69,11 @@ def read_content(filename: str) -> str:
         op = "read" if exc.errno == errno.EISDIR else "open"
         raise MinilogError(f"{op} {filename}: {reason}") from None
     return data.decode("utf-8", errors="replace")
+
+
+def _directory_of(filename: str) -> str:
+    """The directory to watch: a replace by rename changes it, not the file's inode."""
+    return os.path.dirname(os.path.abspath(filename))
 
 
 @register
@@ -110,7 +117,7 @@ class LocalFile(Component[LocalFileArgs]):
         self.set_health("healthy", "read file")
         self._restart = asyncio.Event()
         self._wake = asyncio.Event()
-        self._watch_events = 0  # change notifications seen (the UI shows it)
+        self._watch_events = 0  # wake-ups by a change notification (the UI shows it)
 
     @staticmethod
     def _wrap(content: str, args: LocalFileArgs) -> str:
@@ -172,25 +179,27 @@ class LocalFile(Component[LocalFileArgs]):
         while True:
             self._restart.clear()
             args = self.args
-            watcher: asyncio.Task[None] | None = None
+            directory = _directory_of(args.filename)
+            watcher = DirectoryWatcher() if args.detector != "poll" else None
             try:
                 while not self._restart.is_set():
-                    if args.detector != "poll" and (watcher is None or watcher.done()):
-                        # (Re)established at every poll tick, as Alloy re-adds its
-                        # watch: the directory may have appeared meanwhile.
-                        watcher = asyncio.create_task(self._watch(args.filename))
+                    if watcher is not None:
+                        # Asked again at every poll tick, as Alloy re-adds its watch:
+                        # the directory may have appeared (or come back) meanwhile.
+                        watcher.subscribe(directory, self._wake)
                     woken = await self._wait(args.poll_frequency)
                     if self._restart.is_set():
                         break
                     if woken:
+                        self._watch_events += 1
                         # Let a writer finish before reading (Alloy's 30 ms).
                         await asyncio.sleep(_WAIT_READ_S)
                     self._wake.clear()
                     await self._reread()
             finally:
                 if watcher is not None:
-                    watcher.cancel()
-                    await asyncio.gather(watcher, return_exceptions=True)
+                    watcher.unsubscribe(directory, self._wake)
+                    await watcher.aclose()
 
     async def _wait(self, poll_s: float) -> bool:
         """Until a change event, a restart or ``poll_s``: whether an event woke us."""
@@ -204,28 +213,6 @@ class LocalFile(Component[LocalFileArgs]):
             wake.cancel()
             restart.cancel()
         return wake in done
-
-    async def _watch(self, filename: str) -> None:
-        """Sets ``_wake`` on every change in the file's directory; returns when the
-        directory cannot be watched (polling goes on meanwhile)."""
-        from watchfiles import awatch
-
-        directory = Path(filename).parent
-        try:
-            async for _ in awatch(
-                directory,
-                recursive=False,
-                watch_filter=None,
-                debounce=100,
-                step=20,
-                ignore_permission_denied=True,
-            ):
-                self._watch_events += 1
-                self._wake.set()
-        except (OSError, RuntimeError) as exc:
-            self.log.warning(
-                "failed to watch file", extra={"path": filename, "err": str(exc)}
-            )
 
     def debug_info(self) -> Any:
         return {

@@ -8,6 +8,9 @@
 - ``ledger``: delivery-gated positions of one container (pure);
 - ``tailer``: one container's tailer; ``source``: the supervisor of tailers;
 - ``metrics``: ``loki_source_docker_*`` and minilog's own series.
+
+The json-file tailers are woken by ``minilog.fswatch`` (shared with
+``loki.source.file``, owned by neither).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ is deleted; with ``compress=true`` the ``.1`` is gzipped into ``.1.gz`` soon aft
 (binary search by timestamp in plain files) and says when Docker deleted records
 newer than the position before they were read (a gap); ``successors`` finds the files
 that follow one that was rotated while it was read. Every file is opened as soon as it
-is known: an open file stays readable after Docker deletes it.
+is known: an open file stays readable after Docker deletes it (the tailer holds the
+files behind the one it reads open for that reason).
 """
 
 from __future__ import annotations
@@ -184,10 +185,11 @@ def open_from(log_path: str, position_ns: int) -> tuple[list[LogFile], Gap | Non
     return files, gap
 
 
-def successors(log_path: str, current: LogFile) -> list[LogFile]:
+def successors(log_path: str, current: LogFile) -> tuple[list[LogFile], bool]:
     """After ``current`` was rotated: the files that came after it, opened, oldest
-    first, the new live file last. ``current`` is found by its first record; when
-    Docker deleted it already, every file it keeps is newer."""
+    first, the new live file last, and whether ``current`` is still among Docker's
+    files. It is found by its first record; when Docker deleted it already, every
+    file it keeps is newer, and the files between it and them may be gone too."""
     if not current.first and not current.compressed:
         # Opened while still empty: its first record is there by now.
         with contextlib.suppress(OSError):
@@ -200,6 +202,23 @@ def successors(log_path: str, current: LogFile) -> list[LogFile]:
     for i, f in enumerate(opened):
         if f.ino == current.ino or (current.first and f.first == current.first):
             index = i
+    found = index >= 0
+    if not found and current.first:
+        # Docker can delete a file out of turn (a rotation while the previous ".1"
+        # is still being gzipped removes the new ".1", and the gzip of the old one
+        # stays): the files that start before ``current`` were read already.
+        since = json_record_timestamp(current.first)
+        while (
+            since is not None
+            and index + 1 < len(opened)
+            and _starts_before(opened[index + 1], since)
+        ):
+            index += 1
     for f in opened[: index + 1]:
         f.close()
-    return opened[index + 1 :]
+    return opened[index + 1 :], found
+
+
+def _starts_before(f: LogFile, ts_ns: int) -> bool:
+    first = json_record_timestamp(f.first) if f.first else None
+    return first is not None and first < ts_ns

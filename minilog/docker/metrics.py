@@ -111,15 +111,15 @@ class SourceMetrics:
         self.file_gaps = Counter(
             "minilog_source_docker_file_gaps_total",
             "Times the json-file path found that Docker had rotated away (deleted) "
-            "log records newer than a container's saved position before they were "
-            "read: lines may be lost (how many, no file tells). Logged once per "
-            "container with the time span.",
+            "log records before they were read (after a stop of the agent, or past "
+            "the max-file rotated files it holds open): lines may be lost (how many, "
+            "no file tells). Logged once per container with the time span.",
             registry=registry,
         )
         self.file_gap_seconds = Counter(
             "minilog_source_docker_file_gap_seconds_total",
-            "Sum of the time spans of those gaps: from the saved position to the "
-            "oldest record Docker kept.",
+            "Sum of the time spans of those gaps: from the last record read to the "
+            "oldest record Docker kept after it.",
             registry=registry,
         )
         self.crashes = Counter(

@@ -31,7 +31,7 @@ from minilog.docker.tailer import (
 )
 from minilog.docker.targets import dedupe_targets
 from minilog.errors import DockerError, MinilogError
-from minilog.files.watch import DirectoryWatcher
+from minilog.fswatch import DirectoryWatcher
 from minilog.labels import DOCKER_CONTAINER_NAME
 from minilog.model import LogsReceiver
 from minilog.relabel import RelabelRulesLike

@@ -30,6 +30,7 @@ from minilog.docker.frames import (
     RawLineSplitter,
     format_timestamp,
     frame_timestamp,
+    json_record_timestamp,
     split_frames,
 )
 from minilog.docker.ledger import Chunk, Ledger, Position
@@ -37,7 +38,7 @@ from minilog.docker.logfiles import Gap, LogFile, open_from, readable, successor
 from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.errors import DockerError
-from minilog.files.watch import DirectoryWatcher
+from minilog.fswatch import DirectoryWatcher
 from minilog.labels import format_labels
 from minilog.model import Delivery, LogsReceiver, StreamBatch, entries_size
 from minilog.relabel import RelabelRulesLike, docker_stream_labels
@@ -65,6 +66,8 @@ LOGS_FROM: Final = ("auto", "api", "file")
 _FILE_CHUNK: Final = 1 << 20
 #: How often a followed json-file is checked when no inotify event comes.
 _FILE_POLL_S: Final = 0.25
+#: Docker's ``max-file`` when the container's log options do not set it.
+_DOCKER_MAX_FILE: Final = 1
 
 
 class DockerLogsAPI(Protocol):
@@ -132,6 +135,118 @@ class TargetInfo:
     streams: dict[str, StreamStats] = field(default_factory=dict)
     #: Where the log is read: "api", or "file" (the json-file on disk).
     reading_from: str = "api"
+
+
+def _max_file(info: Mapping[str, Any]) -> int:
+    """The container's ``max-file`` log option (Docker's default when unset)."""
+    log_config = (info.get("HostConfig") or {}).get("LogConfig") or {}
+    value = (log_config.get("Config") or {}).get("max-file")
+    try:
+        return max(int(value), 1) if value is not None else _DOCKER_MAX_FILE
+    except (TypeError, ValueError):
+        return _DOCKER_MAX_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class _Missing:
+    """In a held chain: Docker deleted files here before they were held; the next
+    file it kept starts at ``before_ns`` (0: unknown)."""
+
+    before_ns: int
+
+
+@dataclass(slots=True)
+class _HeldFiles:
+    """The json-file being read (``current``) and the files Docker rotated after it,
+    each opened as soon as it is seen (``pending``, oldest first).
+
+    Docker deletes its oldest file at every rotation past ``max-file``; a deleted file
+    that is open stays readable. So while the agent runs, whatever holds up the reader
+    (Loki down, backpressure), the files behind it are kept from deletion by their
+    open descriptors, up to ``limit`` of them (the container's ``max-file``: its logs
+    take at most twice Docker's budget on disk). Past that, newer files are not held,
+    and the ones Docker deletes before the reader gets there are a gap (``_Missing``).
+    """
+
+    log_path: str
+    current: LogFile
+    pending: list[LogFile | _Missing]
+    limit: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Since when the newest held file (by inode) is missing from Docker's files.
+    missing_since: tuple[int, float] = (-1, 0.0)
+
+    def newest(self) -> LogFile:
+        for f in reversed(self.pending):
+            if isinstance(f, LogFile):
+                return f
+        return self.current
+
+    async def catch_up(self) -> bool:
+        """Open what Docker rotated after the newest held file; whether anything
+        was added."""
+        async with self.lock:
+            newest = self.newest()
+            if newest.compressed:
+                return False  # a compressed file is never the live one
+            try:
+                live = os.stat(self.log_path).st_ino
+            except OSError:
+                return False
+            held = sum(isinstance(f, LogFile) for f in self.pending)
+            if live == newest.ino or held >= self.limit:
+                return False
+            opening = asyncio.ensure_future(
+                asyncio.to_thread(successors, self.log_path, newest)
+            )
+            try:
+                files, found = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # The thread runs on: close what it opens.
+                for f in (await opening)[0]:
+                    f.close()
+                raise
+            if not found and not self._settled_missing(newest):
+                # Docker is between two steps of a rotation or a gzip (a file moved
+                # or being written, not listed): look again a poll later.
+                for f in files:
+                    f.close()
+                return False
+            if not files:
+                return False
+            if not found:
+                # Docker deleted the newest held file (its lines are safe, open
+                # here); files between it and those it keeps may be gone unread.
+                first = json_record_timestamp(files[0].first) if files[0].first else 0
+                self.pending.append(_Missing(first or 0))
+            self.pending.extend(files)
+            return True
+
+    def _settled_missing(self, newest: LogFile) -> bool:
+        """Whether ``newest`` is deleted and was missing a poll ago already."""
+        if _linked(newest):
+            return False
+        now = time.monotonic()
+        ino, since = self.missing_since
+        if ino != newest.ino:
+            self.missing_since = (newest.ino, now)
+            return False
+        return now - since >= _FILE_POLL_S
+
+    def close(self) -> None:
+        self.current.close()
+        for f in self.pending:
+            if isinstance(f, LogFile):
+                f.close()
+        self.pending.clear()
+
+
+def _linked(f: LogFile) -> bool:
+    """Whether the open file still has a name (Docker has not deleted it)."""
+    try:
+        return os.fstat(f.raw.fileno()).st_nlink > 0
+    except OSError:
+        return False
 
 
 def _finished_ns(text: object) -> int:
@@ -309,7 +424,9 @@ class ContainerTailer:
                 try:
                     log_path = self._log_file(info)
                     if log_path:
-                        complete = await self._stream_file(log_path, tty, running)
+                        complete = await self._stream_file(
+                            log_path, tty, running, _max_file(info)
+                        )
                     else:
                         complete = await self._stream(tty, running)
                 except DockerError as exc:
@@ -459,7 +576,9 @@ class ContainerTailer:
             )
         return ""
 
-    async def _stream_file(self, log_path: str, tty: bool, running: bool) -> bool:
+    async def _stream_file(
+        self, log_path: str, tty: bool, running: bool, max_file: int
+    ) -> bool:
         """Read the container's json-file (and the rotated files still behind it)
         from the read position to its end, following it while the container runs;
         False when a detach interrupted it. The entries and positions are the API
@@ -478,60 +597,80 @@ class ContainerTailer:
             self._report_gap(gap)
         if pos > 0:
             self._ctx.metrics.resumes.labels("file").inc()
+        held = _HeldFiles(log_path, files[0], list(files[1:]), max_file)
         directory = os.path.dirname(log_path)
         watcher = self._ctx.watcher
         if watcher is not None:
             watcher.subscribe(directory, self._wake)
+        keeper = asyncio.create_task(self._hold_rotated(held, directory))
         self.reading_from = "file"
         self.is_running = True
         self._ctx.metrics.active.inc()
-        current = files.pop(0)
         try:
-            return await self._follow_file(log_path, current, files, decoder, running)
+            return await self._follow_file(held, decoder, running)
         finally:
-            current.close()
-            for f in files:
-                f.close()
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            held.close()
             if watcher is not None:
                 watcher.unsubscribe(directory, self._wake)
             self.is_running = False
             self.reading_from = "api"
             self._ctx.metrics.active.dec()
 
+    async def _hold_rotated(self, held: _HeldFiles, directory: str) -> None:
+        """Open each file Docker rotates as soon as it is seen (an inotify event in
+        the directory, or a poll), while the reader may be held up by a send."""
+        changed = asyncio.Event()
+        watcher = self._ctx.watcher
+        if watcher is not None:
+            watcher.subscribe(directory, changed)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_FILE_POLL_S):
+                        await changed.wait()
+                changed.clear()
+                await held.catch_up()
+        finally:
+            if watcher is not None:
+                watcher.unsubscribe(directory, changed)
+
     async def _follow_file(
-        self,
-        log_path: str,
-        current: LogFile,
-        files: list[LogFile],
-        decoder: JsonLogDecoder,
-        running: bool,
+        self, held: _HeldFiles, decoder: JsonLogDecoder, running: bool
     ) -> bool:
         alive = running
         checked = time.monotonic()
         interval = self._ctx.inspect_interval_s
         while True:
             self._wake.clear()
+            current = held.current
             data = current.read(_FILE_CHUNK)
             if data:
                 await self._forward(decoder.feed(data))
                 if self._detached and running:
                     return False
                 continue
-            if files:
+            if held.pending:
                 # A rotated file read to its end: on to the next one.
+                following = held.pending.pop(0)
+                if isinstance(following, _Missing):
+                    after = self._ledger.read[0]
+                    self._report_gap(Gap(after, max(following.before_ns, after)))
+                    continue
                 current.close()
-                current = files.pop(0)
+                held.current = following
                 continue
             if not current.compressed:
                 try:
-                    live = os.stat(log_path).st_ino
+                    live = os.stat(held.log_path).st_ino
                 except OSError:
                     # Removed (or its directory is): ask Docker now, not at the tick.
                     live = current.ino
                     self._poked = True
-                if live != current.ino:
-                    # Rotated: read this one to its end, then what came after it.
-                    files.extend(await asyncio.to_thread(successors, log_path, current))
+                # Rotated: read this one to its end, then what came after it.
+                if live != current.ino and await held.catch_up():
                     continue
             if not alive:
                 await self._forward(decoder.finish())

@@ -23,7 +23,7 @@ from minilog.files.match import PATH_LABEL
 from minilog.files.metrics import FileMetrics, FileRow
 from minilog.files.positions import FilePositions
 from minilog.files.tailer import FileTailer, FileTargetInfo, TailerOptions
-from minilog.files.watch import DirectoryWatcher
+from minilog.fswatch import DirectoryWatcher
 from minilog.model import LogsReceiver
 
 __all__ = ["DEFAULT_POLL_S", "FileSource"]

@@ -7,7 +7,7 @@ file under the same name, compressed files read once (``decompression``), where 
 start (the saved position, checked against the file's identity, ``tail_from_end``),
 and the fan-out of each read chunk with one delivery. Splitting and decoding is
 ``lines``, delivery-gated positions ``docker.ledger`` (the Docker source's), the file
-``positions``, waking ``watch``; the supervisor is ``source``.
+``positions``, waking ``minilog.fswatch``; the supervisor is ``source``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from minilog.errors import MinilogError
 from minilog.files.lines import Codec, LineReader, Lines, detect_bom, lookup_encoding
 from minilog.files.metrics import FileMetrics, FileRow
 from minilog.files.positions import FilePosition, FilePositions
-from minilog.files.watch import DirectoryWatcher
+from minilog.fswatch import DirectoryWatcher
 from minilog.labels import format_labels, public_labels
 from minilog.model import Delivery, LogEntry, LogsReceiver, StreamBatch
 

@@ -1,12 +1,20 @@
-"""Waking file tailers when the directories they read change: inotify, with polling as
-the floor (the one module that speaks to the kernel's inotify).
+"""Waking readers of files when the directories they read change: inotify, with polling
+as the floor (the one module that speaks to the kernel's inotify).
 
-A tailer at the end of its file waits for the next change; inotify tells of a write,
-a rename, a creation or a deletion in the file's directory at once (a new line is read
-within milliseconds, where polling alone costs a poll interval). Events are only hints:
-every tailer still polls at its ``file_watch`` frequency, so a file system without
-inotify events (NFS, a FUSE mount, an exhausted ``max_user_watches``) only costs
+Shared by the file tailers of ``loki.source.file``, the json-file tailers of
+``loki.source.docker`` and ``local.file``; owned by neither boundary package. A reader
+at the end of its file waits for the next change; inotify tells of a write, a rename, a
+creation or a deletion in the file's directory at once (a new line is read within
+milliseconds, where polling alone costs a poll interval). Events are only hints: every
+reader still polls at its own frequency, so a file system without inotify events (NFS,
+a FUSE mount, an exhausted ``max_user_watches``, a system without inotify) only costs
 latency, never lines.
+
+The library is ``asyncinotify``: one inotify descriptor per watcher on the event loop
+(no thread), any number of directories on it, events delivered to asyncio events. A
+source with a thousand tailers costs one descriptor and one task; ``watchfiles`` (which
+``local.file`` used before) runs a thread and an inotify instance per watch, and
+``max_user_instances`` is 128 by default.
 """
 
 from __future__ import annotations
@@ -38,11 +46,12 @@ _MASK: Final = (
 
 
 class DirectoryWatcher:
-    """One inotify instance shared by a source's tailers.
+    """One inotify instance shared by a source's tailers (or one ``local.file``).
 
     ``subscribe(directory, event)`` sets ``event`` on every change in ``directory``
     until ``unsubscribe``. Without inotify (or when a directory cannot be watched)
-    subscribing does nothing and the tailers poll.
+    subscribing does nothing and the tailers poll; subscribing again retries the watch
+    (a directory that did not exist may exist now).
     """
 
     def __init__(self) -> None:
@@ -56,7 +65,8 @@ class DirectoryWatcher:
         if self._inotify is None and not self._warned:
             try:
                 self._inotify = Inotify()
-            except OSError as exc:
+            # asyncinotify imports everywhere but finds no inotify_init1 off Linux.
+            except (OSError, RuntimeError, AttributeError) as exc:
                 self._warned = True
                 _log.warning("inotify is not available (%s): polling files only", exc)
                 return None
