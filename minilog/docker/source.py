@@ -1,24 +1,21 @@
 """``loki.source.docker``: the supervisor that keeps one tailer per target container.
 
 Owns target reconciliation (a discovery update starts, keeps or stops tailers;
-alloy-spec §3.2), the tailers' tasks (one task group: a crash is counted and
-restarted, a container that is gone or left discovery ends its task), positions of
-containers removed while nothing tailed them, and the drain at shutdown. A tailer is
-``tailer``, the metrics ``metrics``, the file ``positions``, HTTP ``client``.
+alloy-spec §3.2), when a tailer's task ends (a container that is gone or left
+discovery ends it) and which positions are stale (containers removed while nothing
+tailed them). The task group, crash restarts, idle tailers, saves and the drain are
+every tailing source's (``minilog.tailing``). A tailer is ``tailer``, the metrics
+``metrics``, the file ``positions``, HTTP ``client``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Final
 
 from prometheus_client import CollectorRegistry
 
-from minilog.backoff import Backoff
 from minilog.docker.frames import DEFAULT_MAX_LINE_SIZE
 from minilog.docker.metrics import SourceMetrics, TargetRow
 from minilog.docker.positions import Positions
@@ -35,15 +32,11 @@ from minilog.fswatch import DirectoryWatcher
 from minilog.labels import DOCKER_CONTAINER_NAME
 from minilog.model import LogsReceiver
 from minilog.relabel import RelabelRulesLike
+from minilog.tailing import DRAIN_TIMEOUT_S, TailerSupervisor
 
 __all__ = ["DockerSource"]
 
 _log = logging.getLogger(__name__)
-
-_STALE_CHECK_S: Final = 600.0
-#: Restart delays of a crashed tailer.
-_CRASH_BACKOFF_MIN_S: Final = 0.5
-_CRASH_BACKOFF_MAX_S: Final = 30.0
 
 
 class DockerSource:
@@ -104,8 +97,20 @@ class DockerSource:
         metrics.sources.add(self)
         if logs_from not in LOGS_FROM:
             raise ValueError(f"logs_from must be one of {', '.join(LOGS_FROM)}")
-        self._settled = asyncio.Event()
-        self._watcher = DirectoryWatcher() if logs_from != "api" else None
+        watcher = DirectoryWatcher() if logs_from != "api" else None
+        self._supervisor: TailerSupervisor[ContainerTailer] = TailerSupervisor(
+            name="DockerSource",
+            positions=positions,
+            crashes=metrics.crashes,
+            log=_log,
+            describe=lambda cid: f"container {cid[:12]}",
+            task_name=lambda cid: f"docker-tailer-{cid[:12]}",
+            sweep=self._drop_removed_positions,
+            sweep_name="docker positions sweep",
+            run_again=self._run_again,
+            watcher=watcher,
+            flush_interval_s=flush_interval_s,
+        )
         self._ctx = TailerContext(
             client=client,
             forward_to=list(forward_to),
@@ -116,23 +121,14 @@ class DockerSource:
             inspect_interval_s=inspect_interval_s,
             tail_window=tail_window,
             clock=clock,
-            on_settled=self._on_settled,
+            on_settled=self._supervisor.on_settled,
             logs_from=logs_from,
-            watcher=self._watcher,
+            watcher=watcher,
         )
         self._labels = dict(labels or {})
         self._positions = positions
-        self._flush_interval_s = flush_interval_s
-        self._tailers: dict[str, ContainerTailer] = {}
-        # Finished tailers with deliveries still in flight, kept so that a returning
-        # target reuses their positions instead of racing them.
-        self._idle: dict[str, ContainerTailer] = {}
-        #: The tailers' task group while ``run`` runs.
-        self._group: asyncio.TaskGroup | None = None
-        self._running = False
-        self._closed = False
-        self._run_task: asyncio.Task[None] | None = None
-        self._stopped = asyncio.Event()
+        # The supervisor's own dict: reconciled here, supervised there.
+        self._tailers = self._supervisor.tailers
 
     # -- discovery side --
 
@@ -143,22 +139,21 @@ class DockerSource:
         for cid, labels in desired.items():
             tailer = self._tailers.get(cid)
             if tailer is None:
-                tailer = self._idle.pop(cid, None) or ContainerTailer(
+                tailer = self._supervisor.take_idle(cid) or ContainerTailer(
                     self._ctx, cid, labels
                 )
                 self._tailers[cid] = tailer
             tailer.set_labels(labels)
             if tailer.detached:
                 tailer.attach()
-            if self._group is not None and not self._closed and tailer.task is None:
-                self._spawn(tailer)
+            self._supervisor.start(cid, tailer)
         for cid, tailer in self._tailers.items():
             if cid not in desired and not tailer.detached:
                 tailer.detach()
         for cid in [
             c for c, t in self._tailers.items() if t.detached and t.task is None
         ]:
-            self._retire(self._tailers.pop(cid))
+            self._retire(cid, self._tailers.pop(cid))
 
     def poke(self, container_id: str) -> None:
         """Discovery saw ``container_id`` start: check it now, not at the next tick."""
@@ -193,130 +188,48 @@ class DockerSource:
         Owns every tailer's task, the stale-position sweep and the positions flusher
         in one task group: cancelling ``run`` stops them all, and waits for them.
         """
-        if self._running or self._closed:
-            raise RuntimeError("DockerSource.run() called twice or after aclose()")
-        self._running = True
-        self._run_task = asyncio.current_task()
-        try:
-            async with asyncio.TaskGroup() as group:
-                self._group = group
-                for tailer in self._tailers.values():
-                    if tailer.task is None:
-                        self._spawn(tailer)
-                group.create_task(
-                    self._collect_stale_positions(), name="docker positions sweep"
-                )
-                await self._positions.run_flusher(self._flush_interval_s)
-        finally:
-            self._group = None
-            self._closed = True
-            if self._watcher is not None:
-                await self._watcher.aclose()
-            await self._save()
-            self._stopped.set()
+        await self._supervisor.run()
 
-    async def aclose(self, drain_timeout_s: float = 5.0) -> None:
+    async def aclose(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop tailing, wait up to ``drain_timeout_s`` for deliveries in flight, then
         save positions.
 
         Idempotent. Deliveries settling later still update the in-memory positions; call
         ``positions.save()`` again if the writer drains after this returns.
         """
-        if self._run_task is not None and not self._stopped.is_set():
-            self._run_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stopped.wait()
-        elif not self._closed:
-            self._closed = True  # never ran: no tailer task to stop
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_timeout_s):
-                while self._in_flight():
-                    self._settled.clear()
-                    await self._settled.wait()
-        await self._save()
+        await self._supervisor.aclose(drain_timeout_s)
 
-    async def _collect_stale_positions(self) -> None:
+    async def _drop_removed_positions(self) -> None:
         """Drop positions of containers removed while nothing tailed them.
 
         A position is only removed by a tailer that sees its container gone; one
         removed while the agent was down, or after it left discovery, would otherwise
-        stay in the file for ever. Checked at start and every ``_STALE_CHECK_S``.
+        stay in the file for ever. The supervisor runs this at start and every 10 min.
         """
-        while True:
-            for cid in self._positions.ids():
-                if cid in self._tailers or cid in self._idle:
-                    continue
-                try:
-                    await self._ctx.client.inspect(cid)
-                except DockerError as exc:
-                    if exc.status != 404:
-                        break  # the daemon is away: try again next round
-                    if cid not in self._tailers:
-                        self._positions.remove(cid)
-                except MinilogError:
-                    break  # e.g. the client was closed: nothing to do this round
-            await asyncio.sleep(_STALE_CHECK_S)
+        for cid in self._positions.ids():
+            if self._supervisor.tails(cid):
+                continue
+            try:
+                await self._ctx.client.inspect(cid)
+            except DockerError as exc:
+                if exc.status != 404:
+                    break  # the daemon is away: try again next round
+                if cid not in self._tailers:
+                    self._positions.remove(cid)
+            except MinilogError:
+                break  # e.g. the client was closed: nothing to do this round
 
-    def _on_settled(self) -> None:
-        self._settled.set()
-        if self._idle:
-            for cid in [c for c, t in self._idle.items() if not t.in_flight]:
-                del self._idle[cid]
+    def _run_again(self, cid: str, tailer: ContainerTailer) -> bool:
+        """A tailer returned (its container is gone, or it was detached): run it again
+        if it was re-attached meanwhile, else forget it."""
+        current = self._tailers.get(cid) is tailer
+        if current and not tailer.gone and not tailer.detached:
+            return True  # re-attached between its decision to stop and now
+        if current:
+            del self._tailers[cid]
+        self._retire(cid, tailer)
+        return False
 
-    def _in_flight(self) -> int:
-        return sum(t.in_flight for t in (*self._tailers.values(), *self._idle.values()))
-
-    async def _save(self) -> None:
-        try:
-            async with asyncio.timeout(10):
-                await self._positions.asave()
-        except OSError:
-            pass  # Positions says so (once per run of failures) and keeps save_error
-        except TimeoutError:
-            _log.error(
-                "saving positions file %s took over 10 s; gave up",
-                self._positions.path,
-            )
-
-    def _spawn(self, tailer: ContainerTailer) -> None:
-        assert self._group is not None
-        tailer.task = self._group.create_task(
-            self._supervise(tailer), name=f"docker-tailer-{tailer.container_id[:12]}"
-        )
-
-    async def _supervise(self, tailer: ContainerTailer) -> None:
-        """Run ``tailer`` until its container is gone or left discovery; a crash is
-        caught, counted and restarted with backoff, so one bad container never ends
-        the source."""
-        backoff = Backoff(_CRASH_BACKOFF_MIN_S, _CRASH_BACKOFF_MAX_S)
-        try:
-            while True:
-                try:
-                    await tailer.run()
-                except Exception as exc:  # noqa: BLE001 - counted, logged, restarted
-                    self._metrics.crashes.inc()
-                    tailer.last_error = f"tailer crashed: {exc!r}"
-                    _log.exception(
-                        "tailer of container %s crashed", tailer.container_id[:12]
-                    )
-                    await asyncio.sleep(backoff.next_delay())
-                    tailer.rewind()
-                    continue
-                if self._closed:
-                    return
-                current = self._tailers.get(tailer.container_id) is tailer
-                if current and not tailer.gone and not tailer.detached:
-                    continue  # re-attached between its decision to stop and now
-                break
-        finally:
-            tailer.task = None
-        if self._tailers.get(tailer.container_id) is tailer:
-            del self._tailers[tailer.container_id]
-        self._retire(tailer)
-
-    def _retire(self, tailer: ContainerTailer) -> None:
-        if tailer.in_flight and not tailer.gone:
-            self._idle[tailer.container_id] = tailer
-        # Prune idle tailers whose deliveries have all settled.
-        for cid in [c for c, t in self._idle.items() if not t.in_flight]:
-            del self._idle[cid]
+    def _retire(self, cid: str, tailer: ContainerTailer) -> None:
+        # A removed container never returns: nothing would reuse its tailer.
+        self._supervisor.retire(cid, tailer, reusable=not tailer.gone)

@@ -1,14 +1,14 @@
 """``loki.source.file``: the supervisor that keeps one tailer per target file.
 
-Owns target reconciliation (one tailer per ``__path__``), the tailers' tasks (one task
-group: a crash is counted and restarted), the inotify watcher they share, positions of
-files that no longer exist, and the drain at shutdown. A tailer is ``tailer``.
+Owns target reconciliation (one tailer per ``__path__``), the inotify watcher the
+tailers share and which positions are stale (files that no longer exist). The task
+group, crash restarts, idle tailers, saves and the drain are every tailing source's
+(``minilog.tailing``). A tailer is ``tailer``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,7 +16,6 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry
 
-from minilog.backoff import Backoff
 from minilog.docker.frames import DEFAULT_MAX_LINE_SIZE
 from minilog.files.lines import Codec, lookup_encoding
 from minilog.files.match import PATH_LABEL
@@ -25,6 +24,7 @@ from minilog.files.positions import FilePositions
 from minilog.files.tailer import FileTailer, FileTargetInfo, TailerOptions
 from minilog.fswatch import DirectoryWatcher
 from minilog.model import LogsReceiver
+from minilog.tailing import DRAIN_TIMEOUT_S, TailerSupervisor
 
 __all__ = ["DEFAULT_POLL_S", "FileSource"]
 
@@ -32,9 +32,6 @@ _log = logging.getLogger(__name__)
 
 #: Alloy's ``file_watch`` defaults: poll every 250 ms, backing off to 250 ms.
 DEFAULT_POLL_S: Final = 0.25
-_STALE_CHECK_S: Final = 600.0
-_CRASH_BACKOFF_MIN_S: Final = 0.5
-_CRASH_BACKOFF_MAX_S: Final = 30.0
 
 
 class FileSource:
@@ -82,8 +79,19 @@ class FileSource:
         self._metrics = metrics
         metrics.sources.add(self)
         codec: Codec = lookup_encoding(encoding)
-        self._watcher = DirectoryWatcher() if inotify else None
-        self._settled = asyncio.Event()
+        watcher = DirectoryWatcher() if inotify else None
+        # A tailer that returns has read its (compressed) file to the end: it is done.
+        self._supervisor: TailerSupervisor[FileTailer] = TailerSupervisor(
+            name="FileSource",
+            positions=positions,
+            crashes=metrics.crashes,
+            log=_log,
+            describe=lambda path: f"file {path}",
+            task_name=lambda path: f"file-tailer {path}",
+            sweep=self._drop_missing_positions,
+            sweep_name="file positions",
+            watcher=watcher,
+        )
         self._opts = TailerOptions(
             forward_to=list(forward_to),
             positions=positions,
@@ -95,18 +103,12 @@ class FileSource:
             min_poll_s=min(min_poll_s, max_poll_s),
             max_poll_s=max_poll_s,
             max_line_size=max_line_size,
-            watcher=self._watcher,
-            on_settled=self._on_settled,
+            watcher=watcher,
+            on_settled=self._supervisor.on_settled,
         )
         self._positions = positions
-        self._tailers: dict[str, FileTailer] = {}
-        # Stopped tailers whose deliveries are still in flight.
-        self._idle: dict[str, FileTailer] = {}
-        self._group: asyncio.TaskGroup | None = None
-        self._running = False
-        self._closed = False
-        self._run_task: asyncio.Task[None] | None = None
-        self._stopped = asyncio.Event()
+        # The supervisor's own dict: reconciled here, supervised there.
+        self._tailers = self._supervisor.tailers
 
     # -- targets --
 
@@ -122,18 +124,17 @@ class FileSource:
         for path, labels in desired.items():
             tailer = self._tailers.get(path)
             if tailer is None:
-                tailer = self._idle.pop(path, None) or FileTailer(
+                tailer = self._supervisor.take_idle(path) or FileTailer(
                     self._opts, path, labels
                 )
                 self._tailers[path] = tailer
             tailer.set_labels(labels)
-            if self._group is not None and not self._closed and tailer.task is None:
-                self._spawn(tailer)
+            self._supervisor.start(path, tailer)
         for path in [p for p in self._tailers if p not in desired]:
             tailer = self._tailers.pop(path)
             if tailer.task is not None:
                 tailer.task.cancel()
-            self._retire(tailer)
+            self._supervisor.retire(path, tailer)
 
     def targets_info(self) -> list[FileTargetInfo]:
         return [t.info() for t in self._tailers.values()]
@@ -146,106 +147,20 @@ class FileSource:
 
     async def run(self) -> None:
         """Tail until cancelled (or ``aclose()``); saves positions on the way out."""
-        if self._running or self._closed:
-            raise RuntimeError("FileSource.run() called twice or after aclose()")
-        self._running = True
-        self._run_task = asyncio.current_task()
-        try:
-            async with asyncio.TaskGroup() as group:
-                self._group = group
-                for tailer in self._tailers.values():
-                    if tailer.task is None:
-                        self._spawn(tailer)
-                group.create_task(self._drop_stale_positions(), name="file positions")
-                await self._positions.run_flusher()
-        finally:
-            self._group = None
-            self._closed = True
-            if self._watcher is not None:
-                await self._watcher.aclose()
-            await self._save()
-            self._stopped.set()
+        await self._supervisor.run()
 
-    async def aclose(self, drain_timeout_s: float = 5.0) -> None:
+    async def aclose(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop tailing, wait up to ``drain_timeout_s`` for deliveries in flight, then
         save positions. Idempotent."""
-        if self._run_task is not None and not self._stopped.is_set():
-            self._run_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stopped.wait()
-        elif not self._closed:
-            self._closed = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_timeout_s):
-                while self._in_flight():
-                    self._settled.clear()
-                    await self._settled.wait()
-        await self._save()
+        await self._supervisor.aclose(drain_timeout_s)
 
-    async def _drop_stale_positions(self) -> None:
+    async def _drop_missing_positions(self) -> None:
         """Drop positions of files that no longer exist and no tailer reads."""
-        while True:
-            unread = [
-                p
-                for p in self._positions.ids()
-                if p not in self._tailers and p not in self._idle
-            ]
-            gone = await asyncio.to_thread(_missing, unread)
-            for path in gone:
-                if path not in self._tailers:
-                    self._positions.remove(path)
-            await asyncio.sleep(_STALE_CHECK_S)
-
-    def _on_settled(self) -> None:
-        self._settled.set()
-        if self._idle:
-            for path in [p for p, t in self._idle.items() if not t.in_flight]:
-                del self._idle[path]
-
-    def _in_flight(self) -> int:
-        return sum(t.in_flight for t in (*self._tailers.values(), *self._idle.values()))
-
-    async def _save(self) -> None:
-        try:
-            async with asyncio.timeout(10):
-                await self._positions.asave()
-        except OSError:
-            pass  # the store says so once and keeps save_error
-        except TimeoutError:
-            _log.error(
-                "saving positions file %s took over 10 s; gave up", self._positions.path
-            )
-
-    def _spawn(self, tailer: FileTailer) -> None:
-        assert self._group is not None
-        tailer.task = self._group.create_task(
-            self._supervise(tailer), name=f"file-tailer {tailer.path}"
-        )
-
-    async def _supervise(self, tailer: FileTailer) -> None:
-        """Run ``tailer`` until it finishes (a compressed file read) or is stopped; a
-        crash is caught, counted and restarted with backoff."""
-        backoff = Backoff(_CRASH_BACKOFF_MIN_S, _CRASH_BACKOFF_MAX_S)
-        try:
-            while True:
-                try:
-                    await tailer.run()
-                except Exception as exc:  # noqa: BLE001 - counted, logged, restarted
-                    self._metrics.crashes.inc()
-                    tailer.last_error = f"tailer crashed: {exc!r}"
-                    _log.exception("tailer of file %s crashed", tailer.path)
-                    await asyncio.sleep(backoff.next_delay())
-                    tailer.rewind()
-                    continue
-                return
-        finally:
-            tailer.task = None
-
-    def _retire(self, tailer: FileTailer) -> None:
-        if tailer.in_flight:
-            self._idle[tailer.path] = tailer
-        for path in [p for p, t in self._idle.items() if not t.in_flight]:
-            del self._idle[path]
+        unread = [p for p in self._positions.ids() if not self._supervisor.tails(p)]
+        gone = await asyncio.to_thread(_missing, unread)
+        for path in gone:
+            if path not in self._tailers:
+                self._positions.remove(path)
 
 
 def _missing(paths: list[str]) -> list[str]:
