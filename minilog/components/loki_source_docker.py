@@ -15,10 +15,7 @@ import contextlib
 import functools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Final
-
-from prometheus_client import CollectorRegistry
 
 from minilog.components.arguments import (
     check_docker_host,
@@ -27,6 +24,11 @@ from minilog.components.arguments import (
     positioned,
 )
 from minilog.components.base import Component, ComponentOptions, register
+from minilog.components.tailing import (
+    positions_debug_info,
+    positions_health,
+    run_until_replaced,
+)
 from minilog.config.ast import Block
 from minilog.config.schema import attr
 from minilog.docker.client import DockerClient
@@ -109,12 +111,9 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
         super().__init__(opts, args)
         self._fanout = self.output_fanout(args.forward_to)
         path = opts.data_path / "positions.json"
-        self._positions = Positions(
-            path, on_save=functools.partial(self._on_positions_saved, path)
-        )
+        self._positions = Positions(path, on_save=positions_health(self, path))
         self._client = DockerClient(args.host)
         self._old_clients: list[DockerClient] = []
-        self._registry = opts.registry
         # One set of series for the component's life: a source rebuilt on reload
         # counts on in it, as Alloy's does.
         self._metrics = SourceMetrics(opts.registry)
@@ -133,17 +132,6 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
         )
         source.update_targets(args.targets)
         return source
-
-    def metrics_registry(self) -> CollectorRegistry:
-        return self._registry
-
-    def _on_positions_saved(self, path: Path, exc: OSError | None) -> None:
-        if exc is None:
-            self.clear_problem("positions", "positions saved again")
-        else:
-            self.report_problem(
-                "positions", f"cannot save positions file {path}: {exc}"
-            )
 
     def _docker_failing(self, message: str) -> None:
         if not self.has_problem("docker"):
@@ -193,7 +181,12 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
         probe = asyncio.create_task(self._probe_docker(), name=f"{self.id} probe")
         try:
             while True:
-                await self._run_source()
+                await run_until_replaced(
+                    self._source,
+                    self._replaced,
+                    name=f"{self.id} source",
+                    what="the Docker source",
+                )
                 for client in self._old_clients:
                     await client.aclose()
                 self._old_clients.clear()
@@ -204,26 +197,6 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
             self.set_health("exited", "stopped")
-
-    async def _run_source(self) -> None:
-        """Run the current source until an update replaces it."""
-        self._replaced.clear()
-        source = self._source
-        task = asyncio.create_task(source.run(), name=f"{self.id} source")
-        replaced = asyncio.create_task(self._replaced.wait())
-        try:
-            await asyncio.wait({task, replaced}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            replaced.cancel()
-            # Stop this source first (on replacement as on shutdown): it records the
-            # positions the next one resumes from.
-            await source.aclose()
-            await asyncio.gather(task, replaced, return_exceptions=True)
-        if not self._replaced.is_set():
-            # The source ended by itself: surface why instead of silently tailing
-            # nothing.
-            exc = None if task.cancelled() else task.exception()
-            raise exc or RuntimeError("the Docker source stopped unexpectedly")
 
     async def finalize(self) -> None:
         # Writers have flushed by now: persist what they acknowledged, then close.
@@ -273,12 +246,4 @@ class LokiSourceDocker(Component[LokiSourceDockerArgs]):
             except LabelError as exc:
                 item["final_labels"] = {"error": str(exc)}
             targets.append(item)
-        positions = self._positions
-        return {
-            "targets_info": targets,
-            "positions_file": str(positions.path),
-            "positions_recovery": positions.recovery,
-            "positions_save_error": (
-                "" if positions.save_error is None else str(positions.save_error)
-            ),
-        }
+        return {"targets_info": targets, **positions_debug_info(self._positions)}

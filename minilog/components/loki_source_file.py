@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry
-
 from minilog.components.arguments import positioned
 from minilog.components.base import Component, ComponentOptions, Fanout, register
+from minilog.components.tailing import (
+    positions_debug_info,
+    positions_health,
+    run_until_replaced,
+)
 from minilog.config.ast import Block
 from minilog.config.schema import attr, block
 from minilog.files.lines import lookup_encoding
@@ -147,15 +149,12 @@ class LokiSourceFile(Component[LokiSourceFileArgs]):
         path = opts.data_path / "positions.json"
         if args.legacy_positions_file:
             _convert_legacy(Path(args.legacy_positions_file), path, self.log)
-        self._positions = FilePositions(
-            path, on_save=functools.partial(self._on_positions_saved, path)
-        )
+        self._positions = FilePositions(path, on_save=positions_health(self, path))
         if args.tail_from_end and args.compression:
             self.log.warning(
                 "tail_from_end is not supported with decompression: files are read "
                 "from their start"
             )
-        self._registry = opts.registry
         self._metrics = FileMetrics(opts.registry)
         self._source = self._build(args)
         self._replaced = asyncio.Event()
@@ -188,23 +187,17 @@ class LokiSourceFile(Component[LokiSourceFileArgs]):
             args.targets, ignore_older_than_s=matching.ignore_older_than
         )
 
-    def metrics_registry(self) -> CollectorRegistry:
-        return self._registry
-
-    def _on_positions_saved(self, path: Path, exc: OSError | None) -> None:
-        if exc is None:
-            self.clear_problem("positions", "positions saved again")
-        else:
-            self.report_problem(
-                "positions", f"cannot save positions file {path}: {exc}"
-            )
-
     async def run(self) -> None:
         """Owns the current source and the ``file_match`` sync loop."""
         sync = asyncio.create_task(self._sync_loop(), name=f"{self.id} file_match")
         try:
             while True:
-                await self._run_source()
+                await run_until_replaced(
+                    self._source,
+                    self._replaced,
+                    name=f"{self.id} source",
+                    what="the file source",
+                )
                 self._source = self._build(self.args)
         finally:
             sync.cancel()
@@ -223,21 +216,6 @@ class LokiSourceFile(Component[LokiSourceFileArgs]):
                 targets = await asyncio.to_thread(self._resolve, self.args)
                 self._source.update_targets(targets)
 
-    async def _run_source(self) -> None:
-        self._replaced.clear()
-        source = self._source
-        task = asyncio.create_task(source.run(), name=f"{self.id} source")
-        replaced = asyncio.create_task(self._replaced.wait())
-        try:
-            await asyncio.wait({task, replaced}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            replaced.cancel()
-            await source.aclose()
-            await asyncio.gather(task, replaced, return_exceptions=True)
-        if not self._replaced.is_set():
-            exc = None if task.cancelled() else task.exception()
-            raise exc or RuntimeError("the file source stopped unexpectedly")
-
     async def finalize(self) -> None:
         with contextlib.suppress(OSError):  # the store logs it (once) and keeps it
             await self._positions.asave()
@@ -252,14 +230,9 @@ class LokiSourceFile(Component[LokiSourceFileArgs]):
         self._replaced.set()
 
     def debug_info(self) -> Any:
-        positions = self._positions
         return {
             "targets_info": [asdict(i) for i in self._source.targets_info()],
-            "positions_file": str(positions.path),
-            "positions_recovery": positions.recovery,
-            "positions_save_error": (
-                "" if positions.save_error is None else str(positions.save_error)
-            ),
+            **positions_debug_info(self._positions),
         }
 
 
