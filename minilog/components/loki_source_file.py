@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from minilog.components.arguments import positioned
-from minilog.components.base import Component, ComponentOptions, Fanout, register
+from minilog.components.base import Component, ComponentOptions, register
 from minilog.components.tailing import (
     positions_debug_info,
     positions_health,
@@ -145,7 +145,7 @@ class LokiSourceFile(Component[LokiSourceFileArgs]):
 
     def __init__(self, opts: ComponentOptions, args: LokiSourceFileArgs) -> None:
         super().__init__(opts, args)
-        self._fanout = Fanout(args.forward_to)
+        self._fanout = self.output_fanout(args.forward_to)
         path = opts.data_path / "positions.json"
         if args.legacy_positions_file:
             _convert_legacy(Path(args.legacy_positions_file), path, self.log)

@@ -11,6 +11,7 @@ from minilog.agent.runtime import Agent
 from minilog.config import parse
 from minilog.errors import ConfigError
 from minilog.files.positions import FilePositions
+from minilog.model import StreamBatch
 from minilog.testing import FakeLoki
 
 FILE_CONFIG = """
@@ -175,3 +176,32 @@ async def test_local_file_match_refuses_a_zero_sync_period(tmp_path: Path) -> No
     text = 'local.file_match "m" {\n  path_targets = []\n  sync_period = "0s"\n}\n'
     with pytest.raises(ConfigError, match="sync_period must be greater than 0"):
         build_graph(parse(text, "c.alloy"))
+
+
+class _Tap:
+    """A live-debugging viewer: keeps the lines published to it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def publish(self, batch: StreamBatch) -> None:
+        self.lines += [entry.line for entry in batch.entries]
+
+
+async def test_live_debugging_sees_what_the_file_source_forwards(
+    tmp_path: Path, loki: FakeLoki
+) -> None:
+    root = tmp_path / "logs"
+    root.mkdir()
+    agent = Agent(_config(tmp_path, loki, root), storage_path=tmp_path / "data")
+    await agent.start()
+    try:
+        source = agent.component("loki.source.file.files")
+        assert source.supports_live_debugging
+        tap = _Tap()
+        source.set_live_tap(tap)
+        (root / "a.log").write_text("watched\n")
+        await loki.wait_for_entries(1, timeout=10)
+    finally:
+        await agent.aclose()
+    assert tap.lines == ["watched"]

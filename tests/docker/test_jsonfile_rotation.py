@@ -87,14 +87,25 @@ def log_path(container: Any) -> str:
 
 
 def on_disk(path: str) -> list[str]:
-    """Every line Docker keeps for the container, oldest first."""
-    lines = []
-    for name in chain(path):
-        data = Path(name).read_bytes()
-        if name.endswith(".gz"):
-            data = gzip.decompress(data)
-        lines += [orjson.loads(r)["log"].rstrip("\n") for r in data.splitlines()]
-    return lines
+    """Every line Docker keeps for the container, oldest first.
+
+    Docker renames, gzips and deletes rotated files while they are listed: a file gone
+    between the listing and its read means the listing is stale, so list again.
+    """
+    for _ in range(100):
+        lines: list[str] = []
+        try:
+            for name in chain(path):
+                data = Path(name).read_bytes()
+                if name.endswith(".gz"):
+                    data = gzip.decompress(data)
+                lines += [
+                    orjson.loads(r)["log"].rstrip("\n") for r in data.splitlines()
+                ]
+        except (FileNotFoundError, EOFError, gzip.BadGzipFile):
+            continue  # caught Docker mid-rotation (or mid-gzip)
+        return lines
+    raise AssertionError(f"{path}: Docker kept rotating while its files were read")
 
 
 def compressed(path: str) -> bool:
