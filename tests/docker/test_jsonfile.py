@@ -269,20 +269,36 @@ def resumed_lines(position: tuple[int, int], data: bytes) -> list[tuple[int, str
 
 
 def test_a_resume_skips_what_was_delivered_within_a_whole_chunk() -> None:
+    t = T0 + 123_456_789  # not a whole second: Go writes those without a fraction
     records: list[Record] = [
-        ("stdout", T0, b"a\n"),
-        ("stdout", T0 + 5, b"b\n"),
-        ("stdout", T0 + 5, b"c\n"),
-        ("stdout", T0 + 5, b"d\n"),
-        ("stdout", T0 + 9, b"e\n"),
+        ("stdout", t, b"a\n"),
+        ("stdout", t + 5, b"b\n"),
+        ("stdout", t + 5, b"c\n"),
+        ("stdout", t + 5, b"d\n"),
+        ("stdout", t + 9, b"e\n"),
     ]
     data = json_file(records)
-    assert resumed_lines((T0 + 5, 2), data) == [(T0 + 5, "d"), (T0 + 9, "e")]
-    assert resumed_lines((T0 + 5, 0), data)[0] == (T0 + 5, "b")
-    assert resumed_lines((T0 - 1, 0), data)[0] == (T0, "a")
-    decoder = JsonLogDecoder(position_ns=T0 - 1)
+    assert resumed_lines((t + 5, 2), data) == [(t + 5, "d"), (t + 9, "e")]
+    assert resumed_lines((t + 5, 0), data) == [(t + 5, x) for x in "bcd"] + [
+        (t + 9, "e")
+    ]
+    assert resumed_lines((t - 1, 0), data)[0] == (t, "a")
+    decoder = JsonLogDecoder(position_ns=t - 1)
     decoder.feed(data)
-    assert (decoder.position_ns, decoder.count_at_position) == (T0 + 9, 1)
+    assert (decoder.position_ns, decoder.count_at_position) == (t + 9, 1)
+
+
+def test_the_count_at_the_position_goes_on_across_chunks() -> None:
+    t = T0 + 123_456_789
+    decoder = JsonLogDecoder()
+    decoder.feed(json_file([("stdout", t, b"a\n"), ("stderr", t + 1, b"b\n")]))
+    assert (decoder.position_ns, decoder.count_at_position) == (t + 1, 1)
+    decoder.feed(json_file([("stdout", t + 1, b"c\n"), ("stdout", t, b"d\n")]))
+    assert (decoder.position_ns, decoder.count_at_position) == (t + 1, 2)
+    decoder.feed(json_file([("stdout", t + 1, b"\n")]))  # empty: not sent, counted
+    assert (decoder.position_ns, decoder.count_at_position) == (t + 1, 3)
+    res = decoder.feed(json_file([("stdout", t + 2, b"e\n")]))
+    assert (res.position_ns, res.count_at_position) == (t + 2, 1)
 
 
 def record_with_time(time: str, log: str = "x\\n") -> bytes:
@@ -332,6 +348,8 @@ def test_an_offset_time_does_not_shift_a_utc_time_of_the_same_clock_second() -> 
     "bad",
     [
         b'{"log":"x\\n","stream":"stdout","time":"2026-12-06T07:47:17.Z"}',
+        b'{"log":"x\\n","stream":"stdout","time":"2026-12-06T07:47:17,5Z"}',
+        b'{"log":"x\\n","stream":"stdout","time":"2026-12-06T07:47:17.55"}',
         b'{"log":"x\\n","stream":"stdout","time":"2026-12-06T07:47:17.1234567890Z"}',
         # Arabic-Indic digits: str.isdigit() and int() take them, RFC 3339 does not.
         '{"log":"x\\n","stream":"stdout","time":"2026-12-06T07:47:17.\u0661\u0662Z"}'.encode(),
@@ -344,7 +362,8 @@ def test_an_offset_time_does_not_shift_a_utc_time_of_the_same_clock_second() -> 
     ],
 )
 def test_a_bad_record_among_good_ones_is_counted_and_skipped(bad: bytes) -> None:
-    good = json_file([("stdout", T0 + i, f"good {i}\n".encode()) for i in range(3)])
+    t = T0 + 123_456_789
+    good = json_file([("stdout", t + i, f"good {i}\n".encode()) for i in range(3)])
     lines = good.splitlines(keepends=True)
     res = JsonLogDecoder().feed(b"".join([lines[0], lines[1], bad + b"\n", lines[2]]))
     assert [e.line for e in res.stdout] == ["good 0", "good 1", "good 2"]
