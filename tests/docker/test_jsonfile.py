@@ -243,7 +243,8 @@ def test_whole_lines_in_chunks_match_the_api_path(seed: int) -> None:
 
 def test_lines_over_max_line_size_are_cut_as_through_the_api() -> None:
     records: list[Record] = [
-        ("stdout", T0 + i, ("é" * (5 + i) + "\n").encode()) for i in range(12)
+        ("stdout", T0 + 123_456_789 + i, ("é" * (5 + i) + "\n").encode())
+        for i in range(12)
     ]
     file_decoder, api_decoder = (
         JsonLogDecoder(max_line_size=16),
