@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -113,6 +114,9 @@ _LONG_FLAGS = frozenset(
     )
 )
 _EXIT_CONFIG = 1
+#: The cyclic GC's thresholds while the agent runs (``_tune_gc``); CPython's are
+#: (700, 10, 10).
+_GC_THRESHOLDS = (10_000, 50, 100)
 
 
 def default_config(environ: Mapping[str, str] | None = None) -> str:
@@ -470,6 +474,7 @@ async def _serve(args: argparse.Namespace) -> int:
             reload_wanted.clear()
             with contextlib.suppress(MinilogError):
                 await agent.reload()
+            _tune_gc()  # the replaced components may be garbage now
 
     def on_hup() -> None:
         reload_wanted.set()
@@ -495,6 +500,7 @@ async def _serve(args: argparse.Namespace) -> int:
         _remove_handlers(loop)
         return 1
     log.info("now listening for http traffic", extra={"addr": server.url})
+    _tune_gc()
     # Owned here and awaited at the end: a failure in them surfaces from this call.
     helpers = [
         loop.create_task(_log_discovery(agent), name="startup summary"),
@@ -516,6 +522,23 @@ async def _serve(args: argparse.Namespace) -> int:
         return 1
     log.info("shutdown complete")
     return 0
+
+
+def _tune_gc() -> None:
+    """Once the agent runs, and after each reload: the cyclic GC set for a process
+    that allocates a tuple per log line and keeps batches of them queued.
+
+    Everything built so far (modules, the graph, aiohttp) moves to the permanent
+    generation, so full collections no longer walk it, and the first generation is
+    collected every ``_GC_THRESHOLDS[0]`` allocations instead of 700: at the default
+    a drain of 1M lines ran ~1,400 collections and spent 0.3-0.5 CPU s in them (its
+    entries are not garbage; log entries form no cycles). Frozen objects are never
+    collected, so a reload unfreezes first: what it replaced is collected then.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
 
 
 def _log_plan(agent: Agent, config: str) -> None:

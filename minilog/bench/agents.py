@@ -7,6 +7,10 @@ fault proxy with ``loki.write``'s defaults (batch 1 MiB or 1 s, timeout 10 s, ba
 500 ms to 5 min, 10 retries) unless the run sets the retry options.
 
 - ``minilog``: the installed package as a process (``python -m minilog run``).
+- ``minilog-file``, ``minilog-api``: the same with ``loki.source.docker``'s
+  ``logs_from`` set to ``"file"`` (the json-file on disk) or ``"api"`` (dockerd's
+  ``/logs``), so one run compares both paths (``minilog`` leaves the default,
+  ``"auto"``, which reads the file where it can).
 - ``minilog-image``: the ``minilog:latest`` image in the compose stack's ``alloy`` role
   (``--network host``, the Docker socket mounted, the same ``config.alloy``).
 - ``alloy``: ``ALLOY_BIN`` or ``alloy`` on PATH, else the ``grafana/alloy:latest``
@@ -44,6 +48,7 @@ from minilog.bench.procstats import CpuSource, proc_rss_mb, tree
 from minilog.errors import BenchError
 
 __all__ = [
+    "MINILOG_LOGS_FROM",
     "MINILOG_QUEUE_BOUND_MB",
     "AgentRunner",
     "AgentSpec",
@@ -86,8 +91,15 @@ class RetrySettings:
         return ", ".join(parts) or "defaults"
 
 
-def alloy_config(run: str, push_url: str, retry: RetrySettings) -> str:
-    """The ``config.alloy`` every Alloy-compatible agent runs."""
+#: ``--agent`` names of minilog with ``loki.source.docker``'s ``logs_from`` set.
+MINILOG_LOGS_FROM = {"minilog-file": "file", "minilog-api": "api"}
+
+
+def alloy_config(
+    run: str, push_url: str, retry: RetrySettings, logs_from: str | None = None
+) -> str:
+    """The ``config.alloy`` every Alloy-compatible agent runs; ``logs_from`` (a
+    minilog argument, which Alloy would refuse) only for minilog's path variants."""
     endpoint = [f'    url = "{push_url}"']
     if retry.min_backoff_period is not None:
         endpoint.append(f'    min_backoff_period = "{retry.min_backoff_period}"')
@@ -96,6 +108,7 @@ def alloy_config(run: str, push_url: str, retry: RetrySettings) -> str:
     if retry.max_backoff_retries is not None:
         endpoint.append(f"    max_backoff_retries = {retry.max_backoff_retries}")
     body = "\n".join(endpoint)
+    source_extra = "" if logs_from is None else f'\n  logs_from  = "{logs_from}"'
     return f"""\
 // minilog bench: run {run}
 discovery.docker "bench" {{
@@ -123,7 +136,7 @@ discovery.relabel "bench" {{
 loki.source.docker "bench" {{
   host       = "unix://{DOCKER_SOCKET}"
   targets    = discovery.relabel.bench.output
-  forward_to = [loki.write.bench.receiver]
+  forward_to = [loki.write.bench.receiver]{source_extra}
 }}
 
 loki.write "bench" {{
@@ -200,6 +213,8 @@ class AgentSpec:
     name: str
     kind: str  # minilog, minilog-image, alloy, promtail, cmd
     command: str = ""
+    #: ``loki.source.docker``'s ``logs_from`` for a minilog process; None: default.
+    logs_from: str | None = None
 
     @property
     def queue_bound_mb(self) -> float | None:
@@ -222,9 +237,11 @@ def parse_agent(value: str) -> AgentSpec:
         return AgentSpec(name.strip(), "cmd", command)
     if value in ("minilog", "minilog-image", "alloy", "promtail"):
         return AgentSpec(value, value)
+    if value in MINILOG_LOGS_FROM:
+        return AgentSpec(value, "minilog", logs_from=MINILOG_LOGS_FROM[value])
     raise ValueError(
-        f"unknown agent {value!r}: minilog, minilog-image, alloy, promtail or "
-        "cmd:NAME=COMMAND"
+        f"unknown agent {value!r}: minilog, minilog-file, minilog-api, "
+        "minilog-image, alloy, promtail or cmd:NAME=COMMAND"
     )
 
 
@@ -321,7 +338,9 @@ class AgentRunner:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.http_port = free_port()
         self.config_alloy = workdir / "config.alloy"
-        self.config_alloy.write_text(alloy_config(run, push_url, retry))
+        self.config_alloy.write_text(
+            alloy_config(run, push_url, retry, resolved.spec.logs_from)
+        )
         self.promtail_config = workdir / "promtail.yaml"
         self.promtail_config.write_bytes(
             orjson.dumps(

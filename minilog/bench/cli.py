@@ -58,14 +58,20 @@ def parser() -> argparse.ArgumentParser:
         + "; default = all (about 8 min per agent on 2 cores); quick = drain, latency "
         "and throttle, shortened (under 2 min per agent).",
     )
-    p.add_argument("profile", choices=(*PROFILES, "default", "quick"))
+    p.add_argument(
+        "profile",
+        nargs="+",
+        choices=(*PROFILES, "default", "quick"),
+        help="one or more, run in this order for each agent",
+    )
     p.add_argument(
         "--agent",
         dest="agents",
         action="append",
         required=True,
         metavar="NAME",
-        help="minilog (the installed package as a process), minilog-image (the "
+        help="minilog (the installed package as a process), minilog-file and "
+        "minilog-api (the same with logs_from = file or api), minilog-image (the "
         "minilog:latest image in the alloy role), alloy, promtail, or "
         "'cmd:NAME=COMMAND' (placeholders {config_alloy} {promtail_config} {push_url} "
         "{storage} {http_port} {run}); repeat to compare",
@@ -121,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--steady-step-s", type=float, help="seconds per step (15)")
     g.add_argument("--latency-rates", type=_rates, help="(1000,10000)")
     g.add_argument("--latency-s", type=float, help="seconds per rate (10)")
+    g.add_argument(
+        "--latency-probes", type=int, help="first-line probes, new containers (3)"
+    )
     p.add_argument(
         "--no-plots", action="store_true", help="no PNGs (no matplotlib needed)"
     )
@@ -147,14 +156,17 @@ _QUICK: dict[str, Any] = {
 def build_options(args: argparse.Namespace) -> tuple[Options, list[str]]:
     """The options and the profiles to run, from the command line."""
     options = Options(out=args.out, sink=args.sink)
-    if args.profile == "quick":
-        profiles = ["drain", "latency", "throttle"]
-        for key, value in _QUICK.items():
-            setattr(options, key, value)
-    elif args.profile == "default":
-        profiles = list(PROFILES)
-    else:
-        profiles = [args.profile]
+    profiles: list[str] = []
+    for name in args.profile:
+        if name == "quick":
+            expanded = ["drain", "latency", "throttle"]
+            for key, value in _QUICK.items():
+                setattr(options, key, value)
+        elif name == "default":
+            expanded = list(PROFILES)
+        else:
+            expanded = [name]
+        profiles += [p for p in expanded if p not in profiles]
     for key in (
         "containers",
         "rate",
@@ -170,6 +182,7 @@ def build_options(args: argparse.Namespace) -> tuple[Options, list[str]]:
         "steady_step_s",
         "latency_rates",
         "latency_s",
+        "latency_probes",
     ):
         value = getattr(args, key)
         if value is not None:

@@ -11,7 +11,8 @@ every agent and gives the idle RSS and start-up CPU the others are compared with
   stopping; agent CPU and RSS at each rate.
 - ``latency``: Docker's timestamp of each line to Loki's acknowledgement of its push
   (at which point Loki's ingester answers queries with it), at each rate: p50/p99/max;
-  and ``docker create`` + ``start`` of a one-line container to that line acknowledged.
+  and ``docker create`` + ``start`` of a one-line container (and Docker's timestamp of
+  its line) to that line acknowledged.
 - ``outage``, ``kill``, ``throttle``, ``slow``: generators write at ``rate`` per
   container throughout; a fault of ``fault_s`` seconds after ``pre_s``; lines lost, sent
   twice, agent RSS over time, first acknowledged push after the fault and catch-up.
@@ -366,6 +367,17 @@ async def latency(
         ]
         rec["first_line_s_all"] = [_r(f) for f in firsts]
         rec["first_line_s"] = _r(sorted(firsts)[len(firsts) // 2]) if firsts else None
+        # The same from Docker's timestamp of the line (the container's write) rather
+        # than from before ``docker create``: what the agent itself adds.
+        written = [
+            (acks.first_ack_of(gen) - acks.timestamps(gen)[1]) / NS
+            for gen, _ in probe_t
+            if acks.first_ack_of(gen)
+        ]
+        rec["first_line_from_write_s_all"] = [_r(f) for f in written]
+        rec["first_line_from_write_s"] = (
+            _r(sorted(written)[len(written) // 2]) if written else None
+        )
         rec["series"] = {**run.series(), "throughput": acks.throughput(run.t0_ns)}
 
 

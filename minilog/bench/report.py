@@ -21,6 +21,10 @@ import orjson
 __all__ = [
     "CATCH_UP_MIN_BACKLOG_S",
     "FIELDS",
+    "FILE_PATH_AGENT_CPU_S",
+    "FILE_PATH_CPU_RATIO",
+    "FILE_PATH_FIRST_LINE_S",
+    "FILE_PATH_SPEEDUP",
     "format_table",
     "machine",
     "targets",
@@ -56,6 +60,7 @@ _COLUMNS = (
     ("peak RSS MB", "agent_peak_rss_mb"),
     ("idle RSS MB", "agent_idle_rss_mb"),
     ("p99 latency s", "latency_p99_s"),
+    ("1st line s", "first_line_s"),
     ("1st push after s", "first_push_after_fault_s"),
     ("catch-up s", "catch_up_s"),
 )
@@ -138,11 +143,78 @@ def format_table(records: Sequence[dict[str, Any]], markdown: bool = False) -> s
     return "\n".join(lines)
 
 
+#: Agent names that are minilog; the ones that read json-files where they can.
+_MINILOG = ("minilog", "minilog-file", "minilog-api", "minilog-image")
+_FILE_READERS = ("minilog-file", "minilog", "minilog-image")
+#: Issue 13 (``loki.source.docker`` reading json-files): agent + dockerd CPU per line
+#: against Promtail's, the agent's own CPU per 1M lines, drain speed against the API
+#: path, and a new container's first line (Docker's timestamp of it to Loki's 2xx).
+FILE_PATH_CPU_RATIO = 0.25
+FILE_PATH_AGENT_CPU_S = 3.0
+FILE_PATH_SPEEDUP = 1.5
+FILE_PATH_FIRST_LINE_S = 0.3
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _file_path_targets(by: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    out = []
+    prom = by.get(("promtail", "drain"))
+    api = by.get(("minilog-api", "drain"))
+    for name in _FILE_READERS:
+        rec = by.get((name, "drain"))
+        if rec is None or rec.get("agent_cpu_s_per_million") is None:
+            continue
+        agent = rec["agent_cpu_s_per_million"]
+        out.append(
+            f"{name} drain: agent CPU {agent:.2f} s per 1M lines (target <= "
+            f"{FILE_PATH_AGENT_CPU_S:g}): {_verdict(agent <= FILE_PATH_AGENT_CPU_S)}"
+        )
+        both = agent + (rec.get("dockerd_cpu_s_per_million") or 0.0)
+        if prom and prom.get("agent_cpu_s_per_million") is not None:
+            theirs = prom["agent_cpu_s_per_million"] + (
+                prom.get("dockerd_cpu_s_per_million") or 0.0
+            )
+            ratio = both / theirs
+            out.append(
+                f"{name} drain: agent + dockerd CPU per 1M lines, {name} / promtail "
+                f"= {both:.2f} / {theirs:.2f} = {ratio:.2f} (target <= "
+                f"{FILE_PATH_CPU_RATIO:g}): {_verdict(ratio <= FILE_PATH_CPU_RATIO)}"
+            )
+        if api and api.get("lines_per_s") and rec.get("lines_per_s"):
+            speedup = rec["lines_per_s"] / api["lines_per_s"]
+            out.append(
+                f"{name} drain: {rec['lines_per_s']:,.0f} lines/s = {speedup:.2f}x "
+                f"minilog-api's {api['lines_per_s']:,.0f} (target >= "
+                f"{FILE_PATH_SPEEDUP:g}x): {_verdict(speedup >= FILE_PATH_SPEEDUP)}"
+            )
+    for name in _FILE_READERS:
+        rec = by.get((name, "latency"))
+        if rec is None or rec.get("first_line_from_write_s") is None:
+            continue
+        first = rec["first_line_from_write_s"]
+        ok = first <= FILE_PATH_FIRST_LINE_S
+        probes = len(rec.get("first_line_from_write_s_all") or ())
+        out.append(
+            f"{name}: a new container's first line acknowledged by Loki "
+            f"{first:.3f} s after Docker's timestamp of it (median of {probes}; "
+            f"from docker create: {rec.get('first_line_s')} s; target <= "
+            f"{FILE_PATH_FIRST_LINE_S:g} s): {_verdict(ok)}"
+        )
+    return out
+
+
 def targets(records: Sequence[dict[str, Any]]) -> list[str]:
     """The issue's targets for minilog, each as one line: met, or by how much not."""
     out = []
     by = {(r["agent"], r["profile"]): r for r in records if not r.get("skipped")}
-    mini = by.get(("minilog", "drain")) or by.get(("minilog-image", "drain"))
+    mini = (
+        by.get(("minilog", "drain"))
+        or by.get(("minilog-file", "drain"))
+        or by.get(("minilog-image", "drain"))
+    )
     prom = by.get(("promtail", "drain"))
     if (
         mini
@@ -158,8 +230,9 @@ def targets(records: Sequence[dict[str, Any]]) -> list[str]:
             f"{prom['agent_cpu_s_per_million']:.2f} "
             f"= {ratio:.2f} (target <= 0.33): {verdict}"
         )
+    out += _file_path_targets(by)
     for rec in records:
-        if rec.get("skipped") or rec["agent"] not in ("minilog", "minilog-image"):
+        if rec.get("skipped") or rec["agent"] not in _MINILOG:
             continue
         if rec["profile"] not in ("outage", "kill", "throttle", "slow"):
             continue
