@@ -7,8 +7,9 @@ skip when resuming. Two positions are kept: the *read* one (what was decoded; a
 reconnect within this process resumes from it, so nothing in flight is read twice)
 and the *committed* one (the newest position whose lines, and every line before them,
 settled; only this one reaches the positions file). Each read chunk is a ``Chunk``
-waiting for its delivery; chunks commit in read order. A delivery abandoned at
-shutdown freezes the committed position, so the next start reads those lines again.
+waiting for its delivery (whose callback it is); chunks commit in read order. A
+delivery abandoned at shutdown freezes the committed position, so the next start reads
+those lines again.
 """
 
 from __future__ import annotations
@@ -28,15 +29,27 @@ _ABANDONED: Final = 2
 
 
 class Chunk:
-    """The position reached by one read chunk, waiting for its delivery to settle."""
+    """The position reached by one read chunk, waiting for its delivery to settle.
 
-    __slots__ = ("count", "generation", "position", "state")
+    It is the delivery's callback itself (``Delivery(chunk)``): while Loki is down the
+    writer's queue keeps one per read, so it is kept to one small object (a callback
+    wrapping it would more than double what each read leaves allocated).
+    """
 
-    def __init__(self, position: int, count: int, generation: int, state: int) -> None:
+    __slots__ = ("count", "generation", "ledger", "position", "state")
+
+    def __init__(
+        self, ledger: Ledger, position: int, count: int, generation: int, state: int
+    ) -> None:
+        self.ledger = ledger
         self.position = position
         self.count = count
         self.generation = generation
         self.state = state
+
+    def __call__(self, ok: bool) -> None:
+        """The chunk's delivery settled (``ok``) or was abandoned."""
+        self.ledger.settle(self, ok)
 
 
 class Ledger:
@@ -45,6 +58,7 @@ class Ledger:
     Args:
         start: the committed position to start from (the positions file's).
         on_commit: told each new committed position, in order.
+        on_settled: told after a chunk of this generation settled.
     """
 
     __slots__ = (
@@ -52,15 +66,22 @@ class Ledger:
         "_frozen",
         "_generation",
         "_on_commit",
+        "_on_settled",
         "_stopped",
         "committed",
         "read",
     )
 
-    def __init__(self, start: Position, on_commit: Callable[[Position], None]) -> None:
+    def __init__(
+        self,
+        start: Position,
+        on_commit: Callable[[Position], None],
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
         self.read: Position = start
         self.committed: Position = start
         self._on_commit = on_commit
+        self._on_settled = on_settled
         self._chunks: deque[Chunk] = deque()
         self._generation = 0
         self._frozen = False
@@ -73,9 +94,10 @@ class Ledger:
 
     def read_to(self, position: Position) -> Chunk:
         """Record a read chunk that ends at ``position``; settle its delivery later
-        with :meth:`settle` (a chunk that sent nothing settles at once)."""
+        with :meth:`settle`, or by calling it (a chunk that sent nothing settles at
+        once)."""
         self.read = position
-        chunk = Chunk(position[0], position[1], self._generation, _PENDING)
+        chunk = Chunk(self, position[0], position[1], self._generation, _PENDING)
         self._chunks.append(chunk)
         return chunk
 
@@ -95,6 +117,8 @@ class Ledger:
                 if new > self.committed:
                     self.committed = new
                     self._on_commit(new)
+        if self._on_settled is not None:
+            self._on_settled()
         return True
 
     def rewind(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -32,7 +31,7 @@ from minilog.docker.frames import (
     frame_timestamp,
     split_frames,
 )
-from minilog.docker.ledger import Chunk, Ledger, Position
+from minilog.docker.ledger import Ledger, Position
 from minilog.docker.logfiles import Gap, LogFile, open_from, readable, successors
 from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
 from minilog.docker.positions import Positions
@@ -181,7 +180,7 @@ class ContainerTailer:
         self.set_labels(labels)
         saved = ctx.positions.get(container_id)
         start = (saved.ts_ns, saved.count_at_ts) if saved is not None else (0, 0)
-        self._ledger = Ledger(start, self._commit)
+        self._ledger = Ledger(start, self._commit, ctx.on_settled)
         self.is_running = False
         self.last_error = ""
         self.gone = False
@@ -658,9 +657,9 @@ class ContainerTailer:
         total = len(batches) * len(receivers)
         chunk = ledger.read_to(position)
         if not total:
-            self._settle(chunk, True)
+            chunk(True)
             return
-        delivery = Delivery(functools.partial(self._settle, chunk))
+        delivery = Delivery(chunk)
         if total > 1:
             delivery.retain(total - 1)
         metrics.entries.inc(sum(len(entries) for _, entries in batches))
@@ -682,10 +681,6 @@ class ContainerTailer:
             for _ in range(total - handed):
                 delivery.release(abandoned=True)
             raise
-
-    def _settle(self, chunk: Chunk, ok: bool) -> None:
-        if self._ledger.settle(chunk, ok):
-            self._ctx.on_settled()
 
     def _commit(self, position: Position) -> None:
         self._ctx.positions.set(
