@@ -38,7 +38,7 @@ from minilog.docker.positions import Positions
 from minilog.errors import DockerError
 from minilog.files.watch import DirectoryWatcher
 from minilog.labels import format_labels
-from minilog.model import Delivery, LogsReceiver, StreamBatch, entries_size
+from minilog.model import LogsReceiver, StreamBatch, entries_size
 from minilog.relabel import RelabelRulesLike, docker_stream_labels
 
 __all__ = [
@@ -98,6 +98,7 @@ class TailerContext:
     tail_window: int
     clock: Callable[[], float]
     on_settled: Callable[[], None]
+    join_window_s: float
     logs_from: str = "auto"
     watcher: DirectoryWatcher | None = None
 
@@ -180,7 +181,7 @@ class ContainerTailer:
         self.set_labels(labels)
         saved = ctx.positions.get(container_id)
         start = (saved.ts_ns, saved.count_at_ts) if saved is not None else (0, 0)
-        self._ledger = Ledger(start, self._commit, ctx.on_settled)
+        self._ledger = Ledger(start, self._commit, ctx.on_settled, ctx.join_window_s)
         self.is_running = False
         self.last_error = ""
         self.gone = False
@@ -655,13 +656,10 @@ class ContainerTailer:
             stats.last_ns = entries[-1].timestamp_ns
         receivers = self._ctx.forward_to
         total = len(batches) * len(receivers)
-        chunk = ledger.read_to(position)
         if not total:
-            chunk(True)
+            ledger.read_to(position)(True)
             return
-        delivery = Delivery(chunk)
-        if total > 1:
-            delivery.retain(total - 1)
+        delivery = ledger.deliver_to(position, total, time.monotonic())
         metrics.entries.inc(sum(len(entries) for _, entries in batches))
         handed = 0
         try:

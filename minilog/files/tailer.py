@@ -33,7 +33,7 @@ from minilog.files.metrics import FileMetrics, FileRow
 from minilog.files.positions import FilePosition, FilePositions
 from minilog.files.watch import DirectoryWatcher
 from minilog.labels import format_labels, public_labels
-from minilog.model import Delivery, LogEntry, LogsReceiver, StreamBatch
+from minilog.model import LogEntry, LogsReceiver, StreamBatch
 
 __all__ = [
     "FILENAME_LABEL",
@@ -74,6 +74,7 @@ class TailerOptions:
     max_line_size: int
     watcher: DirectoryWatcher | None
     on_settled: Callable[[], None]
+    join_window_s: float
     clock_ns: Callable[[], int] = time.time_ns
 
 
@@ -192,7 +193,10 @@ class FileTailer:
         self.set_labels(labels)
         saved = opts.positions.get(path)
         self._ledger = Ledger(
-            (0, saved.offset if saved else 0), self._commit, opts.on_settled
+            (0, saved.offset if saved else 0),
+            self._commit,
+            opts.on_settled,
+            opts.join_window_s,
         )
         # Identity of each generation's file, for the positions file.
         self._identities: dict[int, _Identity] = {}
@@ -550,14 +554,11 @@ class FileTailer:
         self._last_ts = now + len(texts) - 1
         new = _new_entry
         entries = [new(LogEntry, (now + i, text, ())) for i, text in enumerate(texts)]
-        chunk = ledger.read_to(position)
         receivers = opts.forward_to
         if not receivers:
-            chunk(True)
+            ledger.read_to(position)(True)
             return
-        delivery = Delivery(chunk)
-        if len(receivers) > 1:
-            delivery.retain(len(receivers) - 1)
+        delivery = ledger.deliver_to(position, len(receivers), time.monotonic())
         handed = 0
         try:
             for i, receiver in enumerate(receivers):

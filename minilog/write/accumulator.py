@@ -54,11 +54,11 @@ Encoder = Callable[[Sequence[tuple[str, Sequence[LogEntry]]]], bytes]
 ENTRY_OVERHEAD_BYTES = 200
 #: What one delivery reference held here keeps allocated until it settles: the
 #: ``Delivery`` (64 bytes), what its callback keeps of the source's read (for
-#: ``loki.source.docker`` the ledger's ``Chunk``, 80, and its position, 48) and the
-#: slots pointing at them (32). A source that reads a few lines at a time makes one
-#: per read, and a queue of compressed requests keeps them all: at 1,000 lines/s a
-#: read holds about 4 lines, and uncounted, these records took as much memory as the
-#: compressed lines they covered.
+#: ``loki.source.docker`` and ``loki.source.file`` the ledger's ``Chunk``, 80, and its
+#: position, 32) and the slots pointing at them (32, and the stream's newest delivery).
+#: A batch keeps one per delivery and stream; uncounted, a source making one delivery
+#: per read of a few lines left records in a stalled queue that took as much memory as
+#: the compressed lines they covered.
 DELIVERY_OVERHEAD_BYTES = 256
 #: Batches with more entries are encoded in a worker thread, so a 1 MiB batch cannot
 #: stall the loop for its whole encode (the thread yields the GIL every switch
@@ -410,13 +410,10 @@ class Accumulator:
         batcher = self.batcher
         was_open = batcher.open_count
         added_before = batcher.added_entries
-        delivery = batch.delivery
-        pending = 0 if delivery is None else delivery.pending
+        refs_before = batcher.added_refs
         size = batcher.add(batch)
         added = batcher.added_entries - added_before
-        # One reference in each batch the entries landed in: the batcher retains the
-        # delivery once per batch beyond the first.
-        refs = 0 if delivery is None or not added else 1 + delivery.pending - pending
+        refs = batcher.added_refs - refs_before
         self.queued_bytes += (
             size + added * ENTRY_OVERHEAD_BYTES + refs * DELIVERY_OVERHEAD_BYTES
         )
