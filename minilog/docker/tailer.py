@@ -60,8 +60,11 @@ _PROBE_MAX_BYTES: Final = 4 << 20
 #: ``logs_from`` values: the json-file on disk where readable, else the API
 #: ("auto"); the API only; the file only.
 LOGS_FROM: Final = ("auto", "api", "file")
-#: Bytes of a json-file read at a time.
-_FILE_CHUNK: Final = 1 << 20
+#: Bytes of a json-file read at a time. A read is decoded whole before the writer's
+#: queue admits it, so it is memory the queue cannot count: with 1 MiB reads, each
+#: container's catching up after an outage held a few MB above the queue bound; 256 KiB
+#: (about 1,000 lines) is in the range of the API path's reads.
+_FILE_CHUNK: Final = 1 << 18
 #: How often a followed json-file is checked when no inotify event comes.
 _FILE_POLL_S: Final = 0.25
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from minilog.backoff import Backoff
 from minilog.errors import BrokenError, ClosedError
-from minilog.loki.wire import compress, encode_push_request
+from minilog.loki.wire import compress, encode_push_request_buffer
 from minilog.model import Delivery, LogEntry, StreamBatch, entries_size
 from minilog.write.batch import Batch, Batcher, DeliveryRefs, DropCallback
 from minilog.write.config import EndpointConfig
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Encodes a push request: ``(labels, entries)`` pairs to protobuf bytes.
-Encoder = Callable[[Sequence[tuple[str, Sequence[LogEntry]]]], bytes]
+Encoder = Callable[[Sequence[tuple[str, Sequence[LogEntry]]]], bytes | bytearray]
 
 #: What one queued entry costs beyond its line bytes in CPython: the LogEntry tuple
 #: with its GC header (80), the str header (49), the int timestamp (32), a list slot
@@ -76,7 +76,7 @@ _CONFIRMED_MAX = 65536
 
 def encode_body(
     streams: Sequence[tuple[str, Sequence[LogEntry]]],
-    encode: Encoder = encode_push_request,
+    encode: Encoder = encode_push_request_buffer,
 ) -> bytes:
     """A push request as it is sent: encoded, then snappy-compressed."""
     return compress(encode(streams))
@@ -288,7 +288,7 @@ class Accumulator:
         max_streams: int,
         clock: Callable[[], float],
         on_drop: DropCallback,
-        encode: Encoder = encode_push_request,
+        encode: Encoder = encode_push_request_buffer,
     ) -> None:
         self._endpoint = f"{config.name} ({config.display_url})"
         self.capacity = config.queue_capacity
