@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from prometheus_client import CollectorRegistry
 
 from minilog.docker.frames import DEFAULT_MAX_LINE_SIZE
+from minilog.docker.ledger import JOIN_WINDOW_S
 from minilog.docker.metrics import SourceMetrics, TargetRow
 from minilog.docker.positions import Positions
 from minilog.docker.tailer import (
@@ -64,6 +65,8 @@ class DockerSource:
             reads the json-file on disk when the container's logging driver is
             json-file and its ``LogPath`` is readable, else the API; "api" and
             "file" force one path (a minilog extension).
+        join_window_s: how long a read whose delivery is pending takes in the reads
+            that follow (``ledger.JOIN_WINDOW_S``); 0: one delivery per read.
 
     Call ``update_targets`` whenever discovery changes, ``poke(id)`` when it sees a
     container start, ``run()`` in a task and ``aclose()`` to stop. Unlike Alloy, a
@@ -88,6 +91,7 @@ class DockerSource:
         flush_interval_s: float = 0.0,
         clock: Callable[[], float] = time.time,
         logs_from: str = "auto",
+        join_window_s: float = JOIN_WINDOW_S,
     ) -> None:
         if metrics is None:
             metrics = SourceMetrics(
@@ -122,6 +126,7 @@ class DockerSource:
             tail_window=tail_window,
             clock=clock,
             on_settled=self._supervisor.on_settled,
+            join_window_s=join_window_s,
             logs_from=logs_from,
             watcher=watcher,
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -33,14 +32,14 @@ from minilog.docker.frames import (
     json_record_timestamp,
     split_frames,
 )
-from minilog.docker.ledger import Chunk, Ledger, Position
+from minilog.docker.ledger import Ledger, Position
 from minilog.docker.logfiles import Gap, LogFile, open_from, readable, successors
 from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.errors import DockerError
 from minilog.fswatch import DirectoryWatcher
 from minilog.labels import format_labels
-from minilog.model import Delivery, LogsReceiver, StreamBatch, entries_size
+from minilog.model import LogsReceiver, StreamBatch, entries_size
 from minilog.relabel import RelabelRulesLike, docker_stream_labels
 
 __all__ = [
@@ -64,8 +63,10 @@ _PROBE_MAX_BYTES: Final = 4 << 20
 LOGS_FROM: Final = ("auto", "api", "file")
 #: Bytes of a json-file read at a time. Under the 128 KiB from which the agent has
 #: glibc map every block afresh (``cli._pin_mmap_threshold``): the chunk and its copies
-#: then reuse heap memory. 1 MiB reads cost ~0.5 CPU s more per 1M lines, most of it
-#: page faults; 64-120 KiB measured alike.
+#: then reuse heap memory (1 MiB reads cost ~0.5 CPU s more per 1M lines, most of it
+#: page faults; 64-120 KiB measured alike). A read is also decoded whole before the
+#: writer's queue admits it, memory the queue cannot count: 1 MiB reads held a few MB
+#: above the queue bound while catching up after an outage.
 _FILE_CHUNK: Final = 120 << 10
 #: How often a followed json-file is checked when no inotify event comes.
 _FILE_POLL_S: Final = 0.25
@@ -105,6 +106,7 @@ class TailerContext:
     tail_window: int
     clock: Callable[[], float]
     on_settled: Callable[[], None]
+    join_window_s: float
     logs_from: str = "auto"
     watcher: DirectoryWatcher | None = None
 
@@ -299,7 +301,7 @@ class ContainerTailer:
         self.set_labels(labels)
         saved = ctx.positions.get(container_id)
         start = (saved.ts_ns, saved.count_at_ts) if saved is not None else (0, 0)
-        self._ledger = Ledger(start, self._commit)
+        self._ledger = Ledger(start, self._commit, ctx.on_settled, ctx.join_window_s)
         self.is_running = False
         self.last_error = ""
         self.gone = False
@@ -798,13 +800,10 @@ class ContainerTailer:
             stats.last_ns = entries[-1].timestamp_ns
         receivers = self._ctx.forward_to
         total = len(batches) * len(receivers)
-        chunk = ledger.read_to(position)
         if not total:
-            self._settle(chunk, True)
+            ledger.read_to(position)(True)
             return
-        delivery = Delivery(functools.partial(self._settle, chunk))
-        if total > 1:
-            delivery.retain(total - 1)
+        delivery = ledger.deliver_to(position, total, time.monotonic())
         metrics.entries.inc(sum(len(entries) for _, entries in batches))
         handed = 0
         try:
@@ -824,10 +823,6 @@ class ContainerTailer:
             for _ in range(total - handed):
                 delivery.release(abandoned=True)
             raise
-
-    def _settle(self, chunk: Chunk, ok: bool) -> None:
-        if self._ledger.settle(chunk, ok):
-            self._ctx.on_settled()
 
     def _commit(self, position: Position) -> None:
         self._ctx.positions.set(

@@ -17,6 +17,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry
 
 from minilog.docker.frames import DEFAULT_MAX_LINE_SIZE
+from minilog.docker.ledger import JOIN_WINDOW_S
 from minilog.files.lines import Codec, lookup_encoding
 from minilog.files.match import PATH_LABEL
 from minilog.files.metrics import FileMetrics, FileRow
@@ -49,6 +50,8 @@ class FileSource:
             sooner.
         max_line_size: longer lines are cut and counted.
         inotify: wake tailers on directory events (polling alone when False).
+        join_window_s: how long a read whose delivery is pending takes in the reads
+            that follow (``ledger.JOIN_WINDOW_S``); 0: one delivery per read.
 
     Call ``update_targets`` with the targets, ``run()`` in a task and ``aclose()`` to
     stop. A file whose target goes away keeps its position while the file exists, so
@@ -71,6 +74,7 @@ class FileSource:
         max_poll_s: float = DEFAULT_POLL_S,
         max_line_size: int = DEFAULT_MAX_LINE_SIZE,
         inotify: bool = True,
+        join_window_s: float = JOIN_WINDOW_S,
     ) -> None:
         if metrics is None:
             metrics = FileMetrics(
@@ -105,6 +109,7 @@ class FileSource:
             max_line_size=max_line_size,
             watcher=watcher,
             on_settled=self._supervisor.on_settled,
+            join_window_s=join_window_s,
         )
         self._positions = positions
         # The supervisor's own dict: reconciled here, supervised there.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import bz2
 import contextlib
-import functools
 import gzip
 import hashlib
 import logging
@@ -27,14 +26,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Protocol
 
-from minilog.docker.ledger import Chunk, Ledger, Position
+from minilog.docker.ledger import Ledger, Position
 from minilog.errors import MinilogError
 from minilog.files.lines import Codec, LineReader, Lines, detect_bom, lookup_encoding
 from minilog.files.metrics import FileMetrics, FileRow
 from minilog.files.positions import FilePosition, FilePositions
 from minilog.fswatch import DirectoryWatcher
 from minilog.labels import format_labels, public_labels
-from minilog.model import Delivery, LogEntry, LogsReceiver, StreamBatch
+from minilog.model import LogEntry, LogsReceiver, StreamBatch
 
 __all__ = [
     "FILENAME_LABEL",
@@ -75,6 +74,7 @@ class TailerOptions:
     max_line_size: int
     watcher: DirectoryWatcher | None
     on_settled: Callable[[], None]
+    join_window_s: float
     clock_ns: Callable[[], int] = time.time_ns
 
 
@@ -192,7 +192,12 @@ class FileTailer:
         self._labels_text = ""
         self.set_labels(labels)
         saved = opts.positions.get(path)
-        self._ledger = Ledger((0, saved.offset if saved else 0), self._commit)
+        self._ledger = Ledger(
+            (0, saved.offset if saved else 0),
+            self._commit,
+            opts.on_settled,
+            opts.join_window_s,
+        )
         # Identity of each generation's file, for the positions file.
         self._identities: dict[int, _Identity] = {}
         if saved is not None:
@@ -414,7 +419,7 @@ class FileTailer:
         self._inst = self._instance(raw, st, start, self._gen)
         if self._ledger.read < (self._gen, start):
             # Nothing before ``start`` will be read: the ledger starts there.
-            self._settle(self._ledger.read_to((self._gen, start)), True)
+            self._ledger.read_to((self._gen, start))(True)
 
     def _resume_offset(
         self, raw: BinaryIO, st: os.stat_result, identity: _Identity, offset: int
@@ -474,7 +479,7 @@ class FileTailer:
                     inst.raw, os.fstat(inst.raw.fileno()), 0, self._gen
                 )
                 self._inst = inst = fresh
-                self._settle(self._ledger.read_to((self._gen, 0)), True)
+                self._ledger.read_to((self._gen, 0))(True)
                 continue
             # Deleted or replaced: the open file is read to its end, then the new
             # file under the path (when one appears) from its start.
@@ -540,7 +545,7 @@ class FileTailer:
         ledger = self._ledger
         if not texts:
             if position > ledger.read:
-                self._settle(ledger.read_to(position), True)
+                ledger.read_to(position)(True)
             return
         metrics.read_lines.labels(self.path).inc(len(texts))
         # Alloy stamps each line with the time it was read; distinct nanoseconds keep
@@ -549,14 +554,11 @@ class FileTailer:
         self._last_ts = now + len(texts) - 1
         new = _new_entry
         entries = [new(LogEntry, (now + i, text, ())) for i, text in enumerate(texts)]
-        chunk = ledger.read_to(position)
         receivers = opts.forward_to
         if not receivers:
-            self._settle(chunk, True)
+            ledger.read_to(position)(True)
             return
-        delivery = Delivery(functools.partial(self._settle, chunk))
-        if len(receivers) > 1:
-            delivery.retain(len(receivers) - 1)
+        delivery = ledger.deliver_to(position, len(receivers), time.monotonic())
         handed = 0
         try:
             for i, receiver in enumerate(receivers):
@@ -569,10 +571,6 @@ class FileTailer:
             for _ in range(len(receivers) - handed):
                 delivery.release(abandoned=True)
             raise
-
-    def _settle(self, chunk: Chunk, ok: bool) -> None:
-        if self._ledger.settle(chunk, ok):
-            self._opts.on_settled()
 
     def _commit(self, position: Position) -> None:
         gen, offset = position

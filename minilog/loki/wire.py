@@ -23,6 +23,7 @@ __all__ = [
     "decode_push_request_strict",
     "decompress",
     "encode_push_request",
+    "encode_push_request_buffer",
     "encode_push_request_pb",
     "scan_push_request",
     "snappy_decoded_length",
@@ -123,6 +124,14 @@ _NANOS_2 = 1 << 21  # ... and at or above this, at least 4 bytes
 def encode_push_request(streams: Streams) -> bytes:
     """Encode a Loki ``PushRequest``, byte for byte as Loki's own marshaller does.
 
+    See :func:`encode_push_request_buffer`, which this copies into ``bytes``.
+    """
+    return bytes(encode_push_request_buffer(streams))
+
+
+def encode_push_request_buffer(streams: Streams) -> bytearray:
+    """Encode a Loki ``PushRequest`` into one buffer (what ``compress`` takes as is).
+
     ``streams`` is a sequence of ``(labels_text, entries)``. Fields are written in
     field order; the entry timestamp is always present (``0a 00`` at the epoch); zero
     seconds/nanos, empty lines, empty labels and empty metadata names/values are
@@ -130,9 +139,11 @@ def encode_push_request(streams: Streams) -> bytes:
     Strings are UTF-8, ``surrogateescape`` stand-ins written back as the original bytes.
     """
     # Hot loop: every piece but the encoded line is a cached constant. Each entry is
-    # joined once and appended to its stream's buffer, so nothing per entry outlives
-    # the loop: a list of all pieces would peak at several times the body's size.
-    parts: list[bytes | bytearray] = []
+    # joined once and appended to the one buffer, so nothing per entry outlives the
+    # loop: a list of all pieces would peak at several times the body's size, and
+    # joining per-stream buffers at the end at twice it (a 1 MiB batch is encoded
+    # while the writer's queue may be full, so that copy came on top of it).
+    buf = bytearray()
     join = b"".join
     v = _V
     cont = _CONT
@@ -142,7 +153,8 @@ def encode_push_request(streams: Streams) -> bytes:
     secs_len = 0
     ts_heads: list[bytes] = []
     for labels, entries in streams:
-        buf = bytearray(_string_field(b"\x0a", labels))
+        start = len(buf)
+        buf += _string_field(b"\x0a", labels)
         for ts, line, metadata in entries:
             nanos = ts - base
             if not 0 <= nanos < _NS:
@@ -199,9 +211,9 @@ def encode_push_request(streams: Streams) -> bytes:
                 buf += join(
                     (b"\x12", v[inner], ts_heads[k], nanos_varint, b"\x12", v[n], body)
                 )
-        parts.append(b"\x0a" + _uvarint(len(buf)))
-        parts.append(buf)
-    return join(parts)
+        # The stream's tag and length go in front of it, moving it along in place.
+        buf[start:start] = b"\x0a" + _uvarint(len(buf) - start)
+    return buf
 
 
 def encode_push_request_pb(streams: Streams) -> bytes:
@@ -549,7 +561,7 @@ def count_push_entries(data: bytes) -> tuple[int, int]:
 # Snappy block format (what Loki's util.ParseProtoReader expects; not the framed one).
 
 
-def compress(data: bytes) -> bytes:
+def compress(data: bytes | bytearray) -> bytes:
     """Snappy block-compress ``data``."""
     return bytes(snappy.compress(data))
 

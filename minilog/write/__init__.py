@@ -14,13 +14,14 @@ producer.
 
 from __future__ import annotations
 
-from minilog.write.accumulator import ENTRY_OVERHEAD_BYTES
+from minilog.write.accumulator import DELIVERY_OVERHEAD_BYTES, ENTRY_OVERHEAD_BYTES
 from minilog.write.config import EndpointConfig
 from minilog.write.metrics import DROP_REASONS, WriteMetrics
 from minilog.write.sender import PROBE_INTERVAL_S, RATE_LIMITED_MAX_DELAY_S
 from minilog.write.writer import TransportFactory, Writer
 
 __all__ = [
+    "DELIVERY_OVERHEAD_BYTES",
     "DROP_REASONS",
     "ENTRY_OVERHEAD_BYTES",
     "PROBE_INTERVAL_S",

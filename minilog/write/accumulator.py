@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 from minilog.backoff import Backoff
 from minilog.errors import BrokenError, ClosedError
-from minilog.loki.wire import compress, encode_push_request
+from minilog.loki.wire import compress, encode_push_request_buffer
 from minilog.model import Delivery, LogEntry, StreamBatch, entries_size
 from minilog.write.batch import Batch, Batcher, DeliveryRefs, DropCallback
 from minilog.write.config import EndpointConfig
 
 __all__ = [
+    "DELIVERY_OVERHEAD_BYTES",
     "ENTRY_OVERHEAD_BYTES",
     "THREAD_ENCODE_ENTRIES",
     "Accumulator",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 #: Encodes a push request: ``(labels, entries)`` pairs to protobuf bytes.
-Encoder = Callable[[Sequence[tuple[str, Sequence[LogEntry]]]], bytes]
+Encoder = Callable[[Sequence[tuple[str, Sequence[LogEntry]]]], bytes | bytearray]
 
 #: What one queued entry costs beyond its line bytes in CPython: the LogEntry tuple
 #: with its GC header (80), the str header (49), the int timestamp (32), a list slot
@@ -51,6 +52,14 @@ Encoder = Callable[[Sequence[tuple[str, Sequence[LogEntry]]]], bytes]
 #: Counting it keeps the queue's real memory under ``queue_capacity`` (line bytes alone
 #: let a queue of short lines take several times its bound).
 ENTRY_OVERHEAD_BYTES = 200
+#: What one delivery reference held here keeps allocated until it settles: the
+#: ``Delivery`` (64 bytes), what its callback keeps of the source's read (for
+#: ``loki.source.docker`` and ``loki.source.file`` the ledger's ``Chunk``, 80, and its
+#: position, 32) and the slots pointing at them (32, and the stream's newest delivery).
+#: A batch keeps one per delivery and stream; uncounted, a source making one delivery
+#: per read of a few lines left records in a stalled queue that took as much memory as
+#: the compressed lines they covered.
+DELIVERY_OVERHEAD_BYTES = 256
 #: Batches with more entries are encoded in a worker thread, so a 1 MiB batch cannot
 #: stall the loop for its whole encode (the thread yields the GIL every switch
 #: interval).
@@ -67,7 +76,7 @@ _CONFIRMED_MAX = 65536
 
 def encode_body(
     streams: Sequence[tuple[str, Sequence[LogEntry]]],
-    encode: Encoder = encode_push_request,
+    encode: Encoder = encode_push_request_buffer,
 ) -> bytes:
     """A push request as it is sent: encoded, then snappy-compressed."""
     return compress(encode(streams))
@@ -114,11 +123,13 @@ Pending = Batch | Encoded
 
 def cost(item: Pending) -> int:
     """What a queued item counts against ``queue_capacity``: the memory its entries
-    take as Python objects, or its encoded body once compacted."""
+    take as Python objects, or its encoded body once compacted, and what its delivery
+    references keep alive."""
     held = item.size_bytes + item.entry_count * ENTRY_OVERHEAD_BYTES
+    refs = len(item.refs) * DELIVERY_OVERHEAD_BYTES
     if isinstance(item, Batch):
-        return held
-    return min(held, len(item.body))
+        return held + refs
+    return min(held, len(item.body)) + refs
 
 
 def entries_cost(entries: Sequence[LogEntry]) -> int:
@@ -166,7 +177,8 @@ class Held:
     """Entries of one stream Loki refused for now, retried on their own.
 
     ``seq`` is the oldest batch they came from (``flush`` waits for it); ``charged``
-    what they count against ``queue_capacity``.
+    what the entries count against ``queue_capacity`` (the delivery references stay
+    counted as they were in their batch, until released).
     """
 
     tenant: str
@@ -276,7 +288,7 @@ class Accumulator:
         max_streams: int,
         clock: Callable[[], float],
         on_drop: DropCallback,
-        encode: Encoder = encode_push_request,
+        encode: Encoder = encode_push_request_buffer,
     ) -> None:
         self._endpoint = f"{config.name} ({config.display_url})"
         self.capacity = config.queue_capacity
@@ -398,9 +410,13 @@ class Accumulator:
         batcher = self.batcher
         was_open = batcher.open_count
         added_before = batcher.added_entries
+        refs_before = batcher.added_refs
         size = batcher.add(batch)
         added = batcher.added_entries - added_before
-        self.queued_bytes += size + added * ENTRY_OVERHEAD_BYTES
+        refs = batcher.added_refs - refs_before
+        self.queued_bytes += (
+            size + added * ENTRY_OVERHEAD_BYTES + refs * DELIVERY_OVERHEAD_BYTES
+        )
         cut = self._collect()
         if cut:
             self._encode_filled(cut)
@@ -593,6 +609,8 @@ class Accumulator:
         held.charged = charged
         if not held.entries:
             deliveries, held.deliveries = held.deliveries, []
+            # Moved here from their batch, whose cost they stayed counted in.
+            self.queued_bytes -= len(deliveries) * DELIVERY_OVERHEAD_BYTES
             for delivery in deliveries:
                 delivery.release()
             if incoming is None:
@@ -643,7 +661,9 @@ class Accumulator:
         for held in helds:
             size = entries_size(held.entries) if held.entries else 0
             self._on_drop(held.tenant, "drain_timeout", len(held.entries), size)
-            self.queued_bytes -= held.charged
+            self.queued_bytes -= (
+                held.charged + len(held.deliveries) * DELIVERY_OVERHEAD_BYTES
+            )
             self.settled_entries += held.pending
             count += len(held.entries)
             for delivery in held.deliveries:

@@ -35,20 +35,37 @@ _KEY_CACHE_MAX = 8192
 
 class DeliveryRefs:
     """The delivery references a batch holds, each with the stream key it covers, so
-    that a batch Loki took only in part can keep the references of what it refused."""
+    that a batch Loki took only in part can keep the references of what it refused.
 
-    __slots__ = ("_deliveries", "_keys")
+    One reference per delivery and stream is enough: a piece of a stream whose
+    delivery the batch already holds for that stream gives its reference back at once
+    (a source whose reads join one delivery then leaves one per batch, not one per
+    read, in a queue that Loki does not empty).
+    """
+
+    __slots__ = ("_deliveries", "_keys", "_newest")
 
     def __init__(self) -> None:
         self._deliveries: list[Delivery] = []
         self._keys: list[str] = []
+        # The delivery last added for each stream.
+        self._newest: dict[str, Delivery] = {}
 
     def __len__(self) -> int:
         return len(self._deliveries)
 
-    def add(self, delivery: Delivery, key: str) -> None:
+    def add(self, delivery: Delivery, key: str) -> bool:
+        """Take over one reference to ``delivery`` for the stream ``key``; False when
+        it was folded into the one already held."""
+        if self._newest.get(key) is delivery:
+            # The reference held for this stream settles only with the batch, so this
+            # release never settles the delivery.
+            delivery.release()
+            return False
+        self._newest[key] = delivery
         self._deliveries.append(delivery)
         self._keys.append(key)
+        return True
 
     def take(self, keys: set[str] | frozenset[str]) -> list[Delivery]:
         """Remove and return the references of the streams in ``keys``."""
@@ -62,12 +79,15 @@ class DeliveryRefs:
                 kept.append(delivery)
                 kept_keys.append(key)
         self._deliveries, self._keys = kept, kept_keys
+        for key in keys:
+            self._newest.pop(key, None)
         return taken
 
     def settle(self, *, abandoned: bool = False) -> None:
         """Release every reference held (once)."""
         deliveries, self._deliveries = self._deliveries, []
         self._keys = []
+        self._newest = {}
         for delivery in deliveries:
             delivery.release(abandoned=abandoned)
 
@@ -168,8 +188,10 @@ class Batcher:
         self._ready: deque[Batch] = deque()
         self._keys: dict[tuple[tuple[str, str], ...], tuple[str, str | None]] = {}
         self.cut_count = 0
-        #: Entries ever added (dropped ones excluded): callers weigh what ``add`` took.
+        #: Entries ever added (dropped ones excluded), and delivery references kept
+        #: (folded ones excluded): callers weigh what ``add`` took.
         self.added_entries = 0
+        self.added_refs = 0
 
     @property
     def ready_count(self) -> int:
@@ -222,8 +244,8 @@ class Batcher:
         current.size_bytes += size
         current.entry_count += len(entries)
         self.added_entries += len(entries)
-        if delivery is not None:
-            current.refs.add(delivery, key)
+        if delivery is not None and current.refs.add(delivery, key):
+            self.added_refs += 1
         if current.size_bytes >= self.batch_size:
             # Exactly full: only empty lines could still join, so send it now.
             self._cut(tenant)
@@ -262,6 +284,8 @@ class Batcher:
         for index, entry in enumerate(entries):
             one = first_size if index == 0 else entry_size(entry)
             if used + one > self.batch_size and used and index > start:
+                if delivery is not None and pieces:
+                    delivery.retain()  # one reference per piece
                 total += self._append(
                     current, key, entries[start:index], used, delivery
                 )
@@ -271,10 +295,9 @@ class Batcher:
                 start = index
                 used = 0
             used += one
+        if delivery is not None and pieces:
+            delivery.retain()
         total += self._append(current, key, entries[start:], used, delivery)
-        pieces += 1
-        if delivery is not None and pieces > 1:
-            delivery.retain(pieces - 1)
         if current.size_bytes >= self.batch_size:
             self._cut(tenant)
         return total
@@ -296,8 +319,8 @@ class Batcher:
         batch.size_bytes = used
         batch.entry_count += len(entries)
         self.added_entries += len(entries)
-        if delivery is not None:
-            batch.refs.add(delivery, key)
+        if delivery is not None and batch.refs.add(delivery, key):
+            self.added_refs += 1
         return added
 
     def _drop(

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from minilog.errors import ClosedError, ConfigError, WouldBlockError
 from minilog.loki.push import PushTransport
-from minilog.loki.wire import encode_push_request
+from minilog.loki.wire import encode_push_request_buffer
 from minilog.model import StreamBatch
 from minilog.write.accumulator import Accumulator, Encoder
 from minilog.write.config import EndpointConfig, pusher_for
@@ -85,7 +85,7 @@ class Writer:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         probe_interval: float = PROBE_INTERVAL_S,
         transport: TransportFactory = pusher_for,
-        encode: Encoder = encode_push_request,
+        encode: Encoder = encode_push_request_buffer,
     ) -> None:
         if not endpoints:
             raise ConfigError("at least one endpoint config must be provided")

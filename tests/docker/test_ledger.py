@@ -63,3 +63,61 @@ def test_lag_is_measured_from_the_newest_commit_while_reads_are_ahead() -> None:
     assert book.lag_s(5.0) == 0.0
     book.read_to((4_000_000_000, 1))
     assert book.lag_s(5.0) == 3.0  # now - the committed timestamp
+
+
+def test_reads_join_the_pending_newest_chunk_within_the_window() -> None:
+    commits: list[Position] = []
+    book = Ledger((0, 0), commits.append, join_window_s=1.0)
+    first = book.deliver_to((10, 1), 1, now_s=100.0)
+    second = book.deliver_to((20, 1), 2, now_s=100.5)  # two receivers
+    assert second is first  # one delivery, its references counted up
+    assert first.pending == 3
+    assert book.in_flight == 1 and book.read == (20, 1)
+    later = book.deliver_to((30, 1), 1, now_s=101.0)  # the window has passed
+    assert later is not first and book.in_flight == 2
+    later.release()
+    first.release()
+    first.release()
+    assert commits == []  # the joined read (20, 1) is still in flight
+    first.release()
+    # The joined chunk commits at its last read, then the one behind it.
+    assert commits == [(20, 1), (30, 1)]
+
+
+def test_a_settled_chunk_takes_in_no_more_reads() -> None:
+    commits: list[Position] = []
+    book = Ledger((0, 0), commits.append, join_window_s=60.0)
+    first = book.deliver_to((10, 1), 1, now_s=0.0)
+    first.release()
+    second = book.deliver_to((20, 1), 1, now_s=0.0)
+    assert second is not first and second.pending == 1
+    # A read that sent nothing (settled at once) ends the join as well.
+    book.read_to((30, 1))(True)
+    third = book.deliver_to((40, 1), 1, now_s=0.0)
+    assert third is not second
+    third.release()
+    second.release()
+    assert commits == [(10, 1), (20, 1), (30, 1), (40, 1)]
+
+
+def test_an_abandoned_joined_read_freezes_the_whole_chunk() -> None:
+    commits: list[Position] = []
+    book = Ledger((0, 0), commits.append, join_window_s=60.0)
+    delivery = book.deliver_to((10, 1), 1, now_s=0.0)
+    book.deliver_to((20, 1), 1, now_s=0.0)
+    delivery.release()
+    delivery.release(abandoned=True)  # the second read was given up at shutdown
+    assert commits == []  # the first read is read again too (at-least-once)
+    assert book.in_flight == 0
+
+
+def test_no_window_means_one_chunk_per_read() -> None:
+    commits: list[Position] = []
+    book = Ledger((0, 0), commits.append, join_window_s=0.0)
+    first = book.deliver_to((10, 1), 1, now_s=0.0)
+    second = book.deliver_to((20, 1), 1, now_s=0.0)
+    assert second is not first and book.in_flight == 2
+    first.release()
+    assert commits == [(10, 1)]
+    second.release()
+    assert commits == [(10, 1), (20, 1)]

@@ -63,7 +63,8 @@ async def test_position_advances_only_over_the_settled_prefix(tmp_path: Path) ->
     fake = FakeDocker(chunks)
     rec = Recorder(settle=False)
     positions = Positions(tmp_path / "positions.json")
-    source = make_source(fake, [rec], tmp_path, positions=positions)
+    # One delivery per read: the reads are settled one by one.
+    source = make_source(fake, [rec], tmp_path, positions=positions, join_window_s=0)
     source.update_targets([target()])
     async with running(source):
         await rec.wait_for(lambda: len(rec.batches) == 3)
@@ -78,11 +79,29 @@ async def test_position_advances_only_over_the_settled_prefix(tmp_path: Path) ->
         assert (info.position_ns, info.read_position_ns) == (T0 + 3, T0 + 3)
 
 
+async def test_reads_joined_in_one_delivery_commit_together(tmp_path: Path) -> None:
+    fake = FakeDocker([line(T0 + i, f"l{i}") for i in range(1, 4)])
+    rec = Recorder(settle=False)
+    positions = Positions(tmp_path / "positions.json")
+    # A window no run outlasts: every read joins the first one's pending delivery.
+    source = make_source(fake, [rec], tmp_path, positions=positions, join_window_s=3600)
+    source.update_targets([target()])
+    async with running(source):
+        await rec.wait_for(lambda: len(rec.batches) == 3)
+        assert len({id(b.delivery) for b in rec.batches}) == 1
+        rec.batches[0].settle()
+        rec.batches[1].settle()
+        assert positions.get(CID) is None  # l3 joined the same delivery
+        rec.batches[2].settle()
+        assert positions.get(CID).ts_ns == T0 + 3  # type: ignore[union-attr]
+
+
 async def test_abandoned_delivery_freezes_the_position(tmp_path: Path) -> None:
     fake = FakeDocker([line(T0 + i, f"l{i}") for i in range(1, 4)])
     rec = Recorder(settle=False)
     positions = Positions(tmp_path / "positions.json")
-    source = make_source(fake, [rec], tmp_path, positions=positions)
+    # One delivery per read: the reads are settled one by one.
+    source = make_source(fake, [rec], tmp_path, positions=positions, join_window_s=0)
     source.update_targets([target()])
     async with running(source):
         await rec.wait_for(lambda: len(rec.batches) == 3)

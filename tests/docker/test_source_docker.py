@@ -166,7 +166,10 @@ async def test_abandoned_deliveries_are_read_again_on_next_start(
 ) -> None:
     container = containers("echo a; sleep 0.3; echo b; sleep 60")  # two reads
     holder = Recorder(settle=False)
-    source = make_source(client, [holder], tmp_path, logs_from=logs_from)
+    # One delivery per read: the reads are settled one by one.
+    source = make_source(
+        client, [holder], tmp_path, logs_from=logs_from, join_window_s=0
+    )
     source.update_targets([real_target(container)])
     async with running(source):
         await holder.wait_for(lambda: len(holder.lines()) == 2)

@@ -313,3 +313,45 @@ def test_stream_key_memo_stays_correct_when_it_is_reset() -> None:
     for i in range(9000):  # more label sets than the memo keeps
         assert batcher.stream_key({"i": str(i)}) == (f'{{i="{i}"}}', "")
     assert batcher.stream_key({"i": "0", "__tenant_id__": "t"}) == ('{i="0"}', "t")
+
+
+def test_a_batch_keeps_one_reference_per_delivery_and_stream() -> None:
+    settled: list[bool] = []
+    delivery = Delivery(settled.append)
+    delivery.retain(3)  # four pieces: two reads of stdout, one of stderr, one more
+    batcher = Batcher(clock=FakeClock())
+    out, err = {"stream": "stdout"}, {"stream": "stderr"}
+    batcher.add(StreamBatch(out, entries("a"), delivery))
+    batcher.add(StreamBatch(err, entries("b"), delivery))
+    batcher.add(StreamBatch(out, entries("c"), delivery))  # folded into the first
+    batcher.add(StreamBatch(err, entries("d"), delivery))  # folded
+    assert batcher.added_refs == 2
+    assert delivery.pending == 2
+    batcher.cut_all()
+    (batch,) = drain(batcher)
+    assert len(batch.refs) == 2
+    # Loki took stdout, refused stderr for now: its reference stays with it.
+    (kept,) = batch.take_deliveries({'{stream="stderr"}'})
+    batch.settle()
+    assert settled == []
+    kept.release()
+    assert settled == [True]
+
+
+def test_a_folded_stream_split_over_batches_keeps_one_reference_per_batch() -> None:
+    settled: list[bool] = []
+    delivery = Delivery(settled.append)
+    delivery.retain()
+    batcher = Batcher(batch_size=10, clock=FakeClock())
+    labels = {"job": "x"}
+    batcher.add(StreamBatch(labels, entries("aaaa"), delivery))
+    # Fills the open batch (folded there) and overflows into a new one.
+    batcher.add(StreamBatch(labels, entries("bbbbbb", "cccccc"), delivery))
+    batcher.cut_all()
+    batches = drain(batcher)
+    assert [len(b.refs) for b in batches] == [1, 1]
+    assert delivery.pending == 2
+    batches[0].settle()
+    assert settled == []
+    batches[1].settle()
+    assert settled == [True]

@@ -22,7 +22,13 @@ from minilog.errors import (
 from minilog.loki.wire import decode_push_request, decompress, encode_push_request
 from minilog.model import Delivery, LogEntry, StreamBatch
 from minilog.testing import FakeLoki
-from minilog.write import DROP_REASONS, ENTRY_OVERHEAD_BYTES, EndpointConfig, Writer
+from minilog.write import (
+    DELIVERY_OVERHEAD_BYTES,
+    DROP_REASONS,
+    ENTRY_OVERHEAD_BYTES,
+    EndpointConfig,
+    Writer,
+)
 
 
 def config(url: str, **options: object) -> EndpointConfig:
@@ -390,7 +396,10 @@ async def test_a_dead_endpoint_does_not_stop_a_live_one(loki: FakeLoki) -> None:
                 )
             await loki.wait_for_entries(20)
         assert results == []  # the dead endpoint still holds its references
-        assert writer.queued_bytes()["dead"] == 20 * (40 + ENTRY_OVERHEAD_BYTES)
+        # Each entry, and the delivery reference it came with.
+        assert writer.queued_bytes()["dead"] == 20 * (
+            40 + ENTRY_OVERHEAD_BYTES + DELIVERY_OVERHEAD_BYTES
+        )
     finally:
         await writer.aclose(drain_timeout=0.05)
     assert results == [False] * 20
