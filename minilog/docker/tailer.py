@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 from minilog.backoff import Backoff
 from minilog.docker.client import since_arg
@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 _UNREADABLE_RETRY_S: Final = 60.0
 #: First delay after a failed inspect or log stream (growing to the inspect interval).
@@ -201,16 +203,7 @@ class _HeldFiles:
             held = sum(isinstance(f, LogFile) for f in self.pending)
             if live == newest.ino or held >= self.limit:
                 return False
-            opening = asyncio.ensure_future(
-                asyncio.to_thread(successors, self.log_path, newest)
-            )
-            try:
-                files, found = await asyncio.shield(opening)
-            except asyncio.CancelledError:
-                # The thread runs on: close what it opens.
-                for f in (await opening)[0]:
-                    f.close()
-                raise
+            files, found = await _open_in_thread(successors, self.log_path, newest)
             if not found and not self._settled_missing(newest):
                 # Docker is between two steps of a rotation or a gzip (a file moved
                 # or being written, not listed): look again a poll later.
@@ -244,6 +237,20 @@ class _HeldFiles:
             if isinstance(f, LogFile):
                 f.close()
         self.pending.clear()
+
+
+async def _open_in_thread(
+    opener: Callable[_P, tuple[list[LogFile], _T]], *args: _P.args, **kwargs: _P.kwargs
+) -> tuple[list[LogFile], _T]:
+    """``opener`` (which opens files) in a thread; cancelled meanwhile, the thread
+    runs on, so what it opened is closed here rather than leaked."""
+    opening = asyncio.ensure_future(asyncio.to_thread(opener, *args, **kwargs))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        for f in (await opening)[0]:
+            f.close()
+        raise
 
 
 def _linked(f: LogFile) -> bool:
@@ -595,15 +602,23 @@ class ContainerTailer:
             max_line_size=self._ctx.max_line_size,
             tty=tty,
         )
-        files, gap = await asyncio.to_thread(open_from, log_path, pos)
+        files, gap = await _open_in_thread(open_from, log_path, pos)
         if not files:
             raise DockerError(f"cannot open {log_path}")
-        if gap is not None:
-            self._report_gap(gap)
-        if pos > 0:
-            self._ctx.metrics.resumes.labels("file").inc()
         held = _HeldFiles(log_path, files[0], list(files[1:]), max_file)
-        directory = os.path.dirname(log_path)
+        try:
+            if gap is not None:
+                self._report_gap(gap)
+            if pos > 0:
+                self._ctx.metrics.resumes.labels("file").inc()
+            return await self._follow_held(held, decoder, running)
+        finally:
+            held.close()
+
+    async def _follow_held(
+        self, held: _HeldFiles, decoder: JsonLogDecoder, running: bool
+    ) -> bool:
+        directory = os.path.dirname(held.log_path)
         watcher = self._ctx.watcher
         if watcher is not None:
             watcher.subscribe(directory, self._wake)
@@ -617,7 +632,6 @@ class ContainerTailer:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            held.close()
             if watcher is not None:
                 watcher.unsubscribe(directory, self._wake)
             self.is_running = False
