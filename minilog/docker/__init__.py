@@ -5,7 +5,6 @@
 - ``discovery``: containers and networks to ``__meta_docker_*`` targets;
 - ``targets``: one target per container (fingerprint, dedupe; pure);
 - ``positions``: the positions file;
-- ``ledger``: delivery-gated positions of one container (pure);
 - ``tailer``: one container's tailer; ``source``: the supervisor of tailers;
 - ``metrics``: ``loki_source_docker_*`` and minilog's own series.
 

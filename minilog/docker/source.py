@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from prometheus_client import CollectorRegistry
 
 from minilog.docker.frames import DEFAULT_MAX_LINE_SIZE
-from minilog.docker.ledger import JOIN_WINDOW_S
 from minilog.docker.metrics import SourceMetrics, TargetRow
 from minilog.docker.positions import Positions
 from minilog.docker.tailer import (
@@ -31,6 +30,7 @@ from minilog.docker.targets import dedupe_targets
 from minilog.errors import DockerError, MinilogError
 from minilog.fswatch import DirectoryWatcher
 from minilog.labels import DOCKER_CONTAINER_NAME
+from minilog.ledger import JOIN_WINDOW_S
 from minilog.model import LogsReceiver
 from minilog.relabel import RelabelRulesLike
 from minilog.tailing import DRAIN_TIMEOUT_S, TailerSupervisor

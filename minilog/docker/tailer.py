@@ -32,13 +32,13 @@ from minilog.docker.frames import (
     json_record_timestamp,
     split_frames,
 )
-from minilog.docker.ledger import Ledger, Position
 from minilog.docker.logfiles import Gap, LogFile, open_from, readable, successors
 from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.errors import DockerError
 from minilog.fswatch import DirectoryWatcher
 from minilog.labels import format_labels
+from minilog.ledger import Ledger, Position
 from minilog.model import LogsReceiver, StreamBatch, entries_size
 from minilog.relabel import RelabelRulesLike, docker_stream_labels
 

@@ -17,13 +17,13 @@ from typing import Final
 from prometheus_client import CollectorRegistry
 
 from minilog.docker.frames import DEFAULT_MAX_LINE_SIZE
-from minilog.docker.ledger import JOIN_WINDOW_S
 from minilog.files.lines import Codec, lookup_encoding
 from minilog.files.match import PATH_LABEL
 from minilog.files.metrics import FileMetrics, FileRow
 from minilog.files.positions import FilePositions
 from minilog.files.tailer import FileTailer, FileTargetInfo, TailerOptions
 from minilog.fswatch import DirectoryWatcher
+from minilog.ledger import JOIN_WINDOW_S
 from minilog.model import LogsReceiver
 from minilog.tailing import DRAIN_TIMEOUT_S, TailerSupervisor
 

@@ -26,13 +26,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Protocol
 
-from minilog.docker.ledger import Ledger, Position
 from minilog.errors import MinilogError
 from minilog.files.lines import Codec, LineReader, Lines, detect_bom, lookup_encoding
 from minilog.files.metrics import FileMetrics, FileRow
 from minilog.files.positions import FilePosition, FilePositions
 from minilog.fswatch import DirectoryWatcher
 from minilog.labels import format_labels, public_labels
+from minilog.ledger import Ledger, Position
 from minilog.model import LogEntry, LogsReceiver, StreamBatch
 
 __all__ = [

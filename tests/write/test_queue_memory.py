@@ -9,7 +9,7 @@ import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from minilog.docker.ledger import Ledger
+from minilog.ledger import Ledger
 from minilog.model import LogEntry, StreamBatch
 from minilog.write import DELIVERY_OVERHEAD_BYTES, EndpointConfig
 from minilog.write.accumulator import Accumulator

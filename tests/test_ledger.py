@@ -1,8 +1,8 @@
-"""Tests for ``minilog.docker.ledger``: what may be committed, given what settled."""
+"""Tests for ``minilog.ledger``: what may be committed, given what settled."""
 
 from __future__ import annotations
 
-from minilog.docker.ledger import Ledger, Position
+from minilog.ledger import Ledger, Position
 
 
 def ledger(start: Position = (0, 0)) -> tuple[Ledger, list[Position]]:

@@ -1,5 +1,6 @@
-"""Delivery-gated positions of one container's log: what may be committed, given what
-Loki acknowledged (pure: no I/O, no asyncio).
+"""Delivery-gated positions of one tailed log (a container's, a file's): what may be
+committed, given what Loki acknowledged (pure: no I/O, no asyncio). Owned by neither
+boundary: ``docker.tailer`` and ``files.tailer`` both keep one per log.
 
 A position is ``(Docker timestamp in ns, lines read at exactly that timestamp)``:
 Docker's ``since`` is inclusive, so the count says how many lines at the boundary to
