@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,6 +201,9 @@ async def _bench(
     args: argparse.Namespace,
     progress: Progress,
 ) -> list[dict[str, Any]]:
+    # A previous run's work files (its Loki data, the acknowledged pushes, positions)
+    # would be counted again: the lines then look sent twice and the latencies stale.
+    await asyncio.to_thread(shutil.rmtree, options.out / "work", True)
     bench = Bench(options, progress)
     loki: LokiProcess | None = None
     records: list[dict[str, Any]] = []
