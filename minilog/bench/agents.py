@@ -52,7 +52,7 @@ __all__ = [
     "MINILOG_QUEUE_BOUND_MB",
     "AgentRunner",
     "AgentSpec",
-    "RetrySettings",
+    "WriteSettings",
     "alloy_config",
     "parse_agent",
     "promtail_config",
@@ -71,12 +71,15 @@ MINILOG_IMAGE = "minilog:latest"
 
 
 @dataclass(frozen=True)
-class RetrySettings:
-    """``loki.write`` endpoint retry arguments; ``None`` keeps the agent's default."""
+class WriteSettings:
+    """``loki.write`` endpoint arguments the run sets; ``None`` keeps the agent's
+    default. ``min_shards`` (``queue_config``) is experimental in Alloy: agents given
+    one run with ``--stability.level=experimental``; Promtail has no such setting."""
 
     min_backoff_period: str | None = None
     max_backoff_period: str | None = None
     max_backoff_retries: int | None = None
+    min_shards: int | None = None
 
     def describe(self) -> str:
         parts = [
@@ -85,10 +88,16 @@ class RetrySettings:
                 ("min_backoff_period", self.min_backoff_period),
                 ("max_backoff_period", self.max_backoff_period),
                 ("max_backoff_retries", self.max_backoff_retries),
+                ("min_shards", self.min_shards),
             )
             if v is not None
         ]
         return ", ".join(parts) or "defaults"
+
+    @property
+    def run_flags(self) -> list[str]:
+        """What ``alloy run`` (and ``minilog run``) need for these settings."""
+        return [] if self.min_shards is None else ["--stability.level=experimental"]
 
 
 #: ``--agent`` names of minilog with ``loki.source.docker``'s ``logs_from`` set.
@@ -96,17 +105,21 @@ MINILOG_LOGS_FROM = {"minilog-file": "file", "minilog-api": "api"}
 
 
 def alloy_config(
-    run: str, push_url: str, retry: RetrySettings, logs_from: str | None = None
+    run: str, push_url: str, write: WriteSettings, logs_from: str | None = None
 ) -> str:
     """The ``config.alloy`` every Alloy-compatible agent runs; ``logs_from`` (a
     minilog argument, which Alloy would refuse) only for minilog's path variants."""
     endpoint = [f'    url = "{push_url}"']
-    if retry.min_backoff_period is not None:
-        endpoint.append(f'    min_backoff_period = "{retry.min_backoff_period}"')
-    if retry.max_backoff_period is not None:
-        endpoint.append(f'    max_backoff_period = "{retry.max_backoff_period}"')
-    if retry.max_backoff_retries is not None:
-        endpoint.append(f"    max_backoff_retries = {retry.max_backoff_retries}")
+    if write.min_backoff_period is not None:
+        endpoint.append(f'    min_backoff_period = "{write.min_backoff_period}"')
+    if write.max_backoff_period is not None:
+        endpoint.append(f'    max_backoff_period = "{write.max_backoff_period}"')
+    if write.max_backoff_retries is not None:
+        endpoint.append(f"    max_backoff_retries = {write.max_backoff_retries}")
+    if write.min_shards is not None:
+        endpoint.append(
+            f"    queue_config {{\n      min_shards = {write.min_shards}\n    }}"
+        )
     body = "\n".join(endpoint)
     source_extra = "" if logs_from is None else f'\n  logs_from  = "{logs_from}"'
     return f"""\
@@ -148,15 +161,15 @@ loki.write "bench" {{
 
 
 def promtail_config(
-    run: str, push_url: str, retry: RetrySettings, storage: Path, http_port: int
+    run: str, push_url: str, write: WriteSettings, storage: Path, http_port: int
 ) -> dict[str, object]:
     """Promtail's equivalent of :func:`alloy_config` (JSON, which is YAML)."""
     backoff = {
-        "min_period": retry.min_backoff_period or "500ms",
-        "max_period": retry.max_backoff_period or "5m",
+        "min_period": write.min_backoff_period or "500ms",
+        "max_period": write.max_backoff_period or "5m",
         "max_retries": 10
-        if retry.max_backoff_retries is None
-        else retry.max_backoff_retries,
+        if write.max_backoff_retries is None
+        else write.max_backoff_retries,
     }
     return {
         "server": {
@@ -216,10 +229,10 @@ class AgentSpec:
     #: ``loki.source.docker``'s ``logs_from`` for a minilog process; None: default.
     logs_from: str | None = None
 
-    @property
-    def queue_bound_mb(self) -> float | None:
+    def queue_bound_mb(self, shards: int = 1) -> float | None:
+        """minilog's queue bound: ``capacity`` per shard."""
         return (
-            MINILOG_QUEUE_BOUND_MB
+            MINILOG_QUEUE_BOUND_MB * shards
             if self.kind in ("minilog", "minilog-image")
             else None
         )
@@ -328,7 +341,7 @@ class AgentRunner:
         workdir: Path,
         run: str,
         push_url: str,
-        retry: RetrySettings,
+        write: WriteSettings,
         docker: DockerAPI,
     ) -> None:
         self.resolved = resolved
@@ -339,16 +352,22 @@ class AgentRunner:
         self.http_port = free_port()
         self.config_alloy = workdir / "config.alloy"
         self.config_alloy.write_text(
-            alloy_config(run, push_url, retry, resolved.spec.logs_from)
+            alloy_config(run, push_url, write, resolved.spec.logs_from)
         )
         self.promtail_config = workdir / "promtail.yaml"
         self.promtail_config.write_bytes(
             orjson.dumps(
-                promtail_config(run, push_url, retry, self.storage, self.http_port),
+                promtail_config(run, push_url, write, self.storage, self.http_port),
                 option=orjson.OPT_INDENT_2,
             )
         )
         self.log_path = workdir / "agent.log"
+        # Before the config argument of ``run``: an Alloy-compatible agent's only.
+        self.run_flags = (
+            write.run_flags
+            if resolved.config_kind == "alloy" and resolved.spec.kind != "cmd"
+            else []
+        )
         self.values = {
             "config_alloy": str(self.config_alloy),
             "promtail_config": str(self.promtail_config),
@@ -365,9 +384,11 @@ class AgentRunner:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def _argv(self) -> list[str]:
+    def argv(self) -> list[str]:
         out = []
         for arg in self.resolved.argv:
+            if arg == "{config_alloy}":
+                out.extend(self.run_flags)
             for key, value in self.values.items():
                 placeholder = "{" + key + "}"
                 if placeholder in arg:
@@ -390,7 +411,7 @@ class AgentRunner:
             with self.log_path.open("ab") as log:
                 # Popen returns at once; waiting for the child happens in a thread.
                 self._proc = subprocess.Popen(  # noqa: ASYNC220
-                    self._argv(),
+                    self.argv(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -412,6 +433,7 @@ class AgentRunner:
                     "run",
                     f"--server.http.listen-addr=127.0.0.1:{self.http_port}",
                     f"--storage.path={self.storage}",
+                    *self.run_flags,
                     str(self.config_alloy),
                 ]
             w = str(self.workdir)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from minilog.bench.agents import AgentSpec, RetrySettings, parse_agent, resolve
+from minilog.bench.agents import AgentSpec, WriteSettings, parse_agent, resolve
 from minilog.bench.lokiproc import LokiProcess, find_loki
 from minilog.bench.profiles import (
     FAULTS,
@@ -117,6 +117,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="loki.write max_backoff_retries (agent default)",
     )
+    p.add_argument(
+        "--min-shards",
+        type=int,
+        help="loki.write queue_config.min_shards for Alloy-compatible agents (their "
+        "default, 1; set, they run with --stability.level=experimental)",
+    )
     g = p.add_argument_group("drain, steady, latency")
     g.add_argument("--drain-containers", type=int, help="(4)")
     g.add_argument("--drain-lines", type=int, help="lines per container (200000)")
@@ -188,8 +194,11 @@ def build_options(args: argparse.Namespace) -> tuple[Options, list[str]]:
         value = getattr(args, key)
         if value is not None:
             setattr(options, key, value)
-    options.retry = RetrySettings(
-        args.min_backoff_period, args.max_backoff_period, args.max_backoff_retries
+    options.write = WriteSettings(
+        args.min_backoff_period,
+        args.max_backoff_period,
+        args.max_backoff_retries,
+        args.min_shards,
     )
     return options, profiles
 

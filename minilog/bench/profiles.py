@@ -24,7 +24,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from minilog.bench.agents import Resolved
@@ -84,6 +84,7 @@ def new_record(agent: str, profile: str, sink: str) -> dict[str, Any]:
         "catch_up_lines_per_s": None,
         "agent_exit_code": None,
         "agent_restarts": 0,
+        "loki_write": "defaults",
         "notes": [],
     }
 
@@ -392,7 +393,6 @@ async def fault(
     names = [f"f{i}" for i in range(o.containers)]
     rec["input_lines_per_s"] = per * o.containers
     rec["fault_s"] = o.fault_s
-    rec["retry"] = o.retry.describe()
     async with Run(bench, resolved, kind) as run:
         await run.start_agent()
         await run.add_generators(names, count, per)
@@ -479,7 +479,12 @@ async def run_profile(
     rec = new_record(resolved.spec.name, profile, bench.options.sink)
     rec["agent_idle_rss_mb"] = _r(idle.rss_mb, 1)
     rec["agent_startup_cpu_s"] = _r(idle.startup_cpu_s, 2)
-    bound = resolved.spec.queue_bound_mb
+    if resolved.config_kind == "alloy":
+        rec["loki_write"] = bench.options.write.describe()
+    else:
+        # Promtail's client has no shards: only the retry settings reach it.
+        rec["loki_write"] = replace(bench.options.write, min_shards=None).describe()
+    bound = resolved.spec.queue_bound_mb(bench.options.write.min_shards or 1)
     if bound is not None:
         rec["queue_bound_mb"] = _r(bound, 2)
         rec["rss_bound_mb"] = _r(bound + idle.rss_mb, 1)

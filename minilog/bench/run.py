@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from minilog.bench.agents import AgentRunner, Resolved, RetrySettings
+from minilog.bench.agents import AgentRunner, Resolved, WriteSettings
 from minilog.bench.analysis import Acks
 from minilog.bench.counting import Tally
 from minilog.bench.dockerapi import DockerAPI
@@ -58,7 +58,7 @@ class Options:
     kill_at: float = 0.5  # fraction of the outage at which the agent is killed
     retry_after_s: int = 2
     slow_delay_s: float = 2.0
-    retry: RetrySettings = field(default_factory=RetrySettings)
+    write: WriteSettings = field(default_factory=WriteSettings)
     # drain
     drain_containers: int = 4
     drain_lines: int = 200_000
@@ -154,7 +154,7 @@ class Run:
             self.workdir,
             self.run,
             self.proxy.push_url,
-            bench.options.retry,
+            bench.options.write,
             bench.docker,
         )
         self.gens: dict[str, tuple[str, int]] = {}  # gen -> (container id, count)

@@ -47,7 +47,8 @@ _DEFAULT = defaults_of(EndpointConfig)
 _QUEUE_DEFAULTS = {
     "capacity": _DEFAULT["queue_capacity"],
     "drain_timeout": _DEFAULT["drain_timeout"],
-    "min_shards": 1,
+    "min_shards": _DEFAULT["min_shards"],
+    "block_on_overflow": _DEFAULT["block_on_overflow"],
 }
 
 _ENDPOINT_SCHEMA = Schema(
@@ -83,6 +84,11 @@ _ENDPOINT_SCHEMA = Schema(
                         default=_QUEUE_DEFAULTS["drain_timeout"],
                     ),
                     Attr("min_shards", "int", default=_QUEUE_DEFAULTS["min_shards"]),
+                    Attr(
+                        "block_on_overflow",
+                        "bool",
+                        default=_QUEUE_DEFAULTS["block_on_overflow"],
+                    ),
                 ]
             ),
         ),
@@ -185,8 +191,6 @@ def _endpoint(ep: Mapping[str, Any], stability_level: str) -> EndpointConfig:
         raise ConfigError(
             "changing queue_config requires stability.level flag to be experimental"
         )
-    if queue["min_shards"] != 1:
-        raise ConfigError("queue_config: minilog supports only min_shards = 1")
     return EndpointConfig(
         url=ep["url"],
         name=ep["name"],
@@ -204,7 +208,9 @@ def _endpoint(ep: Mapping[str, Any], stability_level: str) -> EndpointConfig:
         max_backoff_retries=ep["max_backoff_retries"],
         retry_on_http_429=ep["retry_on_http_429"],
         queue_capacity=queue["capacity"],
+        min_shards=queue["min_shards"],
         drain_timeout=queue["drain_timeout"],
+        block_on_overflow=queue["block_on_overflow"],
         adaptive_batching=ep["adaptive_batching"],
         batch_linger=ep["batch_linger"],
     )

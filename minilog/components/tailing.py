@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from minilog.components.base import Component
-from minilog.docker.positions import PositionStore
+from minilog.positions import PositionStore
 
 __all__ = [
     "ReplaceableSource",

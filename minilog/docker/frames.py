@@ -568,6 +568,11 @@ class JsonLogDecoder(_LineDecoder):
         """Bytes held back: an unfinished record and unfinished partial messages."""
         return len(self._held) + sum(p[2] for p in self._partials if p is not None)
 
+    def drop_unfinished(self) -> None:
+        """Forget the unfinished record held back (its file was truncated: the rest
+        of it will never come)."""
+        self._held = b""
+
     def _time(self, text: bytes) -> int:
         # RFC3339Nano as Go writes it: the fraction without its trailing zeros.
         cache = self._tcache

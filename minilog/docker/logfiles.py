@@ -7,9 +7,10 @@ is deleted; with ``compress=true`` the ``.1`` is gzipped into ``.1.gz`` soon aft
 ``chain`` lists the files oldest first; ``open_from`` opens them from a position
 (binary search by timestamp in plain files) and says when Docker deleted records
 newer than the position before they were read (a gap); ``successors`` finds the files
-that follow one that was rotated while it was read. Every file is opened as soon as it
-is known: an open file stays readable after Docker deletes it (the tailer holds the
-files behind the one it reads open for that reason).
+that follow one that was rotated while it was read; ``LogFile.truncated`` sees a live
+file cut short in place (Docker 19.03's rotation with ``max-file=1``). Every file is
+opened as soon as it is known: an open file stays readable after Docker deletes it
+(the tailer holds the files behind the one it reads open for that reason).
 """
 
 from __future__ import annotations
@@ -52,7 +53,35 @@ class LogFile:
     stream: _Stream
 
     def read(self, n: int) -> bytes:
-        return self.stream.read(n)
+        if self.first or self.compressed:
+            return self.stream.read(n)
+        at = self.raw.tell()
+        data = self.stream.read(n)
+        if at == 0:
+            # What is read from the start is the file's identity: learned from the
+            # bytes decoded, it cannot be a later file's start.
+            self.first = data.split(b"\n", 1)[0] if b"\n" in data else b""
+        return data
+
+    def truncated(self) -> bool:
+        """Whether this plain file was cut short under its reader: it is shorter than
+        what was read, or starts with another record than its first (it grew back
+        past the reader's offset). A file opened empty learns its first record here.
+        """
+        fd = self.raw.fileno()
+        if os.fstat(fd).st_size < self.raw.tell():
+            return True
+        if not self.first:
+            # Opened before its first record was whole: it is now (a truncation
+            # racing this look is missed, as by Docker's own readers).
+            self.first = _first_line(_PositionalReader(fd))
+            return False
+        return os.pread(fd, len(self.first), 0) != self.first
+
+    def restart(self) -> None:
+        """Read a truncated file again from its start, as the file it now is."""
+        self.raw.seek(0)
+        self.first = b""
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -68,6 +97,22 @@ class Gap:
 
     after_ns: int
     before_ns: int
+
+
+class _PositionalReader:
+    """Reads a file from its start without moving the reader's offset."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._at = 0
+
+    def read(self, n: int, /) -> bytes:
+        data = os.pread(self._fd, n, self._at)
+        self._at += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
 
 
 def readable(log_path: str) -> bool:

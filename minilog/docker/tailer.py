@@ -32,7 +32,13 @@ from minilog.docker.frames import (
     json_record_timestamp,
     split_frames,
 )
-from minilog.docker.logfiles import Gap, LogFile, open_from, readable, successors
+from minilog.docker.logfiles import (
+    Gap,
+    LogFile,
+    open_from,
+    readable,
+    successors,
+)
 from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.errors import DockerError
@@ -665,9 +671,25 @@ class ContainerTailer:
         while True:
             self._wake.clear()
             current = held.current
+            if not current.compressed and not held.pending and current.truncated():
+                # Docker 19.03 with max-file=1 "rotates" by truncating the live file
+                # in place (Docker 23 does too when a rotation fails): what it holds
+                # is new. Checked before every read: it may have grown back already.
+                _log.info(
+                    "container %s: Docker truncated its log file in place: reading "
+                    "it from its start",
+                    self._short,
+                )
+                current.restart()
+                decoder.drop_unfinished()
             data = current.read(_FILE_CHUNK)
             if data:
                 await self._forward(decoder.feed(data))
+                if len(data) == _FILE_CHUNK:
+                    # A backlog: a file read never waits, nor does a send with room
+                    # in the queue, so without this the send loops would not run
+                    # (and Loki would idle) until the queue is full.
+                    await asyncio.sleep(0)
                 if self._detached and running:
                     return False
                 continue

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from minilog.docker.positions import PositionStore
+from minilog.positions import PositionStore
 
 __all__ = ["FilePosition", "FilePositions", "read_legacy_positions"]
 
@@ -65,13 +65,13 @@ class FilePositions(PositionStore[FilePosition]):
     re-reads a file.
     """
 
-    _thing = "files"
-    _missing = "a file without a position is read from its start"
+    thing = "files"
+    missing = "a file without a position is read from its start"
 
-    def _load_entry(self, value: Any) -> FilePosition | None:
+    def load_entry(self, value: Any) -> FilePosition | None:
         return _load(value)
 
-    def _dump_entry(self, entry: FilePosition) -> dict[str, Any]:
+    def dump_entry(self, entry: FilePosition) -> dict[str, Any]:
         return {
             "offset": entry.offset,
             "ino": entry.ino,

@@ -453,6 +453,11 @@ class FileTailer:
             if data:
                 poll = opts.min_poll_s
                 await self._feed(inst, data)
+                if len(data) == _CHUNK:
+                    # A backlog: a file read never waits, nor does a send with room
+                    # in the queue, so without this the send loops would not run
+                    # (and Loki would idle) until the queue is full.
+                    await asyncio.sleep(0)
                 continue
             if opts.compression:
                 # A compressed file is read once, to its end (Alloy).

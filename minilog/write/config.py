@@ -35,8 +35,13 @@ __all__ = ["EndpointConfig", "pusher_for"]
 class EndpointConfig:
     """One ``endpoint`` block of ``loki.write``: Alloy's names, Alloy's defaults.
 
-    Durations are seconds, sizes bytes. ``queue_capacity`` is Alloy's
-    ``queue_config.capacity`` and ``drain_timeout`` its ``queue_config.drain_timeout``.
+    Durations are seconds, sizes bytes. ``queue_capacity``, ``min_shards``,
+    ``drain_timeout`` and ``block_on_overflow`` are Alloy's ``queue_config`` block:
+    ``min_shards`` send loops, each with its own queue of ``queue_capacity`` (the
+    endpoint holds up to ``queue_capacity * min_shards``) and one request in flight; a
+    stream always goes to the same one, so its entries stay in order. Below 1 is 1, as
+    in Alloy. ``block_on_overflow = false`` drops what a full queue cannot take
+    (``queue_is_full``) where the sender would otherwise wait.
     ``name`` defaults to the first 6 hex digits of a SHA-256 of the configuration.
 
     ``max_backoff_retries``: after that many failed attempts in a row the endpoint is
@@ -70,7 +75,9 @@ class EndpointConfig:
     max_backoff_retries: int = 10
     retry_on_http_429: bool = True
     queue_capacity: int = 10 << 20
+    min_shards: int = 1
     drain_timeout: float = 15.0
+    block_on_overflow: bool = True
     adaptive_batching: bool = True
     # A line waits about half the linger, plus ~10 ms to be read, encoded and appended
     # by Loki: 100 ms keeps the median well under 100 ms (about where a response stops
@@ -119,6 +126,11 @@ class EndpointConfig:
             object.__setattr__(
                 self, "name", hashlib.sha256(text.encode()).hexdigest()[:6]
             )
+
+    @property
+    def shards(self) -> int:
+        """How many send loops the endpoint runs (``min_shards``, at least 1)."""
+        return max(self.min_shards, 1)
 
     @property
     def host(self) -> str:

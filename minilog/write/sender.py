@@ -41,7 +41,7 @@ from minilog.write.batch import Batch
 from minilog.write.config import EndpointConfig
 from minilog.write.metrics import WriteMetrics
 
-__all__ = ["PROBE_INTERVAL_S", "RATE_LIMITED_MAX_DELAY_S", "Sender"]
+__all__ = ["PROBE_INTERVAL_S", "RATE_LIMITED_MAX_DELAY_S", "EndpointHealth", "Sender"]
 
 _log = logging.getLogger("minilog.write")
 
@@ -108,6 +108,24 @@ class _LogBudget:
         return count
 
 
+class EndpointHealth:
+    """What the shards of one endpoint share: its outage (one, logged once, whichever
+    shard saw Loki fail or answer again) and the budget of refusal log lines."""
+
+    __slots__ = ("accumulators", "outage", "refusal_log")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.outage: _Outage | None = None
+        self.refusal_log = _LogBudget(_REFUSAL_LOG_BURST, _REFUSAL_LOG_WINDOW_S, clock)
+        #: Every shard's queue: held streams that waited out an outage are due in
+        #: all of them once one shard sees Loki answer.
+        self.accumulators: list[Accumulator] = []
+
+    def pending_entries(self) -> int:
+        """Entries queued in all the endpoint's shards, for log lines."""
+        return sum(acc.pending_entries for acc in self.accumulators)
+
+
 def _fallback_reason(exc: PushError) -> str:
     """Alloy's reason for a request refused as a whole."""
     return "rate_limited" if isinstance(exc, RateLimitedError) else "ingester_error"
@@ -136,16 +154,18 @@ class Sender:
         random: jitter source for the retry backoff.
         sleep: how retries wait (``asyncio.sleep``).
         probe_interval: seconds between probes of a down endpoint.
+        health: shared with the endpoint's other shards (its own if ``None``).
+        task_name: names the task (the endpoint's name by default).
     """
 
     __slots__ = (
         "_clock",
-        "_outage",
+        "_health",
         "_probe_interval",
         "_random",
-        "_refusal_log",
         "_sleep",
         "_task",
+        "_task_name",
         "accumulator",
         "config",
         "display_url",
@@ -166,6 +186,8 @@ class Sender:
         random: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
         probe_interval: float = PROBE_INTERVAL_S,
+        health: EndpointHealth | None = None,
+        task_name: str = "",
     ) -> None:
         self.config = config
         self.host = config.host
@@ -178,15 +200,21 @@ class Sender:
         self._sleep = sleep
         self._probe_interval = probe_interval
         self._task: asyncio.Task[None] | None = None
-        self._outage: _Outage | None = None
-        self._refusal_log = _LogBudget(_REFUSAL_LOG_BURST, _REFUSAL_LOG_WINDOW_S, clock)
+        self._task_name = task_name or config.name
+        self._health = health if health is not None else EndpointHealth(clock)
+        self._health.accumulators.append(accumulator)
         self.draining = False
 
     # -- state for gauges and the UI
 
     @property
+    def _outage(self) -> _Outage | None:
+        return self._health.outage
+
+    @property
     def failing(self) -> bool:
-        return self._outage is not None and self._outage.failing
+        outage = self._health.outage
+        return outage is not None and outage.failing
 
     @property
     def pending_entries(self) -> int:
@@ -217,13 +245,13 @@ class Sender:
         """Start the send task (a no-op when it runs, or the endpoint is broken)."""
         if self._task is None and self.accumulator.broken is None:
             self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"loki.write endpoint {self.config.name}"
+                self._run(), name=f"loki.write endpoint {self._task_name}"
             )
             self.metrics.track(self)
 
     async def _run(self) -> None:
         """The send loop, the compactor and the held-stream retries, as one unit."""
-        name = self.config.name
+        name = self._task_name
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._send_loop(), name=f"loki.write send {name}")
@@ -442,9 +470,10 @@ class Sender:
         acc.finish(item, settled=item.entry_count - held_entries)
 
     def _log_refusal(self, message: str, *args: object) -> None:
-        if not self._refusal_log.allow():
+        budget = self._health.refusal_log
+        if not budget.allow():
             return
-        suppressed = self._refusal_log.take_suppressed()
+        suppressed = budget.take_suppressed()
         if suppressed:
             message += " (%d more refused requests not logged)"
             args = (*args, suppressed)
@@ -506,9 +535,9 @@ class Sender:
 
     def _failed(self, exc: PushError, delay: float, tenant: str) -> None:
         now = self._clock()
-        outage = self._outage
+        outage = self._health.outage
         if outage is None:
-            outage = self._outage = _Outage(started=now, last_logged=now)
+            outage = self._health.outage = _Outage(started=now, last_logged=now)
             self._log_outage_start(exc)
         outage.attempts += 1
         outage.last_error = str(exc)
@@ -526,7 +555,7 @@ class Sender:
                 outage.attempts,
                 limit,
                 exc,
-                self.pending_entries,
+                self._health.pending_entries(),
                 self.config.max_backoff_period,
             )
         elif now - outage.last_logged >= _RETRY_LOG_INTERVAL_S:
@@ -539,7 +568,7 @@ class Sender:
                 now - outage.started,
                 outage.attempts,
                 exc,
-                self.pending_entries,
+                self._health.pending_entries(),
                 delay,
             )
         else:
@@ -572,10 +601,11 @@ class Sender:
 
     def _answered(self) -> None:
         """Loki answered (accepted, or refused for good): an outage is over."""
-        outage = self._outage
+        health = self._health
+        outage = health.outage
         if outage is None:
             return
-        self._outage = None
+        health.outage = None
         _log.info(
             "loki.write endpoint %s (%s) answers again after %.1fs down (%d failed "
             "attempts); %d entries held meanwhile are being sent",
@@ -583,13 +613,15 @@ class Sender:
             self.display_url,
             self._clock() - outage.started,
             outage.attempts,
-            self.pending_entries,
+            health.pending_entries(),
         )
-        # Held streams that waited out the outage need not wait longer.
-        for held in self.accumulator.held.values():
-            if held.reason == "outage":
-                held.due = self._clock()
-        self.accumulator.held_event.set()
+        # Held streams that waited out the outage need not wait longer, in any shard.
+        now = self._clock()
+        for acc in health.accumulators:
+            for held in acc.held.values():
+                if held.reason == "outage":
+                    held.due = now
+            acc.held_event.set()
 
     # -- held streams
 

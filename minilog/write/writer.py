@@ -1,10 +1,11 @@
 """``loki.write``'s ``Writer``: the ``LogsReceiver`` that fans batches out to endpoints.
 
-Each endpoint is an ``accumulator.Accumulator`` (its bounded queue) and a
-``sender.Sender`` (the task that ships it), as aiokafka pairs a ``MessageAccumulator``
-with a ``Sender`` under its producer facade. The writer owns the endpoints: it starts
-their senders, waits for them on ``flush``, and drains them on ``aclose``. It owns the
-fan-out rules too: a batch is queued on every endpoint or (``send_nowait``) on none,
+Each endpoint is ``min_shards`` shards, each an ``accumulator.Accumulator`` (its
+bounded queue) and a ``sender.Sender`` (the task that ships it), as aiokafka pairs a
+``MessageAccumulator`` with a ``Sender`` under its producer facade. The writer owns
+them: it starts their senders, waits for them on ``flush``, and drains them on
+``aclose``. It owns the fan-out rules too: a batch goes to one shard of every endpoint
+(always the same one for its stream), on every endpoint or (``send_nowait``) on none,
 and its delivery reference is split across them.
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import functools
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,7 +29,7 @@ from minilog.model import StreamBatch
 from minilog.write.accumulator import Accumulator, Encoder
 from minilog.write.config import EndpointConfig, pusher_for
 from minilog.write.metrics import WriteMetrics
-from minilog.write.sender import PROBE_INTERVAL_S, Sender
+from minilog.write.sender import PROBE_INTERVAL_S, EndpointHealth, Sender
 
 __all__ = ["TransportFactory", "Writer"]
 
@@ -35,18 +37,55 @@ __all__ = ["TransportFactory", "Writer"]
 TransportFactory = Callable[[EndpointConfig], PushTransport]
 
 
+class _Endpoint:
+    """One ``endpoint`` block: its shards (a queue and a send loop each), and which
+    shard a stream goes to."""
+
+    __slots__ = ("block_on_overflow", "config", "shards")
+
+    def __init__(self, config: EndpointConfig, senders: Sequence[Sender]) -> None:
+        self.config = config
+        self.block_on_overflow = config.block_on_overflow
+        self.shards = [(sender, sender.accumulator) for sender in senders]
+
+    def route(self, labels: dict[str, str]) -> tuple[Sender, Accumulator]:
+        shards = self.shards
+        if len(shards) == 1:
+            return shards[0]
+        # By the stream Loki sees (labels without __*, and its tenant), so a stream's
+        # entries leave in order from one send loop and its held retries stay in one
+        # queue. Alloy hashes every label, __* ones included.
+        key, tenant = shards[0][1].batcher.stream_key(labels)
+        index = zlib.crc32(f"{tenant}\xff{key}".encode()) % len(shards)
+        return shards[index]
+
+    def state(self) -> dict[str, Any]:
+        """The endpoint as debug pages show it: its shards' states summed up (the
+        outage is the endpoint's, shared by its shards)."""
+        states = [sender.state() for sender, _ in self.shards]
+        return {
+            **states[0],
+            "pending_entries": sum(st["pending_entries"] for st in states),
+            "held_streams": sorted({k for st in states for k in st["held_streams"]}),
+            "queued_bytes": sum(st["queued_bytes"] for st in states),
+            "shards": len(states),
+        }
+
+
 class Writer:
     """Alloy's ``loki.write``: a ``LogsReceiver`` shipping to every configured endpoint.
 
-    Each endpoint has its own queue bounded in bytes (``queue_capacity``: open batches,
-    ready batches and the one in flight) and its own send loop, so a dead endpoint never
-    slows the others while their queues have room. ``send`` waits while a queue is full
-    (lossless backpressure); ``send_nowait`` raises ``WouldBlockError`` instead and
-    counts the drop. A batch is admitted while its endpoint's queue is below capacity,
-    so a queue ends above it by at most that batch. A batch counts its line and metadata
-    bytes (Alloy's measure) until a backlog gets it encoded; from then on it counts its
-    compressed size, which leaves room for more lines: an outage buffers several times
-    ``queue_capacity`` of logs in about ``queue_capacity`` of memory.
+    Each endpoint has ``min_shards`` queues bounded in bytes (``queue_capacity`` each:
+    open batches, ready batches and the one in flight) and a send loop per queue, so a
+    dead endpoint never slows the others while their queues have room. ``send`` waits
+    while a queue is full (lossless backpressure), or drops and counts
+    ``queue_is_full`` with ``block_on_overflow = false``; ``send_nowait`` raises
+    ``WouldBlockError`` instead of waiting and counts the drop. A batch is admitted
+    while its queue is below capacity, so a queue ends above it by at most that batch.
+    A batch counts its line and metadata bytes (Alloy's measure) until a backlog gets
+    it encoded; from then on it counts its compressed size, which leaves room for more
+    lines: an outage buffers several times ``queue_capacity`` of logs in about
+    ``queue_capacity`` of memory.
 
     Delivery: ``send`` takes over the batch's delivery reference whatever happens (it
     retains once per extra endpoint; each endpoint releases its reference when Loki
@@ -99,29 +138,33 @@ class Writer:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = metrics if metrics is not None else WriteMetrics(self.registry)
         self._external = dict(external_labels or {})
-        self._senders: list[Sender] = []
+        self._endpoints: list[_Endpoint] = []
         for config in endpoints:
-            accumulator = Accumulator(
-                config,
-                max_streams=max_streams,
-                clock=clock,
-                on_drop=functools.partial(self.metrics.dropped, config.host),
-                encode=encode,
-            )
-            self._senders.append(
+            health = EndpointHealth(clock)
+            shards = config.shards
+            senders = [
                 Sender(
                     config,
-                    accumulator,
+                    Accumulator(
+                        config,
+                        max_streams=max_streams,
+                        clock=clock,
+                        on_drop=functools.partial(self.metrics.dropped, config.host),
+                        encode=encode,
+                    ),
                     self.metrics,
                     transport=transport(config),
                     clock=clock,
                     random=random,
                     sleep=sleep,
                     probe_interval=probe_interval,
+                    health=health,
+                    task_name=config.name if shards == 1 else f"{config.name}/{i}",
                 )
-            )
-        # (sender, its queue) pairs: the hot path reads both.
-        self._endpoints = [(s, s.accumulator) for s in self._senders]
+                for i in range(shards)
+            ]
+            self._endpoints.append(_Endpoint(config, senders))
+        self._senders = [s for ep in self._endpoints for s, _ in ep.shards]
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
         self.metrics.writers.add(self)
@@ -132,10 +175,13 @@ class Writer:
 
     def queued_bytes(self) -> dict[str, int]:
         """Bytes held per endpoint name (open, ready, in-flight and held entries)."""
-        return {s.config.name: s.accumulator.queued_bytes for s in self._senders}
+        return {
+            ep.config.name: sum(acc.queued_bytes for _, acc in ep.shards)
+            for ep in self._endpoints
+        }
 
     def queue_sizes(self) -> Iterator[tuple[str, int, int | None]]:
-        """``(host, bytes held, capacity)`` per endpoint; no capacity once closed (a
+        """``(host, bytes held, capacity)`` per shard; no capacity once closed (a
         writer draining after a reload holds bytes but takes no more)."""
         for sender in self._senders:
             acc = sender.accumulator
@@ -143,8 +189,8 @@ class Writer:
 
     def endpoint_states(self) -> list[dict[str, Any]]:
         """Each endpoint's state for debug pages: name, URL (no userinfo), whether it
-        is failing, pending entries, held streams. Never a credential."""
-        return [sender.state() for sender in self._senders]
+        is failing, pending entries, held streams, shards. Never a credential."""
+        return [ep.state() for ep in self._endpoints]
 
     async def start(self) -> None:
         """Start the send tasks (``send`` also starts them on first use)."""
@@ -181,14 +227,18 @@ class Writer:
         handed = 0
         try:
             waiting = []
-            for sender, acc in endpoints:
+            for endpoint in endpoints:
+                sender, acc = endpoint.route(batch.labels)
                 sender.start()
                 # accepts(), less the closed check put_nowait makes: every line's path.
                 if acc.has_room() and not acc.holds(batch):
                     acc.put_nowait(batch)
-                    handed += 1
-                else:
+                elif endpoint.block_on_overflow:
                     waiting.append(acc)
+                    continue
+                else:
+                    _overflow(acc, batch)
+                handed += 1
             for acc in waiting:
                 await acc.put(batch)
                 handed += 1
@@ -208,26 +258,34 @@ class Writer:
                 died of a bug.
         """
         batch = self._prepare(batch)
-        for _, acc in self._endpoints:
+        routed = [(ep, *ep.route(batch.labels)) for ep in self._endpoints]
+        for _, _, acc in routed:
             if acc.broken is not None:
                 acc.check_usable()  # raises BrokenError, queues nothing
-        full = [acc for _, acc in self._endpoints if not acc.accepts(batch)]
+        full = [
+            acc
+            for ep, _, acc in routed
+            if ep.block_on_overflow and not acc.accepts(batch)
+        ]
         if full:
             for acc in full:
                 acc.count_dropped(batch, "queue_is_full")
             raise WouldBlockError("loki.write queue is full")
-        if batch.delivery is not None and len(self._endpoints) > 1:
-            batch.delivery.retain(len(self._endpoints) - 1)
-        for sender, acc in self._endpoints:
+        if batch.delivery is not None and len(routed) > 1:
+            batch.delivery.retain(len(routed) - 1)
+        for ep, sender, acc in routed:
             sender.start()
-            acc.put_nowait(batch)
+            if ep.block_on_overflow or acc.accepts(batch):
+                acc.put_nowait(batch)
+            else:
+                _overflow(acc, batch)
 
     def count_dropped(self, batch: StreamBatch, reason: str) -> None:
         """Count entries dropped before they reached the writer (e.g. a full facade
         buffer)."""
         batch = StreamBatch({**self._external, **batch.labels}, batch.entries)
-        for _, acc in self._endpoints:
-            acc.count_dropped(batch, reason)
+        for ep in self._endpoints:
+            ep.shards[0][1].count_dropped(batch, reason)
 
     async def flush(self) -> None:
         """Wait until everything queued so far was sent (or finally dropped), on every
@@ -274,3 +332,13 @@ class Writer:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _overflow(acc: Accumulator, batch: StreamBatch) -> None:
+    """``block_on_overflow = false`` and no room: the endpoint drops the batch, as
+    Alloy does (``queue_is_full``), and its delivery reference settles (the source
+    moves on; nothing will send these entries again)."""
+    acc.check_usable()
+    acc.count_dropped(batch, "queue_is_full")
+    if batch.delivery is not None:
+        batch.delivery.release()

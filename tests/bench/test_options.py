@@ -3,10 +3,23 @@
 
 from __future__ import annotations
 
-from minilog.bench.agents import RetrySettings, alloy_config, parse_agent
+from pathlib import Path
+
+import pytest
+
+from minilog.agent.graph import build_graph, read_config
+from minilog.bench.agents import (
+    AgentRunner,
+    Resolved,
+    WriteSettings,
+    alloy_config,
+    parse_agent,
+)
 from minilog.bench.cli import build_options, parser
+from minilog.bench.dockerapi import DockerAPI
 from minilog.bench.profiles import new_record
 from minilog.bench.report import targets
+from minilog.errors import ConfigError
 
 
 def _source_block(config: str) -> str:
@@ -18,12 +31,12 @@ def test_minilog_path_agents_set_logs_from_and_the_others_do_not() -> None:
     for name, logs_from in (("minilog-file", "file"), ("minilog-api", "api")):
         spec = parse_agent(name)
         assert (spec.name, spec.kind, spec.logs_from) == (name, "minilog", logs_from)
-        config = alloy_config("r1", "http://x/push", RetrySettings(), spec.logs_from)
+        config = alloy_config("r1", "http://x/push", WriteSettings(), spec.logs_from)
         assert f'logs_from  = "{logs_from}"' in _source_block(config)
     for name in ("minilog", "alloy", "promtail"):
         spec = parse_agent(name)
         assert spec.logs_from is None
-        config = alloy_config("r1", "http://x/push", RetrySettings(), spec.logs_from)
+        config = alloy_config("r1", "http://x/push", WriteSettings(), spec.logs_from)
         assert "logs_from" not in config
 
 
@@ -89,3 +102,43 @@ def test_the_json_file_targets_compare_with_promtail_and_the_api_path() -> None:
     )
     # The API path is what the file path is compared with, not a file reader itself.
     assert not any(line.startswith("minilog-api drain: agent CPU") for line in lines)
+
+
+def test_min_shards_reaches_alloy_compatible_agents_with_the_experimental_flag(
+    tmp_path: Path,
+) -> None:
+    options, _ = build_options(
+        parser().parse_args(["drain", "--agent", "minilog", "--min-shards", "2"])
+    )
+    assert options.write.min_shards == 2
+    config = alloy_config("r1", "http://127.0.0.1:1/push", options.write)
+    # The config is one minilog (and Alloy) take only at the experimental level.
+    with pytest.raises(ConfigError, match="experimental"):
+        build_graph(read_config(text=config))
+    graph = build_graph(read_config(text=config), stability_level="experimental")
+    assert graph is not None
+    minilog = AgentRunner(
+        Resolved(parse_agent("minilog"), argv=["minilog", "run", "{config_alloy}"]),
+        tmp_path / "m",
+        "r1",
+        "http://127.0.0.1:1/push",
+        options.write,
+        DockerAPI(),
+    )
+    assert minilog.argv()[-2:] == [
+        "--stability.level=experimental",
+        str(tmp_path / "m" / "config.alloy"),
+    ]
+    promtail = AgentRunner(
+        Resolved(
+            parse_agent("promtail"),
+            argv=["promtail", "-config.file={promtail_config}"],
+            config_kind="promtail",
+        ),
+        tmp_path / "p",
+        "r1",
+        "http://127.0.0.1:1/push",
+        options.write,
+        DockerAPI(),
+    )
+    assert "--stability.level=experimental" not in promtail.argv()

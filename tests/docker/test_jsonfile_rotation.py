@@ -322,3 +322,30 @@ async def test_switching_logs_from_across_restarts_loses_and_repeats_nothing(
 
 def _has(rec: Recorder, line: str) -> bool:
     return line in rec.lines()
+
+
+async def test_max_file_1_is_followed_across_its_rotations(
+    client: Any, containers: Any, tmp_path: Path
+) -> None:
+    # max-size alone means max-file=1. Docker 20.10 then renames the live file over
+    # the one ".1" it keeps; Docker 23+ unlinks it; Docker 19.03 truncated it in place
+    # (``test_jsonfile_truncation.py``). One line at a time, each read before the next
+    # is written, so no rotation takes a line the agent had not read.
+    container = containers("exec sleep 3600", log_options={"max-size": "1k"})
+    path = log_path(container)
+    rec = Recorder()
+    registry = CollectorRegistry()
+    source = make_source(client, [rec], tmp_path, logs_from="file", registry=registry)
+    source.update_targets([target(container)])
+    sizes = []
+    async with running(source):
+        for i in range(1, 41):
+            await write(container, i, i)
+            await rec.wait_for(functools.partial(_has, rec, names(i, i)[0]))
+            sizes.append(os.stat(path).st_size)
+        assert source.targets_info()[0].reading_from == "file"
+    assert any(b < a for a, b in itertools.pairwise(sizes)), "Docker rotated it"
+    assert rec.lines() == names(1, 40)
+    errors = "loki_source_docker_target_parsing_errors_total"
+    assert registry.get_sample_value(errors) == 0
+    assert registry.get_sample_value("minilog_source_docker_file_gaps_total") == 0

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from fs_helpers import fill, fs_fault_unavailable_reason, remount, tiny_tmpfs
 
-from minilog.docker.positions import BACKUP_SUFFIX, CORRUPT_INFIX, Position, Positions
+from minilog.docker.positions import Position, Positions
+from minilog.positions import BACKUP_SUFFIX, CORRUPT_INFIX
 
 CID = "a" * 64
 CID2 = "b" * 64
@@ -24,13 +25,13 @@ CID2 = "b" * 64
 @pytest.fixture
 def warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
     """The messages ``minilog.docker.positions`` logged at warning level or above."""
-    caplog.set_level(logging.INFO, logger="minilog.docker.positions")
+    caplog.set_level(logging.INFO, logger="minilog.positions")
 
     def get() -> list[str]:
         return [
             r.getMessage()
             for r in caplog.records
-            if r.name == "minilog.docker.positions" and r.levelno >= logging.WARNING
+            if r.name == "minilog.positions" and r.levelno >= logging.WARNING
         ]
 
     return get
@@ -291,7 +292,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 async def test_a_full_then_read_only_disk_is_retried_said_once_and_recovers(
     tmpfs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="minilog.docker.positions")
+    caplog.set_level(logging.INFO, logger="minilog.positions")
     path = tmpfs / "positions.json"
     results: asyncio.Queue[OSError | None] = asyncio.Queue()
     pos = Positions(path, on_save=results.put_nowait)
@@ -325,7 +326,7 @@ async def test_a_full_then_read_only_disk_is_retried_said_once_and_recovers(
     messages = [
         (r.levelname, r.getMessage())
         for r in caplog.records
-        if r.name == "minilog.docker.positions"
+        if r.name == "minilog.positions"
     ]
     assert [level for level, _ in messages] == ["WARNING", "INFO", "WARNING", "INFO"]
     assert "No space left on device" in messages[0][1]
