@@ -32,13 +32,7 @@ from minilog.docker.frames import (
     json_record_timestamp,
     split_frames,
 )
-from minilog.docker.logfiles import (
-    Gap,
-    LogFile,
-    open_from,
-    readable,
-    successors,
-)
+from minilog.docker.logfiles import Gap, LogFile, open_from, readable, successors
 from minilog.docker.metrics import DROPPED_BY_RELABEL, DROPPED_NO_LABELS, SourceMetrics
 from minilog.docker.positions import Positions
 from minilog.errors import DockerError

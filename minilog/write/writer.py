@@ -41,11 +41,10 @@ class _Endpoint:
     """One ``endpoint`` block: its shards (a queue and a send loop each), and which
     shard a stream goes to."""
 
-    __slots__ = ("block_on_overflow", "config", "shards")
+    __slots__ = ("config", "shards")
 
     def __init__(self, config: EndpointConfig, senders: Sequence[Sender]) -> None:
         self.config = config
-        self.block_on_overflow = config.block_on_overflow
         self.shards = [(sender, sender.accumulator) for sender in senders]
 
     def route(self, labels: dict[str, str]) -> tuple[Sender, Accumulator]:
@@ -233,7 +232,7 @@ class Writer:
                 # accepts(), less the closed check put_nowait makes: every line's path.
                 if acc.has_room() and not acc.holds(batch):
                     acc.put_nowait(batch)
-                elif endpoint.block_on_overflow:
+                elif endpoint.config.block_on_overflow:
                     waiting.append(acc)
                     continue
                 else:
@@ -265,7 +264,7 @@ class Writer:
         full = [
             acc
             for ep, _, acc in routed
-            if ep.block_on_overflow and not acc.accepts(batch)
+            if ep.config.block_on_overflow and not acc.accepts(batch)
         ]
         if full:
             for acc in full:
@@ -275,7 +274,7 @@ class Writer:
             batch.delivery.retain(len(routed) - 1)
         for ep, sender, acc in routed:
             sender.start()
-            if ep.block_on_overflow or acc.accepts(batch):
+            if ep.config.block_on_overflow or acc.accepts(batch):
                 acc.put_nowait(batch)
             else:
                 _overflow(acc, batch)
