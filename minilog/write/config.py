@@ -44,10 +44,11 @@ class EndpointConfig:
     (``queue_is_full``) where the sender would otherwise wait.
     ``name`` defaults to the first 6 hex digits of a SHA-256 of the configuration.
 
-    ``max_backoff_retries``: after that many failed attempts in a row the endpoint is
-    reported as failing (one error line, ``minilog_write_endpoint_failing``); its
-    entries stay queued and are retried every ``max_backoff_period`` at most, sooner
-    when a probe sees Loki answer. 0: never reported. (Alloy drops the batch then.)
+    ``max_backoff_retries``: once a shard has failed that many attempts in a row the
+    endpoint is reported as failing (one error line,
+    ``minilog_write_endpoint_failing``); its entries stay queued and are retried every
+    ``max_backoff_period`` at most, sooner when a probe sees Loki answer. 0: never
+    reported. (Alloy drops the batch then.)
     ``retry_on_http_429 = false`` drops what Loki refused with a 429, as Alloy does.
 
     minilog extensions (Alloy has neither): ``adaptive_batching`` lets a batch leave

@@ -159,6 +159,8 @@ class Sender:
     """
 
     __slots__ = (
+        "_attempts",
+        "_attempts_in",
         "_clock",
         "_health",
         "_probe_interval",
@@ -204,6 +206,10 @@ class Sender:
         self._health = health if health is not None else EndpointHealth(clock)
         self._health.accumulators.append(accumulator)
         self.draining = False
+        # This shard's failed attempts in the endpoint's current outage: Alloy counts
+        # max_backoff_retries per batch, and each shard retries its own.
+        self._attempts = 0
+        self._attempts_in: _Outage | None = None
 
     # -- state for gauges and the UI
 
@@ -541,9 +547,12 @@ class Sender:
             self._log_outage_start(exc)
         outage.attempts += 1
         outage.last_error = str(exc)
+        if self._attempts_in is not outage:
+            self._attempts_in, self._attempts = outage, 0
+        self._attempts += 1
         self.metrics.batch_retries.labels(self.host, tenant).inc()
         limit = self.config.max_backoff_retries
-        if limit and outage.attempts >= limit and not outage.failing:
+        if limit and self._attempts >= limit and not outage.failing:
             outage.failing = True
             outage.last_logged = now
             _log.error(
@@ -552,7 +561,7 @@ class Sender:
                 "dropped, and retried at least every %gs (sooner once it answers)",
                 self.config.name,
                 self.display_url,
-                outage.attempts,
+                self._attempts,
                 limit,
                 exc,
                 self._health.pending_entries(),

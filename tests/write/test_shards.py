@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -62,9 +63,19 @@ class GatedTransport:
         self.inflight = 0
         self.failures = 0
         self.failing = False
+        #: Failing pushes beyond this many wait (``stalled``) until it rises.
+        self.failure_limit = math.inf
+        self.stalled = 0
 
     async def push(self, body: bytes, *, tenant: str = "") -> int:
         async with self.changed:
+            if self.failing and self.failures >= self.failure_limit:
+                self.stalled += 1
+                self.changed.notify_all()
+                await self.changed.wait_for(
+                    lambda: not self.failing or self.failures < self.failure_limit
+                )
+                self.stalled -= 1
             if self.failing:
                 self.failures += 1
                 self.changed.notify_all()
@@ -262,6 +273,47 @@ async def test_an_outage_seen_by_every_shard_is_logged_once(
     )
     assert delivered == sorted(f'{{app="{app}"}}' for app in APPS)
     assert writer.endpoint_states()[0]["down_since_s"] is None
+
+
+async def test_max_backoff_retries_counts_each_shards_attempts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As in Alloy, where the limit is per batch: 3 shards failing twice each is 6
+    failed attempts, yet none has failed 3 in a row."""
+    shards = Shards()
+    shards.gate.set()
+    writer = Writer(
+        [config(min_shards=3, batch_size=64, max_backoff_retries=3)], transport=shards
+    )
+    caplog.set_level(logging.INFO, logger="minilog.write")
+    for transport in shards.transports:
+        transport.failing = True
+        transport.failure_limit = 2
+    try:
+        for app in APPS:
+            await writer.send(line(app, 1, "x" * 100))
+        # Each shard failed twice and came back for a third try.
+        await shards.wait_until(lambda: all(t.stalled for t in shards.transports))
+        assert not writer.endpoint_states()[0]["failing"]
+        first = shards.transports[0]
+        async with shards.changed:
+            first.failure_limit = 3
+            shards.changed.notify_all()
+        await shards.wait_until(lambda: first.failures == 3 and first.stalled == 1)
+        assert writer.endpoint_states()[0]["failing"]
+        async with shards.changed:
+            for transport in shards.transports:
+                transport.failing = False
+            shards.changed.notify_all()
+        await writer.flush()
+    finally:
+        await writer.aclose(drain_timeout=1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("failing: 3 attempts in a row" in m for m in messages) == 1
+    assert not writer.endpoint_states()[0]["failing"]
+    assert set().union(*(t.streams() for t in shards.transports)) == {
+        f'{{app="{app}"}}' for app in APPS
+    }
 
 
 # ------------------------------------------------------------------ the arguments
