@@ -81,8 +81,8 @@ async def test_real_container_stdout_stderr_and_long_line(
     long = "long:" + "0" * 20000 + ":end"
     assert rec.lines("stdout") == ["out1", long, "out2"]
     assert rec.lines("stderr") == ["err1"]
-    # One stream per call: in a combined read, err1 can fall between the two
-    # 16 KiB partial frames of the long line, which have no newline between them.
+    # One stream per call: in a combined read, err1 can fall between the long
+    # line's pieces (16 KiB without a newline, then the rest) and join the first.
     docker_ts: dict[bytes, int] = {}
     for stdout in (True, False):
         raw = await to_thread(
