@@ -214,10 +214,6 @@ class Sender:
     # -- state for gauges and the UI
 
     @property
-    def _outage(self) -> _Outage | None:
-        return self._health.outage
-
-    @property
     def failing(self) -> bool:
         outage = self._health.outage
         return outage is not None and outage.failing
@@ -231,7 +227,7 @@ class Sender:
         return self.accumulator.held_stream_count
 
     def state(self) -> dict[str, Any]:
-        outage = self._outage
+        outage = self._health.outage
         acc = self.accumulator
         return {
             "name": self.config.name,
@@ -315,7 +311,7 @@ class Sender:
         acc = self.accumulator
         if acc.batcher.linger is None or acc.inflight is not None:
             return False
-        if self._outage is not None:
+        if self._health.outage is not None:
             return False
         return not any(held.inflight for held in acc.held.values())
 
